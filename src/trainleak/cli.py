@@ -1,0 +1,209 @@
+"""Command line: one thin subcommand per audit over the Python API.
+
+Only this module prints and sets exit codes: 0 the audit ran; 1 it ran with
+``--fail-on-leak`` and flagged something; 2 a usage error or nothing readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from trainleak._version import __version__
+from trainleak.config import AuditConfig, EmbedConfig
+from trainleak.images import DEFAULT_MAX_PIXELS, SourceError
+
+EXIT_OK, EXIT_LEAK, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("trainleak")
+
+
+class UsageError(Exception):
+    """A flag combination or value the user must fix."""
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.01, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. size=112), got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags every audit shares: encoder, workers, cache, limits."""
+    g = p.add_argument_group("embedding")
+    g.add_argument("--encoder", default=EmbedConfig.encoder,
+                   help="face (default), pixel, tiled, onnx:FILE or torchscript:FILE")
+    g.add_argument("--aligned", action="store_true",
+                   help="face encoder: images are already face crops, skip detection")
+    g.add_argument("--all-faces", action="store_true",
+                   help="face encoder: every face of an image becomes its own record path#k")
+    g.add_argument("--encoder-option", "-O", action="append", type=_option, default=[],
+                   metavar="KEY=VALUE", help="an encoder option, e.g. -O size=112 (repeatable)")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="embedding processes (default: CPU cores)")
+    g.add_argument("--batch-size", type=_positive_int, default=EmbedConfig.batch_size)
+    g.add_argument("--cache", default=None,
+                   help="embedding cache folder (default: $TRAINLEAK_CACHE or ~/.cache/trainleak)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    g.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="skip images with more pixels than this (decompression bombs)")
+
+
+def embed_config(args: argparse.Namespace) -> EmbedConfig:
+    """Resolve the shared embedding flags into an :class:`EmbedConfig`."""
+    options = dict(args.encoder_option)
+    if args.aligned or args.all_faces:
+        if args.encoder != "face":
+            raise UsageError("--aligned and --all-faces apply to the face encoder only")
+        options.setdefault("aligned", args.aligned)
+        options.setdefault("all_faces", args.all_faces)
+    return EmbedConfig(
+        encoder=args.encoder,
+        encoder_options=options,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        cache=args.cache,
+        no_cache=args.no_cache,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``trainleak`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="trainleak",
+        description="Find a model's training data in what the model gives away.",
+    )
+    parser.add_argument("--version", action="version", version=f"trainleak {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    a = sub.add_parser("audit", help="find synthetic samples that copy or re-identify training samples")
+    a.add_argument("--train", required=True, help="training images: folder, glob or .txt/.csv list")
+    a.add_argument("--synthetic", required=True, help="synthetic/generated images to audit")
+    a.add_argument("--holdout", help="real images NOT used in training, to calibrate the threshold")
+    t = a.add_mutually_exclusive_group()
+    t.add_argument("--fpr", type=_fraction, default=AuditConfig.fpr,
+                   help="target false-positive rate for the holdout-calibrated threshold")
+    t.add_argument("--threshold", type=float, help="fixed similarity threshold (no holdout)")
+    a.add_argument("--k", type=_positive_int, default=AuditConfig.k, help="neighbours per sample")
+    a.add_argument("--score", choices=["auto", "nn", "identity"], default=AuditConfig.score,
+                   help="leak score: nearest photo (nn) or identity-aware (needs labels)")
+    a.add_argument("--out", default="trainleak-report", help="output folder")
+    a.add_argument("--redact", action="store_true", help="no images in the HTML report")
+    a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_embed_arguments(a)
+    a.set_defaults(func=run_audit)
+
+    d = sub.add_parser("demo", help="run an audit on bundled faces with planted leaks (offline)")
+    d.add_argument("--out", default="trainleak-demo", help="output folder")
+    d.add_argument("--workers", type=_positive_int, default=None)
+    d.add_argument("--quiet", "-q", action="store_true")
+    d.set_defaults(func=run_demo)
+    return parser
+
+
+def run_audit(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak audit``."""
+    from trainleak.audits.leakage import audit
+
+    if args.threshold is not None and args.holdout:
+        raise UsageError("give --holdout (calibrated threshold) or --threshold (fixed), not both")
+    config = AuditConfig(
+        embed=embed_config(args),
+        fpr=args.fpr,
+        threshold=args.threshold,
+        k=args.k,
+        score=args.score,
+    )
+    result = audit(args.train, args.synthetic, args.holdout, config=config, argv=argv)
+    paths = result.write(args.out, redact=args.redact)
+    _print_summary(result.report, paths)
+    flagged = result.report["summary"]["flagged"]
+    return EXIT_LEAK if args.fail_on_leak and flagged else EXIT_OK
+
+
+def _print_summary(report: dict[str, Any], paths: dict[str, str]) -> None:
+    s, t = report["summary"], report["threshold"]
+    lo, hi = s["flagged_rate_ci95"]
+    print(
+        f"flagged {s['flagged']} of {s['n_synthetic']} synthetic samples "
+        f"({100 * s['flagged_rate']:.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%) "
+        f"at threshold {t['value']:.4f} ({t['method']})"
+    )
+    if s["leaked_identities"]:
+        names = ", ".join(e["identity"] for e in s["leaked_identities"][:10])
+        more = len(s["leaked_identities"]) - 10
+        print(f"leaked identities: {names}" + (f" and {more} more" if more > 0 else ""))
+    print(f"threshold: {t['note']}")
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} files (reasons in the report)")
+    print(f"report: {paths['html']}")
+
+
+def run_demo(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak demo``."""
+    from trainleak.demo import run_demo as demo
+
+    paths, found = demo(args.out, workers=args.workers, progress=not args.quiet)
+    print(found)
+    print(f"report: {paths['html']}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trainleak`` console script."""
+    from trainleak.audits.leakage import AuditInputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="trainleak: %(levelname)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args, ["trainleak", *argv]))
+    except (UsageError, SourceError, AuditInputError) as err:
+        print(f"trainleak: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyError, ValueError, FileNotFoundError, ImportError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"trainleak: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("trainleak: interrupted; finished batches are cached, re-run to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Sources -> encoder -> store: the embedding stage every audit starts with.
+
+Files are read and hashed in the main process; cache misses are decoded and
+embedded in worker processes (``workers``), a bounded number of chunks in
+flight at a time, so memory stays bounded by the batch size. Each image is
+embedded by the same code whatever the worker count or batch size, so results
+do not depend on either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from trainleak.encoders import EncodeSkip, Encoder, EncoderInfo, get_encoder
+from trainleak.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageSkip,
+    Record,
+    SkipRecord,
+    decode_image,
+    list_records,
+    read_bytes,
+)
+from trainleak.store import EmbeddingStore, content_hash, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+_WORKER_ENCODER: Encoder | None = None
+
+
+@dataclass
+class EmbeddingSet:
+    """Embedded inputs of one source.
+
+    Attributes:
+        ids: one per row, the path as found under the root (``path#k`` for the
+            k-th face when an encoder returns several per image).
+        labels: identity label per row, or ``None``.
+        vectors: ``(n, dim)`` float32 (unit rows for cosine encoders).
+        skipped: files (or faces) left out, with reasons.
+        files: how many files the source listed.
+        info: the encoder that made the vectors.
+        root: the source as the user gave it.
+    """
+
+    ids: list[str]
+    labels: list[str | None]
+    vectors: np.ndarray
+    skipped: list[SkipRecord]
+    files: int
+    info: EncoderInfo
+    root: str = ""
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether every row carries an identity label."""
+        return bool(self.labels) and all(lab is not None for lab in self.labels)
+
+    def counts(self) -> dict[str, Any]:
+        """Return the ``inputs`` entry of a report."""
+        return {
+            "root": self.root,
+            "files": self.files,
+            "embedded": len(self.ids),
+            "skipped": len(self.skipped),
+        }
+
+
+def _init_worker(spec: str, options: dict[str, Any]) -> None:
+    # One thread per process: the parallelism is across processes.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = get_encoder(spec, **options)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _encode_chunk(
+    items: list[bytes], max_pixels: int, encoder: Encoder | None = None
+) -> list[np.ndarray | str]:
+    enc = encoder if encoder is not None else _WORKER_ENCODER
+    assert enc is not None, "worker encoder not initialised"
+    images: list[np.ndarray] = []
+    out: list[np.ndarray | str | None] = []
+    for data in items:
+        try:
+            images.append(decode_image(data, max_pixels))
+            out.append(None)
+        except ImageSkip as skip:
+            out.append("!" + str(skip))
+    results = iter(enc.encode_batch(images))
+    final: list[np.ndarray | str] = []
+    for slot in out:
+        if slot is not None:
+            final.append(slot)
+            continue
+        res = next(results)
+        final.append(str(res) if isinstance(res, EncodeSkip) else res)
+    return final
+
+
+def embed(
+    source: str | os.PathLike[str],
+    encoder: str = "face",
+    *,
+    encoder_options: dict[str, Any] | None = None,
+    set_name: str = "input",
+    workers: int | None = None,
+    batch_size: int = 16,
+    cache: str | os.PathLike[str] | None | bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> EmbeddingSet:
+    """Embed every image of a source, using and filling the embedding cache.
+
+    Args:
+        source: a folder, glob or list file (see :func:`trainleak.images.list_records`).
+        encoder: registry name, or ``onnx:FILE`` / ``torchscript:FILE``.
+        encoder_options: the encoder's options (e.g. ``{"aligned": True}``).
+        set_name: the name skip records carry (``train``, ``synthetic``...).
+        workers: processes that embed; ``None`` = CPU cores, 1 = in-process.
+        batch_size: images per worker task and per cache shard.
+        cache: a cache folder, ``True`` for the default folder, ``False``/``None``
+            for none.
+        max_pixels: decompression-bomb limit.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`EmbeddingSet` with rows in sorted-path order.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 8), (9, 90, 200)).save(root / "a.png")
+        >>> _ = (root / "b.png").write_bytes(b"not an image")
+        >>> emb = embed(root, "pixel", workers=1, cache=False)
+        >>> emb.vectors.shape, emb.skipped[0].reason
+        ((1, 256), 'not an image (unrecognised format)')
+    """
+    options = dict(encoder_options or {})
+    local = get_encoder(encoder, **options)
+    info = local.info
+    if cache is True:
+        cache = default_cache_dir()
+    store = EmbeddingStore(cache or None, info.cache_key(), info.dim)
+    records = list_records(source)
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    results: dict[str, np.ndarray | str] = {}
+    skipped: list[SkipRecord] = []
+    digests: list[str | None] = []
+    bar = tqdm(
+        total=len(records), desc=f"embed {set_name}", unit="img", disable=not progress,
+        mininterval=0.5, leave=False,
+    )
+    misses = _scan(records, store, set_name, skipped, digests, results, bar)
+    chunks = _chunks(misses, batch_size)
+    pending: dict[str, np.ndarray | str] = {}
+    for done in _run(chunks, encoder, options, workers, max_pixels, local):
+        for digest, res in done:
+            results[digest] = res
+            if not (isinstance(res, str) and res.startswith("!")):
+                pending[digest] = res
+            bar.update(1)
+        if len(pending) >= batch_size:
+            store.put(pending)
+            pending = {}
+    store.put(pending)
+    bar.close()
+    return _assemble(records, digests, results, skipped, set_name, info, os.fspath(source))
+
+
+def _scan(
+    records: list[Record],
+    store: EmbeddingStore,
+    set_name: str,
+    skipped: list[SkipRecord],
+    digests: list[str | None],
+    results: dict[str, np.ndarray | str],
+    bar: Any,
+) -> Iterator[tuple[str, Path]]:
+    """Yield ``(digest, path)`` of files to embed; fill cache hits and read errors."""
+    queued: set[str] = set()
+    for rec in records:
+        try:
+            digest = content_hash(read_bytes(rec.path))
+        except ImageSkip as skip:
+            skipped.append(SkipRecord(set_name, rec.id, str(skip)))
+            digests.append(None)
+            bar.update(1)
+            continue
+        digests.append(digest)
+        hit = store.get(digest)
+        if hit is not None:
+            results[digest] = hit
+            bar.update(1)
+        elif digest in queued:
+            bar.update(1)
+        else:
+            queued.add(digest)
+            yield digest, rec.path
+
+
+def _chunks(
+    misses: Iterator[tuple[str, Path]], size: int
+) -> Iterator[tuple[list[str], list[bytes]]]:
+    digests: list[str] = []
+    blobs: list[bytes] = []
+    for digest, path in misses:
+        try:
+            data = read_bytes(path)
+        except ImageSkip as skip:
+            data = b""
+            log.warning("%s changed while reading: %s", path, skip)
+        digests.append(digest)
+        blobs.append(data)
+        if len(digests) == size:
+            yield digests, blobs
+            digests, blobs = [], []
+    if digests:
+        yield digests, blobs
+
+
+def _run(
+    chunks: Iterator[tuple[list[str], list[bytes]]],
+    spec: str,
+    options: dict[str, Any],
+    workers: int,
+    max_pixels: int,
+    local: Encoder,
+) -> Iterator[list[tuple[str, np.ndarray | str]]]:
+    """Embed chunks in order, in-process or with at most 2 chunks per worker in flight."""
+    if workers == 1:
+        for digests, blobs in chunks:
+            yield list(zip(digests, _encode_chunk(blobs, max_pixels, local), strict=True))
+        return
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, ctx, _init_worker, (spec, options)) as pool:
+        in_flight: list[tuple[list[str], Future[list[np.ndarray | str]]]] = []
+        for digests, blobs in chunks:
+            in_flight.append((digests, pool.submit(_encode_chunk, blobs, max_pixels)))
+            if len(in_flight) >= 2 * workers:
+                digests0, fut = in_flight.pop(0)
+                yield list(zip(digests0, fut.result(), strict=True))
+        for digests0, fut in in_flight:
+            yield list(zip(digests0, fut.result(), strict=True))
+
+
+def _assemble(
+    records: list[Record],
+    digests: list[str | None],
+    results: dict[str, np.ndarray | str],
+    skipped: list[SkipRecord],
+    set_name: str,
+    info: EncoderInfo,
+    root: str,
+) -> EmbeddingSet:
+    ids: list[str] = []
+    labels: list[str | None] = []
+    paths: list[str] = []
+    rows: list[np.ndarray] = []
+    for rec, digest in zip(records, digests, strict=True):
+        if digest is None:
+            continue
+        res = results[digest]
+        if isinstance(res, str):
+            skipped.append(SkipRecord(set_name, rec.id, res.lstrip("!")))
+            continue
+        many = len(res) > 1 or bool(info.options.get("all_faces"))
+        for k, row in enumerate(res, start=1):
+            ids.append(f"{rec.id}#{k}" if many else rec.id)
+            labels.append(rec.label)
+            paths.append(str(rec.path))
+            rows.append(row)
+    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, info.dim), np.float32)
+    skipped.sort(key=lambda s: s.path)
+    return EmbeddingSet(ids, labels, vectors, skipped, len(records), info, root, paths)

@@ -1,0 +1,83 @@
+"""Report writers: ``report.json`` (stable contract), CSV and self-contained HTML."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def clean_json(value: Any) -> Any:
+    """Replace NaN/inf by ``None`` and numpy scalars by Python ones, recursively.
+
+    Example:
+        >>> clean_json({"a": float("nan"), "b": [1.5, float("inf")]})
+        {'a': None, 'b': [1.5, None]}
+    """
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a report as UTF-8 JSON, atomically."""
+    tmp = Path(f"{os.fspath(path)}.tmp")
+    tmp.write_text(
+        json.dumps(clean_json(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    os.replace(tmp, path)
+
+
+MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "score", "flagged"]
+
+
+def write_matches_csv(matches: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Write the match rows as CSV, one row per (synthetic, neighbour)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, MATCH_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in matches:
+            writer.writerow(row)
+
+
+def write_audit_report(
+    report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
+) -> dict[str, str]:
+    """Write ``report.json``, ``matches.csv`` and ``report.html`` into ``out``.
+
+    Args:
+        report: the audit report dict.
+        out: output folder (created).
+        redact: leave every image out of the HTML (reports of face audits show
+            training faces).
+
+    Returns:
+        The written paths by kind.
+    """
+    from trainleak.report.html import render_audit_html, thumbnail_data_uri
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": str(folder / "report.json"),
+        "csv": str(folder / "matches.csv"),
+        "html": str(folder / "report.html"),
+    }
+    report = dict(report)
+    report["redacted"] = redact
+    write_json(report, paths["json"])
+    write_matches_csv(report["matches"], paths["csv"])
+    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
+    html = render_audit_html(clean_json(report), thumbnail)
+    Path(paths["html"]).write_text(html, encoding="utf-8")
+    return paths
