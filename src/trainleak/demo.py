@@ -1,19 +1,20 @@
 """``trainleak demo``: an offline audit with planted leaks on real faces.
 
 The faces are the 100 LFW face crops that scikit-image ships
-(``skimage/data/lfw_subset.npy``, 25 x 25 grey). 60 are the "training set",
-40 a holdout. The synthetic set comes from two generators fitted to the
-training faces in a 40-component PCA space, after Meehan et al. 2020:
+(``skimage/data/lfw_subset.npy``, 25 x 25 grey, shown upscaled to 100 x 100).
+50 are the "training set" and 25 a holdout. The synthetic set has two parts:
 
-* a memorising kernel density estimate with a small bandwidth (0.05 of each
-  component's spread) around 12 randomly chosen training faces: the planted
-  leaks, near-copies of known training images;
-* a Gaussian over the PCA coefficients: 48 new faces, averages of many
-  people, that copy no one.
+* 10 planted leaks from a memorising generator, after Meehan et al. 2020: a
+  kernel density estimate over the training faces with a small bandwidth
+  (noise of 0.05 of each principal component's spread added to a randomly
+  chosen training face) - near-copies of known training images;
+* 25 faces of people in neither set, standing in for the output of a
+  generator that generalises: the fresh samples from the data distribution
+  it is meant to produce.
 
-The audit (face encoder on aligned crops, threshold calibrated on the
-holdout at a 1/40 false-positive rate, the finest a holdout of 40 resolves)
-should flag the 12 planted leaks and nothing else.
+The audit (face encoder on aligned crops, threshold calibrated on the holdout
+at a 1/25 false-positive rate, the finest a holdout of 25 resolves) should flag
+the planted leaks and, at that rate, about one of the 25 fresh faces.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from PIL import Image
 from trainleak.audits.leakage import audit
 from trainleak.config import AuditConfig, EmbedConfig
 
-N_TRAIN, N_HOLDOUT, N_LEAKS, N_NOVEL = 60, 40, 12, 48
-COMPONENTS, BANDWIDTH, SIDE = 40, 0.05, 100
+N_TRAIN, N_HOLDOUT, N_LEAKS, N_NOVEL = 50, 25, 10, 25
+BANDWIDTH, SIDE = 0.05, 100
 
 
 def lfw_faces() -> np.ndarray:
@@ -48,16 +49,14 @@ def make_demo_data(folder: Path, seed: int = 0) -> list[tuple[str, str]]:
     faces = lfw_faces()
     order = rng.permutation(len(faces))
     train, holdout = faces[order[:N_TRAIN]], faces[order[N_TRAIN : N_TRAIN + N_HOLDOUT]]
+    novel = faces[order[N_TRAIN + N_HOLDOUT : N_TRAIN + N_HOLDOUT + N_NOVEL]]
     flat = train.reshape(N_TRAIN, -1)
-    mean = flat.mean(0)
-    _, sing, comps = np.linalg.svd(flat - mean, full_matrices=False)
-    comps = comps[:COMPONENTS]
-    coef = (flat - mean) @ comps.T
-    spread = coef.std(0)
+    _, _, comps = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    spread = ((flat - flat.mean(0)) @ comps.T).std(0)
     sources = rng.choice(N_TRAIN, N_LEAKS, replace=False)
-    leaks = coef[sources] + rng.normal(size=(N_LEAKS, COMPONENTS)) * BANDWIDTH * spread
-    novel = rng.normal(size=(N_NOVEL, COMPONENTS)) * spread
-    synthetic = np.concatenate([leaks, novel]) @ comps + mean
+    noise = (rng.normal(size=(N_LEAKS, len(comps))) * BANDWIDTH * spread) @ comps
+    leaks = flat[sources] + noise
+    synthetic = np.concatenate([leaks, novel.reshape(N_NOVEL, -1)])
     names = [f"gen_{i:03d}.png" for i in rng.permutation(N_LEAKS + N_NOVEL)]
     for sub in ("train", "holdout", "synthetic"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
