@@ -87,8 +87,8 @@ def svg_histogram(
         ly = top + 8 + 18 * n
         count = len(series[name])
         parts.append(
-            f'<rect x="{left + pw - 170}" y="{ly}" width="12" height="12" fill="{colour}" '
-            f'fill-opacity="0.6"/><text x="{left + pw - 152}" y="{ly + 10}" font-size="12">'
+            f'<rect x="{left + pw - 290}" y="{ly}" width="12" height="12" fill="{colour}" '
+            f'fill-opacity="0.6"/><text x="{left + pw - 272}" y="{ly + 10}" font-size="12">'
             f"{html.escape(name)} (n={count})</text>"
         )
     if threshold is not None and np.isfinite(threshold):
