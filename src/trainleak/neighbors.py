@@ -113,9 +113,36 @@ def knn(
         scores, idx = _knn_numpy(queries, database, kk, metric, block_size, tiles)
     else:
         raise ValueError(f"unknown backend {backend!r}: use auto, torch, numpy or faiss")
+    scores = _rescore(queries, database, idx, metric, tiles)
+    scores, idx = _tie_order(scores, idx)
     if exclude_self:
         scores, idx = _drop_self(scores, idx, k)
     return scores, idx
+
+
+def _rescore(
+    q: np.ndarray, db: np.ndarray, idx: np.ndarray, metric: MetricName, tiles: int
+) -> np.ndarray:
+    """Recompute the found pairs' scores one pair at a time, in float64.
+
+    A blocked matrix product rounds differently with the block shape; scoring
+    the chosen pairs the same way every time makes results independent of
+    block size and backend, to the bit.
+    """
+    out = np.full(idx.shape, -np.inf, np.float32)
+    step = max(1, 2**22 // max(1, idx.shape[1] * q.shape[1]))
+    for s0 in range(0, len(q), step):
+        part = idx[s0 : s0 + step]
+        valid = part >= 0
+        rows = db[np.where(valid, part, 0)].astype(np.float64)
+        qs = q[s0 : s0 + step, None, :].astype(np.float64)
+        if metric == "cosine":
+            vals = (rows * qs).sum(-1)
+        else:
+            diff = (rows - qs).reshape(rows.shape[0], rows.shape[1], tiles, -1)
+            vals = 1.0 - np.sqrt((diff * diff).mean(-1).max(-1))
+        out[s0 : s0 + step] = np.where(valid, vals, -np.inf)
+    return out
 
 
 def _drop_self(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Small real embedding models the tests build, train-free but seeded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+
+class TinyNet(torch.nn.Module):
+    """conv -> relu -> global average pool -> linear to 16 dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def save_torchscript(path: Path) -> TinyNet:
+    net = TinyNet().eval()
+    torch.jit.script(net).save(str(path))
+    return net
+
+
+def save_onnx(path: Path, net: TinyNet) -> None:
+    """Write the same network as an ONNX graph, built node by node from its weights."""
+    w = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    inits = [
+        numpy_helper.from_array(w["conv.weight"], "cw"),
+        numpy_helper.from_array(w["conv.bias"], "cb"),
+        numpy_helper.from_array(np.ascontiguousarray(w["fc.weight"].T), "fw"),
+        numpy_helper.from_array(w["fc.bias"], "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
