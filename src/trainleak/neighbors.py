@@ -95,7 +95,7 @@ def knn(
         >>> db = np.eye(3, dtype=np.float32)
         >>> s, i = knn(db[:1], db, k=2)
         >>> s.tolist(), i.tolist()
-        [[1.0, 0.0]], [[0, 1]]
+        ([[1.0, 0.0]], [[0, 1]])
     """
     queries = np.ascontiguousarray(queries, np.float32)
     database = np.ascontiguousarray(database, np.float32)
