@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import link_orl  # noqa: E402
-
 from trainleak.audits.leakage import audit  # noqa: E402
 from trainleak.config import AuditConfig, EmbedConfig  # noqa: E402
+
+from conftest import link_orl  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +26,8 @@ def main() -> None:
     link_orl(root / "synthetic" / "leaks", range(1, 11), range(6, 11), per_person=False)
     link_orl(root / "synthetic" / "non", range(21, 31), range(1, 11), per_person=False)
     link_orl(root / "holdout", range(31, 41), range(1, 11))
-    cfg = AuditConfig(embed=EmbedConfig(cache=str(root / "cache"), workers=os.cpu_count()), fpr=0.01)
+    embed_cfg = EmbedConfig(cache=str(root / "cache"), workers=os.cpu_count())
+    cfg = AuditConfig(embed=embed_cfg, fpr=0.01)
     times = []
     for label in ("cold", "warm"):
         t0 = time.perf_counter()

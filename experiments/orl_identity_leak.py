@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import link_orl  # noqa: E402
-
 from trainleak.audits.leakage import audit  # noqa: E402
 from trainleak.config import AuditConfig, EmbedConfig  # noqa: E402
+
+from conftest import link_orl  # noqa: E402
 
 VARIANTS = {
     "default (pad 0.3, CNN fallback, flip)": {},

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainleak.encoders import ENCODERS, get_encoder
-from trainleak.encoders import _load_builtin
+from trainleak.encoders import ENCODERS, _load_builtin, get_encoder
 from trainleak.images import load_image
 
 from conftest import COIL, ORL
@@ -55,7 +54,8 @@ def test_encoder_contract(specs, name):
 
 def test_cache_key_changes_with_options():
     assert get_encoder("pixel", size=8).info.cache_key() != get_encoder("pixel").info.cache_key()
-    assert get_encoder("face", aligned=True).info.cache_key() != get_encoder("face").info.cache_key()
+    aligned = get_encoder("face", aligned=True).info.cache_key()
+    assert aligned != get_encoder("face").info.cache_key()
 
 
 def test_face_encoder_skips_images_without_faces_and_finds_all_faces():

@@ -81,7 +81,7 @@ def test_resume_after_kill_9(faces, reference, tmp_path):
     child.send_signal(signal.SIGKILL)
     child.wait()
     shards = list(cache.glob("*/shard-*.npz"))
-    assert 3 <= len(shards), "child never wrote a shard"
+    assert len(shards) >= 3, "child never wrote a shard"
     folder = shards[0].parent
     done = len(EmbeddingStore(cache, folder.name, 128))
     assert 0 < done < 40, f"kill came too late to test resume ({done} cached)"

@@ -58,7 +58,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags every audit shares: encoder, workers, cache, limits."""
+    """Add the flags every audit shares: encoder, workers, cache, limits."""
     g = p.add_argument_group("embedding")
     g.add_argument("--encoder", default=EmbedConfig.encoder,
                    help="face (default), pixel, tiled, onnx:FILE or torchscript:FILE")
@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    a = sub.add_parser("audit", help="find synthetic samples that copy or re-identify training samples")
+    a = sub.add_parser(
+        "audit", help="find synthetic samples that copy or re-identify training samples"
+    )
     a.add_argument("--train", required=True, help="training images: folder, glob or .txt/.csv list")
     a.add_argument("--synthetic", required=True, help="synthetic/generated images to audit")
     a.add_argument("--holdout", help="real images NOT used in training, to calibrate the threshold")

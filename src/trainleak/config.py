@@ -46,6 +46,7 @@ class AuditConfig:
         identity_weight: weight of the nearest photo in the identity score.
         ct_cells: k-means cells for Meehan's C_T.
         seed: seeds the k-means of C_T (the only randomness in an audit).
+
     """
 
     embed: EmbedConfig = field(default_factory=EmbedConfig)

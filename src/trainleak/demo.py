@@ -89,6 +89,7 @@ def run_demo(
 
     Returns:
         The report paths and a one-line account of planted leaks found.
+
     """
     out = Path(out)
     planted = make_demo_data(out / "data")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from trainleak.encoders import EncodeSkip, Encoder, EncoderInfo, get_encoder
+from trainleak.encoders import Encoder, EncoderInfo, EncodeSkip, get_encoder
 from trainleak.images import (
     DEFAULT_MAX_PIXELS,
     ImageSkip,
@@ -51,6 +51,7 @@ class EmbeddingSet:
         files: how many files the source listed.
         info: the encoder that made the vectors.
         root: the source as the user gave it.
+
     """
 
     ids: list[str]
@@ -156,6 +157,7 @@ def embed(
         >>> emb = embed(root, "pixel", workers=1, cache=False)
         >>> emb.vectors.shape, emb.skipped[0].reason
         ((1, 256), 'not an image (unrecognised format)')
+
     """
     options = dict(encoder_options or {})
     local = get_encoder(encoder, **options)

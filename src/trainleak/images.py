@@ -87,6 +87,7 @@ def list_records(source: str | os.PathLike[str]) -> list[Record]:
         >>> (root / "alice").mkdir(); _ = (root / "alice" / "1.png").write_bytes(b"")
         >>> [(r.id.endswith("1.png"), r.label) for r in list_records(root)]
         [(True, 'alice')]
+
     """
     text = os.fspath(source)
     path = Path(text)
@@ -139,7 +140,10 @@ def _list_file_records(list_path: Path) -> list[Record]:
                     f"{list_path} has no 'path' column (columns: {fields}); "
                     "add a header line 'path,identity'"
                 )
-            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+            rows = [
+                {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                for row in reader
+            ]
         return [
             Record(str(resolve(r["path"])), resolve(r["path"]), r.get("identity") or None)
             for r in rows
@@ -182,6 +186,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         >>> buf = io.BytesIO(); Image.new("L", (4, 3), 7).save(buf, "PNG")
         >>> decode_image(buf.getvalue()).shape
         (3, 4, 3)
+
     """
     if not data:
         raise ImageSkip("empty file (0 bytes)")
@@ -197,8 +202,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
                 )
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb8(im)
+            return _to_rgb8(ImageOps.exif_transpose(im))
     except ImageSkip:
         raise
     except UnidentifiedImageError:

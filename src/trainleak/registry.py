@@ -22,6 +22,7 @@ class Registry(Generic[T]):
         1
         >>> reg.names("o*")
         ['one']
+
     """
 
     def __init__(self, kind: str) -> None:

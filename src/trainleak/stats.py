@@ -38,6 +38,7 @@ def threshold_at_fpr(null_scores: np.ndarray, fpr: float) -> Threshold:
         >>> t = threshold_at_fpr(np.arange(100) / 100, 0.05)
         >>> t.value, t.achieved_fpr
         (0.94, 0.05)
+
     """
     if not 0 < fpr < 1:
         raise ValueError(f"--fpr must be between 0 and 1 (exclusive), got {fpr}")
@@ -68,6 +69,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         >>> lo, hi = wilson_interval(5, 10)
         >>> round(lo, 3), round(hi, 3)
         (0.237, 0.763)
+
     """
     if n == 0:
         return (0.0, 1.0)
@@ -98,6 +100,7 @@ def auc_score(positives: np.ndarray, negatives: np.ndarray) -> float:
     Example:
         >>> auc_score(np.array([3.0, 4.0]), np.array([1.0, 3.0]))
         0.875
+
     """
     pos = np.asarray(positives, np.float64)
     neg = np.asarray(negatives, np.float64)
@@ -123,13 +126,14 @@ def _midranks(x: np.ndarray) -> np.ndarray:
 
 
 def mann_whitney_z(x: np.ndarray, y: np.ndarray) -> float:
-    """Normal z of the Mann-Whitney U of ``x`` over ``y`` (tie-corrected).
+    """Return the normal z of the Mann-Whitney U of ``x`` over ``y`` (tie-corrected).
 
     Positive when ``x`` tends to be larger than ``y``.
 
     Example:
         >>> round(mann_whitney_z(np.arange(10) + 5.0, np.arange(10.0)), 3)
         2.84
+
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
@@ -197,6 +201,7 @@ def meehan_ct(
 
     Returns:
         ``(C_T, cells used)``; ``(nan, 0)`` when no cell is usable.
+
     """
     centres = kmeans(train, cells, seed=seed)
     h_cell = assign_cells(np.asarray(holdout, np.float64), centres)

@@ -35,12 +35,16 @@ def content_hash(data: bytes) -> str:
     Example:
         >>> content_hash(b"abc")
         'cf4ab791c62b8d2b2109c90275287816'
+
     """
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def default_cache_dir() -> Path:
-    """Return ``$TRAINLEAK_CACHE``, else ``$XDG_CACHE_HOME/trainleak``, else ``~/.cache/trainleak``."""
+    """Return the cache folder.
+
+    ``$TRAINLEAK_CACHE``, else ``$XDG_CACHE_HOME/trainleak``, else ``~/.cache/trainleak``.
+    """
     if os.environ.get("TRAINLEAK_CACHE"):
         return Path(os.environ["TRAINLEAK_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -64,6 +68,7 @@ class EmbeddingStore:
         >>> store.put({"h1": np.ones((1, 2), np.float32), "h2": "no face detected"})
         >>> EmbeddingStore(store.root, "demo-v1-0", dim=2).get("h2")
         'no face detected'
+
     """
 
     def __init__(self, root: str | os.PathLike[str] | None, key: str, dim: int) -> None:

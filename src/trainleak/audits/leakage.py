@@ -137,6 +137,7 @@ def audit(
         >>> cfg.embed.no_cache = True
         >>> audit(d / "train", d / "synth", config=cfg).report["summary"]["flagged"]
         1
+
     """
     config = config or AuditConfig()
     e = config.embed
@@ -227,7 +228,8 @@ def build_report(
             }
             for i in range(len(hold_set))
         ]
-    skipped = [s.to_dict() for es in (train, synth_set, hold_set) if es is not None for s in es.skipped]
+    sets = [es for es in (train, synth_set, hold_set) if es is not None]
+    skipped = [s.to_dict() for es in sets for s in es.skipped]
     return {
         "tool": "trainleak",
         "version": __version__,

@@ -83,6 +83,7 @@ def identity_scores(
         >>> s = identity_scores(t[:1], t, ["a", "a", "b"])
         >>> s.identity, s.train_index.tolist()
         (['a'], [0])
+
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"identity weight must be in [0, 1], got {weight}")

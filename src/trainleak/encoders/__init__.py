@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainleak.encoders.base import EncodeSkip, Encoder, EncoderInfo
+from trainleak.encoders.base import Encoder, EncoderInfo, EncodeSkip
 from trainleak.registry import Registry
 
 ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder")
@@ -19,6 +19,7 @@ def parse_encoder_name(spec: str) -> tuple[str, dict[str, Any]]:
         ('torchscript', {'path': 'model.pt'})
         >>> parse_encoder_name("face")
         ('face', {})
+
     """
     name, sep, rest = spec.partition(":")
     if sep:

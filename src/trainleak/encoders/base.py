@@ -61,6 +61,7 @@ class EncoderInfo:
             >>> info = EncoderInfo("pixel", 1, 256, "cosine", 0.9, "", {"size": 16})
             >>> info.cache_key().startswith("pixel-v1-"), len(info.cache_key())
             (True, 25)
+
         """
         ident = json.dumps(
             [self.name, self.version, self.dim, self.options, self.weights_sha256],

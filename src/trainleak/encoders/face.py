@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from trainleak.encoders import ENCODERS
-from trainleak.encoders.base import EncoderInfo, EncodeSkip, Encoder, file_sha256, l2_normalise
-from trainleak.encoders.base import resolve_options
+from trainleak.encoders.base import (
+    Encoder,
+    EncoderInfo,
+    EncodeSkip,
+    file_sha256,
+    l2_normalise,
+    resolve_options,
+)
 
 _MODEL_FILES = {
     "landmarks": "shape_predictor_5_face_landmarks.dat",
@@ -82,9 +88,10 @@ class FaceEncoder(Encoder):
         >>> enc = FaceEncoder()
         >>> enc.info.dim, enc.info.metric
         (128, 'cosine')
+
     """
 
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         "aligned": False,
         "all_faces": False,
         "upsample": "auto",
@@ -165,7 +172,8 @@ class FaceEncoder(Encoder):
             vec = np.asarray(self._net.compute_face_descriptor(chip, self.opts["jitter"]))
             if self.opts["flip"]:
                 mirror = np.ascontiguousarray(chip[:, ::-1])
-                vec = vec + np.asarray(self._net.compute_face_descriptor(mirror, self.opts["jitter"]))
+                flipped = self._net.compute_face_descriptor(mirror, self.opts["jitter"])
+                vec = vec + np.asarray(flipped)
             rows.append(vec)
         return l2_normalise(np.stack(rows))
 

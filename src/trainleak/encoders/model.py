@@ -26,9 +26,9 @@ from PIL import Image
 
 from trainleak.encoders import ENCODERS
 from trainleak.encoders.base import (
+    Encoder,
     EncoderInfo,
     EncodeSkip,
-    Encoder,
     file_sha256,
     l2_normalise,
     resolve_options,
@@ -56,7 +56,9 @@ class _ModelEncoder(Encoder):
     def __init__(self, **options: Any) -> None:
         opts = resolve_options(self.kind, self.defaults, options)
         if not opts["path"]:
-            raise ValueError(f"the {self.kind} encoder needs a model file: --encoder {self.kind}:FILE")
+            raise ValueError(
+                f"the {self.kind} encoder needs a model file: --encoder {self.kind}:FILE"
+            )
         path = Path(os.fspath(opts["path"]))
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
@@ -144,7 +146,9 @@ class OnnxEncoder(_ModelEncoder):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError("the onnx encoder needs onnxruntime: pip install 'trainleak[onnx]'") from None
+            raise ImportError(
+                "the onnx encoder needs onnxruntime: pip install 'trainleak[onnx]'"
+            ) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         try:

@@ -22,13 +22,13 @@ our choice, not the paper's; set ``flip_invariant=False`` to turn it off.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from trainleak.encoders import ENCODERS
-from trainleak.encoders.base import EncoderInfo, Encoder, l2_normalise, resolve_options
+from trainleak.encoders.base import Encoder, EncoderInfo, l2_normalise, resolve_options
 
 
 def _resize(image: np.ndarray, size: int, grey: bool) -> np.ndarray:
@@ -51,9 +51,10 @@ class PixelEncoder(Encoder):
         >>> v = enc.encode(img)
         >>> v.shape, round(float(np.linalg.norm(v)), 4)
         ((1, 64), 1.0)
+
     """
 
-    defaults: dict[str, Any] = {"size": 16, "flip_invariant": True}
+    defaults: ClassVar[dict[str, Any]] = {"size": 16, "flip_invariant": True}
 
     def __init__(self, **options: Any) -> None:
         opts = resolve_options("pixel", self.defaults, options)
@@ -91,9 +92,10 @@ class TiledEncoder(Encoder):
         >>> img = np.zeros((40, 30, 3), dtype=np.uint8)
         >>> enc.encode(img).shape, enc.info.metric
         ((1, 3072), 'tiled_l2')
+
     """
 
-    defaults: dict[str, Any] = {"size": 32, "grid": 4, "flip_invariant": True}
+    defaults: ClassVar[dict[str, Any]] = {"size": 32, "grid": 4, "flip_invariant": True}
 
     def __init__(self, **options: Any) -> None:
         opts = resolve_options("tiled", self.defaults, options)

@@ -16,6 +16,7 @@ def clean_json(value: Any) -> Any:
     Example:
         >>> clean_json({"a": float("nan"), "b": [1.5, float("inf")]})
         {'a': None, 'b': [1.5, None]}
+
     """
     if isinstance(value, dict):
         return {str(k): clean_json(v) for k, v in value.items()}
@@ -63,6 +64,7 @@ def write_audit_report(
 
     Returns:
         The written paths by kind.
+
     """
     from trainleak.report.html import render_audit_html, thumbnail_data_uri
 

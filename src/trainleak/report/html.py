@@ -52,9 +52,9 @@ def thumbnail_data_uri(path: str, size: int = 96) -> str | None:
     if "#" in path and not os.path.exists(path):
         path = path.rsplit("#", 1)[0]
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im).convert("RGB")
+        with Image.open(path) as src:
+            src.seek(0)
+            im = ImageOps.exif_transpose(src).convert("RGB")
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
@@ -85,7 +85,7 @@ def _img(thumbnail: Thumbnail | None, role: str, path: str | None) -> str:
 
 
 def verdict_sentence(report: dict[str, Any]) -> str:
-    """The report's finding in one plain sentence."""
+    """Return the report's finding in one plain sentence."""
     s, t = report["summary"], report["threshold"]
     lo, hi = s["flagged_rate_ci95"]
     what = (
@@ -250,7 +250,10 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
     if hold_scores:
         series["holdout (not in training)"] = hold_scores
     hist = svg_histogram(
-        series, t["value"], title="Leak score: synthetic vs holdout", x_label=s.get("score_note", "")
+        series,
+        t["value"],
+        title="Leak score: synthetic vs holdout",
+        x_label=s.get("score_note", ""),
     )
     redacted = (
         '<p class="note">Thumbnails omitted (--redact).</p>' if thumbnail is None else ""

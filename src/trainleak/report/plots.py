@@ -27,6 +27,7 @@ def svg_histogram(
         >>> svg = svg_histogram({"a": [0.1, 0.2], "b": [0.5]}, 0.3, bins=5)
         >>> svg.startswith("<svg") and "0.300" in svg
         True
+
     """
     values = [v for vals in series.values() for v in vals if np.isfinite(v)]
     if threshold is not None and np.isfinite(threshold):
