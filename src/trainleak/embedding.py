@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -87,12 +88,8 @@ def _init_worker(spec: str, options: dict[str, Any]) -> None:
         os.environ[var] = "1"
     global _WORKER_ENCODER
     _WORKER_ENCODER = get_encoder(spec, **options)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _encode_chunk(
@@ -119,6 +116,124 @@ def _encode_chunk(
     return final
 
 
+class Embedder:
+    """Embeds sources with one encoder, one cache and one worker pool.
+
+    Use it as a context manager to embed several sets without starting the
+    workers (and loading the model) again for each::
+
+        with Embedder("face", workers=2) as emb:
+            train, synth = emb.embed("train/", "train"), emb.embed("synth/", "synthetic")
+
+    Args:
+        encoder: registry name, or ``onnx:FILE`` / ``torchscript:FILE``.
+        encoder_options: the encoder's options (e.g. ``{"aligned": True}``).
+        workers: processes that embed; ``None`` = CPU cores, 1 = in-process.
+        batch_size: images per worker task and per cache shard.
+        cache: a cache folder, ``True`` for the default folder, ``False``/``None``
+            for none.
+        max_pixels: decompression-bomb limit.
+        progress: show a progress bar on stderr.
+
+    """
+
+    def __init__(
+        self,
+        encoder: str = "face",
+        *,
+        encoder_options: dict[str, Any] | None = None,
+        workers: int | None = None,
+        batch_size: int = 16,
+        cache: str | os.PathLike[str] | None | bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
+        self.spec = encoder
+        self.options = dict(encoder_options or {})
+        self.local = get_encoder(encoder, **self.options)
+        self.info = self.local.info
+        if cache is True:
+            cache = default_cache_dir()
+        self.store = EmbeddingStore(cache or None, self.info.cache_key(), self.info.dim)
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.progress = progress
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def embed(self, source: str | os.PathLike[str], set_name: str = "input") -> EmbeddingSet:
+        """Embed every image of a source, using and filling the cache.
+
+        Args:
+            source: a folder, glob or list file (see :func:`trainleak.images.list_records`).
+            set_name: the name skip records carry (``train``, ``synthetic``...).
+
+        Returns:
+            An :class:`EmbeddingSet` with rows in sorted-path order.
+
+        """
+        records = list_records(source)
+        results: dict[str, np.ndarray | str] = {}
+        skipped: list[SkipRecord] = []
+        digests: list[str | None] = []
+        bar = tqdm(
+            total=len(records), desc=f"embed {set_name}", unit="img",
+            disable=not self.progress, mininterval=0.5, leave=False,
+        )
+        misses = _scan(records, self.store, set_name, skipped, digests, results, bar)
+        pending: dict[str, np.ndarray | str] = {}
+        for done in self._run(_chunks(misses, self.batch_size)):
+            for digest, res in done:
+                results[digest] = res
+                if not (isinstance(res, str) and res.startswith("!")):
+                    pending[digest] = res
+                bar.update(1)
+            if len(pending) >= self.batch_size:
+                self.store.put(pending)
+                pending = {}
+        self.store.put(pending)
+        bar.close()
+        return _assemble(
+            records, digests, results, skipped, set_name, self.info, os.fspath(source)
+        )
+
+    def _run(
+        self, chunks: Iterator[tuple[list[str], list[bytes]]]
+    ) -> Iterator[list[tuple[str, np.ndarray | str]]]:
+        """Embed chunks in order, in-process or with at most 2 chunks per worker in flight."""
+        if self.workers == 1:
+            for digests, blobs in chunks:
+                out = _encode_chunk(blobs, self.max_pixels, self.local)
+                yield list(zip(digests, out, strict=True))
+            return
+        in_flight: list[tuple[list[str], Future[list[np.ndarray | str]]]] = []
+        for digests, blobs in chunks:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers, get_context("spawn"), _init_worker, (self.spec, self.options)
+                )
+            in_flight.append((digests, self._pool.submit(_encode_chunk, blobs, self.max_pixels)))
+            if len(in_flight) >= 2 * self.workers:
+                first, fut = in_flight.pop(0)
+                yield list(zip(first, fut.result(), strict=True))
+        for first, fut in in_flight:
+            yield list(zip(first, fut.result(), strict=True))
+
+
 def embed(
     source: str | os.PathLike[str],
     encoder: str = "face",
@@ -131,22 +246,7 @@ def embed(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
 ) -> EmbeddingSet:
-    """Embed every image of a source, using and filling the embedding cache.
-
-    Args:
-        source: a folder, glob or list file (see :func:`trainleak.images.list_records`).
-        encoder: registry name, or ``onnx:FILE`` / ``torchscript:FILE``.
-        encoder_options: the encoder's options (e.g. ``{"aligned": True}``).
-        set_name: the name skip records carry (``train``, ``synthetic``...).
-        workers: processes that embed; ``None`` = CPU cores, 1 = in-process.
-        batch_size: images per worker task and per cache shard.
-        cache: a cache folder, ``True`` for the default folder, ``False``/``None``
-            for none.
-        max_pixels: decompression-bomb limit.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        An :class:`EmbeddingSet` with rows in sorted-path order.
+    """Embed every image of one source; see :class:`Embedder` for the arguments.
 
     Example:
         >>> import tempfile, pathlib
@@ -159,36 +259,16 @@ def embed(
         ((1, 256), 'not an image (unrecognised format)')
 
     """
-    options = dict(encoder_options or {})
-    local = get_encoder(encoder, **options)
-    info = local.info
-    if cache is True:
-        cache = default_cache_dir()
-    store = EmbeddingStore(cache or None, info.cache_key(), info.dim)
-    records = list_records(source)
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    results: dict[str, np.ndarray | str] = {}
-    skipped: list[SkipRecord] = []
-    digests: list[str | None] = []
-    bar = tqdm(
-        total=len(records), desc=f"embed {set_name}", unit="img", disable=not progress,
-        mininterval=0.5, leave=False,
-    )
-    misses = _scan(records, store, set_name, skipped, digests, results, bar)
-    chunks = _chunks(misses, batch_size)
-    pending: dict[str, np.ndarray | str] = {}
-    for done in _run(chunks, encoder, options, workers, max_pixels, local):
-        for digest, res in done:
-            results[digest] = res
-            if not (isinstance(res, str) and res.startswith("!")):
-                pending[digest] = res
-            bar.update(1)
-        if len(pending) >= batch_size:
-            store.put(pending)
-            pending = {}
-    store.put(pending)
-    bar.close()
-    return _assemble(records, digests, results, skipped, set_name, info, os.fspath(source))
+    with Embedder(
+        encoder,
+        encoder_options=encoder_options,
+        workers=workers,
+        batch_size=batch_size,
+        cache=cache,
+        max_pixels=max_pixels,
+        progress=progress,
+    ) as embedder:
+        return embedder.embed(source, set_name)
 
 
 def _scan(
@@ -240,31 +320,6 @@ def _chunks(
             digests, blobs = [], []
     if digests:
         yield digests, blobs
-
-
-def _run(
-    chunks: Iterator[tuple[list[str], list[bytes]]],
-    spec: str,
-    options: dict[str, Any],
-    workers: int,
-    max_pixels: int,
-    local: Encoder,
-) -> Iterator[list[tuple[str, np.ndarray | str]]]:
-    """Embed chunks in order, in-process or with at most 2 chunks per worker in flight."""
-    if workers == 1:
-        for digests, blobs in chunks:
-            yield list(zip(digests, _encode_chunk(blobs, max_pixels, local), strict=True))
-        return
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(workers, ctx, _init_worker, (spec, options)) as pool:
-        in_flight: list[tuple[list[str], Future[list[np.ndarray | str]]]] = []
-        for digests, blobs in chunks:
-            in_flight.append((digests, pool.submit(_encode_chunk, blobs, max_pixels)))
-            if len(in_flight) >= 2 * workers:
-                digests0, fut = in_flight.pop(0)
-                yield list(zip(digests0, fut.result(), strict=True))
-        for digests0, fut in in_flight:
-            yield list(zip(digests0, fut.result(), strict=True))
 
 
 def _assemble(

@@ -22,8 +22,8 @@ import numpy as np
 
 from trainleak._version import __version__
 from trainleak.audits.scoring import Neighbours, identity_scores, nearest
-from trainleak.config import AuditConfig
-from trainleak.embedding import EmbeddingSet, embed
+from trainleak.config import AuditConfig, EmbedConfig
+from trainleak.embedding import Embedder, EmbeddingSet
 from trainleak.stats import (
     Threshold,
     auc_score,
@@ -102,6 +102,33 @@ def choose_threshold(
     return Threshold(default, None, None, default_note), "encoder-default"
 
 
+def make_embedder(e: EmbedConfig) -> Embedder:
+    """Build the :class:`Embedder` an :class:`EmbedConfig` describes."""
+    return Embedder(
+        e.encoder,
+        encoder_options=e.encoder_options,
+        workers=e.workers,
+        batch_size=e.batch_size,
+        cache=e.cache_arg(),
+        max_pixels=e.max_pixels,
+        progress=e.progress,
+    )
+
+
+def embed_nonempty(
+    embedder: Embedder, path: str | os.PathLike[str], name: str
+) -> EmbeddingSet:
+    """Embed one set; raise :class:`AuditInputError` when nothing in it is usable."""
+    emb = embedder.embed(path, name)
+    if len(emb) == 0:
+        reasons = sorted({s.reason for s in emb.skipped})
+        raise AuditInputError(
+            f"no usable image in {name} set {os.fspath(path)!r} "
+            f"({emb.files} files; reasons: {'; '.join(reasons) or 'no files'})"
+        )
+    return emb
+
+
 def audit(
     train: str | os.PathLike[str],
     synthetic: str | os.PathLike[str],
@@ -140,31 +167,10 @@ def audit(
 
     """
     config = config or AuditConfig()
-    e = config.embed
-
-    def run(path: str | os.PathLike[str], name: str) -> EmbeddingSet:
-        emb = embed(
-            path,
-            e.encoder,
-            encoder_options=e.encoder_options,
-            set_name=name,
-            workers=e.workers,
-            batch_size=e.batch_size,
-            cache=e.cache_arg(),
-            max_pixels=e.max_pixels,
-            progress=e.progress,
-        )
-        if len(emb) == 0:
-            reasons = sorted({s.reason for s in emb.skipped})
-            raise AuditInputError(
-                f"no usable image in {name} set {os.fspath(path)!r} "
-                f"({emb.files} files; reasons: {'; '.join(reasons) or 'no files'})"
-            )
-        return emb
-
-    train_set = run(train, "train")
-    synth_set = run(synthetic, "synthetic")
-    hold_set = run(holdout, "holdout") if holdout is not None else None
+    with make_embedder(config.embed) as embedder:
+        train_set = embed_nonempty(embedder, train, "train")
+        synth_set = embed_nonempty(embedder, synthetic, "synthetic")
+        hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
     mode = resolve_score_mode(config, train_set)
     synth = score_against(synth_set, train_set, mode, config)
     hold = score_against(hold_set, train_set, mode, config) if hold_set is not None else None
