@@ -98,3 +98,16 @@ def test_errors_say_how_to_fix():
     with pytest.raises(ValueError, match="cosine metric only"):
         knn(x, x, 1, metric="tiled_l2", backend="faiss")
     assert knn(np.zeros((0, 4), np.float32), x, 2)[0].shape == (0, 2)
+
+
+@pytest.mark.gpu
+def test_cuda_search_matches_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(10)
+    q, db = _unit(rng, 50, 32), _unit(rng, 3000, 32)
+    cpu = knn(q, db, 5, block_size=512)
+    gpu = knn(q, db, 5, block_size=512, device="cuda")
+    np.testing.assert_array_equal(gpu[1], cpu[1])
+    np.testing.assert_array_equal(gpu[0], cpu[0])
