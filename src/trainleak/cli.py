@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_arguments(a)
     a.set_defaults(func=run_audit)
 
+    u = sub.add_parser("dedup", help="find near-duplicate clusters in one set; write a keep-list")
+    u.add_argument("path", help="images: folder, glob or .txt/.csv list")
+    u.add_argument("--threshold", type=float, default=None,
+                   help="similarity above which images are near-duplicates "
+                   "(default: the encoder's operating point)")
+    u.add_argument("--k", type=_positive_int, default=16, help="neighbours searched per image")
+    u.add_argument("--out", default="trainleak-dedup", help="output folder")
+    u.add_argument("--copy-kept", metavar="DIR", help="copy the deduplicated set to DIR")
+    u.add_argument("--redact", action="store_true", help="no images in the HTML report")
+    u.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_embed_arguments(u)
+    u.set_defaults(func=run_dedup, encoder="pixel")
+
     d = sub.add_parser("demo", help="run an audit on bundled faces with planted leaks (offline)")
     d.add_argument("--out", default="trainleak-demo", help="output folder")
     d.add_argument("--workers", type=_positive_int, default=None)
@@ -172,6 +185,27 @@ def _print_summary(report: dict[str, Any], paths: dict[str, str]) -> None:
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} files (reasons in the report)")
     print(f"report: {paths['html']}")
+
+
+def run_dedup(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak dedup``."""
+    from trainleak.audits.dedup import DedupConfig, dedup
+
+    config = DedupConfig(embed=embed_config(args), threshold=args.threshold, k=args.k)
+    result = dedup(args.path, config=config, argv=argv)
+    paths = result.write(args.out, redact=args.redact)
+    s = result.report["summary"]
+    print(
+        f"{s['images']} images, {s['clusters']} near-duplicate clusters: keep {s['kept']}, "
+        f"remove {s['removed']} (threshold {result.report['threshold']['value']:.4f})"
+    )
+    if result.report["skipped"]:
+        print(f"skipped {len(result.report['skipped'])} files (reasons in the report)")
+    if args.copy_kept:
+        n = result.copy_kept(args.copy_kept)
+        print(f"copied {n} kept images to {args.copy_kept}")
+    print(f"keep-list: {paths['csv']}\nreport: {paths['html']}")
+    return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace, argv: list[str]) -> int:

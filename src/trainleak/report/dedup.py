@@ -1,0 +1,79 @@
+"""``dedup`` reports: ``report.json``, ``dedup.csv`` and an HTML gallery of clusters."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from trainleak.report import clean_json, write_json
+from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+
+#: Clusters shown in the gallery (all are in the JSON and CSV).
+GALLERY_CLUSTERS = 100
+
+
+def render_dedup_html(report: dict[str, Any], thumbnail: Any) -> str:
+    """Render the gallery; ``thumbnail=None`` embeds no images."""
+    s, t = report["summary"], report["threshold"]
+    head = (
+        f"{s['images']} images: {s['clusters']} near-duplicate clusters holding "
+        f"{s['in_clusters']} images; keeping one per cluster removes {s['removed']} and keeps "
+        f"{s['kept']}. Near-duplicate = {_e(report['encoder']['name'])} similarity above "
+        f"{t['value']:.4f} ({_e(t['method'])})."
+    )
+    blocks = []
+    for c in report["clusters"][:GALLERY_CLUSTERS]:
+        cells = []
+        for m in c["members"]:
+            is_kept = m["path"] == c["kept"]
+            style = "border:3px solid #009E73" if is_kept else "border:3px solid transparent"
+            cells.append(
+                f'<figure style="display:inline-block;margin:4px;{style}">'
+                f"{_img(thumbnail, 'input', m['path'])}"
+                f'<figcaption class="note" style="max-width:120px;word-break:break-all">'
+                f"{'KEPT ' if is_kept else ''}{_e(m['path'])}<br>{m['similarity_to_kept']:.4f}"
+                "</figcaption></figure>"
+            )
+        blocks.append(
+            f"<h3>cluster {c['cluster']} &middot; {c['size']} images</h3>"
+            f"<div>{''.join(cells)}</div>"
+        )
+    more = len(report["clusters"]) - GALLERY_CLUSTERS
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>trainleak dedup report</title><style>{_CSS}</style></head><body>"
+        f"<h1>trainleak dedup report</h1><p class=\"verdict\">{head}</p>"
+        f'<p class="note">{_e(t["note"])}. Kept image outlined in green; the number is its '
+        "similarity to the kept image. Keep rule: "
+        f"{_e(s['keep_rule'])}.</p>"
+        + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
+        + "".join(blocks)
+        + (f"<p>{more} more clusters in report.json and dedup.csv.</p>" if more > 0 else "")
+        + f"<h2>Skipped files</h2>{_skipped(report)}</body></html>"
+    )
+
+
+def write_dedup_report(
+    report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
+) -> dict[str, str]:
+    """Write ``report.json``, ``dedup.csv`` and ``report.html`` into ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": str(folder / "report.json"),
+        "csv": str(folder / "dedup.csv"),
+        "html": str(folder / "report.html"),
+    }
+    write_json(report, paths["json"])
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "cluster", "kept"])
+        for row in report["rows"]:
+            cluster = "" if row["cluster"] is None else row["cluster"]
+            writer.writerow([row["path"], cluster, int(row["kept"])])
+    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
+    html = render_dedup_html(clean_json(report), thumbnail)
+    Path(paths["html"]).write_text(html, encoding="utf-8")
+    return paths
