@@ -30,7 +30,10 @@ VARIANTS = {
     "no flip averaging": {"flip": False},
     "no CNN fallback": {"cnn_fallback": False},
     "no padding, no CNN fallback, no flip (plain dlib)": {
-        "pad": 0.0, "cnn_fallback": False, "flip": False},
+        "pad": 0.0,
+        "cnn_fallback": False,
+        "flip": False,
+    },
 }
 
 
@@ -46,21 +49,26 @@ def main() -> None:
     link_orl(root / "holdout", range(31, 41), range(1, 11))
     cache = args.cache or str(root / "cache")
     variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
-    print("| face encoder | leak score | leaks flagged (of 50) | non-members flagged (of 100) "
-          "| images without a detected face | threshold |")
+    print(
+        "| face encoder | leak score | leaks flagged (of 50) | non-members flagged (of 100) "
+        "| images without a detected face | threshold |"
+    )
     print("|---|---|---|---|---|---|")
     for name, options in variants.items():
         for score in ("nn", "identity"):
-            cfg = AuditConfig(embed=EmbedConfig(encoder_options=options, cache=cache),
-                              fpr=0.01, score=score)
+            cfg = AuditConfig(
+                embed=EmbedConfig(encoder_options=options, cache=cache), fpr=0.01, score=score
+            )
             res = audit(root / "train", root / "synthetic", root / "holdout", config=cfg)
             flagged = res.flagged
             leaks = sum("/leaks/" in f for f in flagged)
             non = sum("/nonmembers/" in f for f in flagged)
             no_face = sum(s["reason"] == "no face detected" for s in res.report["skipped"])
             t = res.report["threshold"]["value"]
-            print(f"| {name} | {score} | {leaks} ({leaks / 50:.0%}) | {non} | {no_face} of 350 "
-                  f"| {t:.4f} |")
+            print(
+                f"| {name} | {score} | {leaks} ({leaks / 50:.0%}) | {non} | {no_face} of 350 "
+                f"| {t:.4f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -53,5 +53,9 @@ def orl_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     link_orl(root / "synthetic" / "leaks", range(1, 11), range(6, 11), per_person=False)
     link_orl(root / "synthetic" / "nonmembers", range(21, 31), range(1, 11), per_person=False)
     link_orl(root / "holdout", range(31, 41), range(1, 11))
-    return {"root": root, "train": root / "train", "synthetic": root / "synthetic",
-            "holdout": root / "holdout"}
+    return {
+        "root": root,
+        "train": root / "train",
+        "synthetic": root / "synthetic",
+        "holdout": root / "holdout",
+    }

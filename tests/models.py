@@ -46,7 +46,8 @@ def save_onnx(path: Path, net: TinyNet) -> None:
         helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
         inits,

@@ -56,8 +56,9 @@ def test_flagged_leaks_point_at_the_right_person(orl_result):
 
 def test_nearest_photo_score_is_weaker_but_works(orl_scenario, cache_dir):
     s = orl_scenario
-    result = audit(s["train"], s["synthetic"], s["holdout"],
-                   config=_config(cache_dir, fpr=0.01, score="nn"))
+    result = audit(
+        s["train"], s["synthetic"], s["holdout"], config=_config(cache_dir, fpr=0.01, score="nn")
+    )
     leaks, non = _flagged_split(result)
     assert len(leaks) >= 35
     assert len(non) <= 1
@@ -66,8 +67,18 @@ def test_nearest_photo_score_is_weaker_but_works(orl_scenario, cache_dir):
 def test_report_contract(orl_result, tmp_path):
     paths = orl_result.write(tmp_path / "out")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
-    for key in ("tool", "version", "command", "argv", "encoder", "inputs", "threshold",
-                "summary", "matches", "skipped"):
+    for key in (
+        "tool",
+        "version",
+        "command",
+        "argv",
+        "encoder",
+        "inputs",
+        "threshold",
+        "summary",
+        "matches",
+        "skipped",
+    ):
         assert key in rep
     assert rep["encoder"]["name"] == "face" and rep["encoder"]["dim"] == 128
     assert rep["inputs"]["synthetic"]["files"] == 150
@@ -79,8 +90,10 @@ def test_report_contract(orl_result, tmp_path):
         per.setdefault(m["synthetic"], []).append(m["rank"])
     assert len(per) == n_embedded
     assert all(sorted(r)[:5] == [1, 2, 3, 4, 5] for r in per.values())
-    assert all(sum(1 for m in rep["matches"] if m["synthetic"] == s and m["flagged"]) <= 1
-               for s in list(per)[:20])
+    assert all(
+        sum(1 for m in rep["matches"] if m["synthetic"] == s and m["flagged"]) <= 1
+        for s in list(per)[:20]
+    )
     assert rep["summary"]["dcr"]["auc_synthetic_closer"] > 0.5
     assert rep["summary"]["meehan_ct"]["value"] < 0
     html = (tmp_path / "out" / "report.html").read_text()
@@ -92,9 +105,26 @@ def test_report_contract(orl_result, tmp_path):
 def test_cli_end_to_end_with_fail_on_leak_and_redact(orl_scenario, cache_dir, tmp_path):
     s = orl_scenario
     out = tmp_path / "cli"
-    code = main(["audit", "--train", str(s["train"]), "--synthetic", str(s["synthetic"]),
-                 "--holdout", str(s["holdout"]), "--fpr", "0.01", "--cache", str(cache_dir),
-                 "--out", str(out), "--redact", "--fail-on-leak", "-q"])
+    code = main(
+        [
+            "audit",
+            "--train",
+            str(s["train"]),
+            "--synthetic",
+            str(s["synthetic"]),
+            "--holdout",
+            str(s["holdout"]),
+            "--fpr",
+            "0.01",
+            "--cache",
+            str(cache_dir),
+            "--out",
+            str(out),
+            "--redact",
+            "--fail-on-leak",
+            "-q",
+        ]
+    )
     assert code == 1
     html = (out / "report.html").read_text()
     assert "data:image" not in html

@@ -30,9 +30,23 @@ def _run(capsys, *args):
 
 def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
     out = coil_sets / "out"
-    base = ["audit", "--train", str(coil_sets / "train"), "--synthetic", str(coil_sets / "synth"),
-            "--encoder", "pixel", "--threshold", "0.99", "--no-cache", "--workers", "1",
-            "--out", str(out), "-q"]
+    base = [
+        "audit",
+        "--train",
+        str(coil_sets / "train"),
+        "--synthetic",
+        str(coil_sets / "synth"),
+        "--encoder",
+        "pixel",
+        "--threshold",
+        "0.99",
+        "--no-cache",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "-q",
+    ]
     code, stdout, _ = _run(capsys, *base)
     assert code == 0
     assert "flagged 3 of 9" in stdout  # object 3's views are in both sets
@@ -44,9 +58,22 @@ def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
 
 def test_encoder_default_threshold_is_marked_uncalibrated(coil_sets, capsys):
     out = coil_sets / "out2"
-    code, stdout, _ = _run(capsys, "audit", "--train", str(coil_sets / "train"), "--synthetic",
-                           str(coil_sets / "synth"), "--encoder", "tiled", "--no-cache",
-                           "--workers", "1", "--out", str(out), "-q")
+    code, stdout, _ = _run(
+        capsys,
+        "audit",
+        "--train",
+        str(coil_sets / "train"),
+        "--synthetic",
+        str(coil_sets / "synth"),
+        "--encoder",
+        "tiled",
+        "--no-cache",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "-q",
+    )
     assert code == 0 and "encoder-default" in stdout
     rep = json.loads((out / "report.json").read_text())
     assert rep["threshold"]["calibrated"] is False
@@ -58,33 +85,76 @@ def test_encoder_default_threshold_is_marked_uncalibrated(coil_sets, capsys):
     [
         (["--synthetic", "{synth}", "--train", "{missing}"], "does not exist"),
         (["--synthetic", "{synth}", "--train", "{bad}"], "no usable image in train set"),
-        (["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "--aligned"],
-         "face encoder only"),
-        (["--synthetic", "{synth}", "--train", "{train}", "--encoder", "nope"],
-         "unknown encoder 'nope'"),
-        (["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "-O", "sise=8"],
-         "its options are: flip_invariant, size"),
-        (["--synthetic", "{synth}", "--train", "{train}", "--holdout", "{synth}",
-          "--threshold", "0.5"], "not both"),
-        (["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "--score",
-          "identity"], "needs identity labels"),
+        (
+            ["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "--aligned"],
+            "face encoder only",
+        ),
+        (
+            ["--synthetic", "{synth}", "--train", "{train}", "--encoder", "nope"],
+            "unknown encoder 'nope'",
+        ),
+        (
+            ["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "-O", "sise=8"],
+            "its options are: flip_invariant, size",
+        ),
+        (
+            [
+                "--synthetic",
+                "{synth}",
+                "--train",
+                "{train}",
+                "--holdout",
+                "{synth}",
+                "--threshold",
+                "0.5",
+            ],
+            "not both",
+        ),
+        (
+            [
+                "--synthetic",
+                "{synth}",
+                "--train",
+                "{train}",
+                "--encoder",
+                "pixel",
+                "--score",
+                "identity",
+            ],
+            "needs identity labels",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_fix(coil_sets, capsys, args, message):
     bad = coil_sets / "bad"
     bad.mkdir(exist_ok=True)
     (bad / "x.png").write_bytes(b"nope")
-    paths = {"synth": coil_sets / "synth", "train": coil_sets / "train",
-             "missing": coil_sets / "missing", "bad": bad}
+    paths = {
+        "synth": coil_sets / "synth",
+        "train": coil_sets / "train",
+        "missing": coil_sets / "missing",
+        "bad": bad,
+    }
     filled = [a.format(**paths) for a in args]
-    code, _, err = _run(capsys, "audit", *filled, "--no-cache", "--workers", "1", "-q",
-                        "--out", str(coil_sets / "o"))
+    code, _, err = _run(
+        capsys,
+        "audit",
+        *filled,
+        "--no-cache",
+        "--workers",
+        "1",
+        "-q",
+        "--out",
+        str(coil_sets / "o"),
+    )
     assert code == 2
     assert message in err
 
 
-@pytest.mark.parametrize("args", [["audit", "--train", "x"], ["audit", "--fpr", "2"],
-                                  ["audit", "--k", "0"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "args",
+    [["audit", "--train", "x"], ["audit", "--fpr", "2"], ["audit", "--k", "0"], ["frobnicate"]],
+)
 def test_argparse_errors_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)

@@ -19,8 +19,13 @@ def specs(tmp_path_factory):
     root = tmp_path_factory.mktemp("m")
     net = save_torchscript(root / "t.pt")
     save_onnx(root / "t.onnx", net)
-    return {"face": "face", "pixel": "pixel", "tiled": "tiled",
-            "onnx": f"onnx:{root / 't.onnx'}", "torchscript": f"torchscript:{root / 't.pt'}"}
+    return {
+        "face": "face",
+        "pixel": "pixel",
+        "tiled": "tiled",
+        "onnx": f"onnx:{root / 't.onnx'}",
+        "torchscript": f"torchscript:{root / 't.pt'}",
+    }
 
 
 def test_every_registered_encoder_is_covered(specs):
@@ -35,8 +40,11 @@ def test_encoder_contract(specs, name):
     assert info.metric in ("cosine", "tiled_l2")
     assert 0 < info.default_threshold < 1 and info.threshold_note
     assert info.cache_key() == get_encoder(specs[name]).info.cache_key()
-    images = [load_image(ORL / "s1" / "1.pgm"), load_image(COIL / "obj1__0.png"),
-              load_image(ORL / "s2" / "3.pgm")]
+    images = [
+        load_image(ORL / "s1" / "1.pgm"),
+        load_image(COIL / "obj1__0.png"),
+        load_image(ORL / "s2" / "3.pgm"),
+    ]
     results = enc.encode_batch(images)
     assert len(results) == 3
     rows = [r for r in results if isinstance(r, np.ndarray)]

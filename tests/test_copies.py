@@ -61,8 +61,9 @@ def copy_scenario(tmp_path_factory):
 @pytest.mark.parametrize(("encoder", "max_false"), [("pixel", 4), ("tiled", 2)])
 def test_augmented_copies_found(copy_scenario, encoder, max_false, tmp_path):
     cfg = AuditConfig(embed=EmbedConfig(encoder=encoder, workers=1, cache=str(tmp_path)), fpr=0.02)
-    result = audit(copy_scenario / "train", copy_scenario / "synthetic",
-                   copy_scenario / "holdout", config=cfg)
+    result = audit(
+        copy_scenario / "train", copy_scenario / "synthetic", copy_scenario / "holdout", config=cfg
+    )
     flagged = [os.path.basename(f) for f in result.flagged]
     copies = [f for f in flagged if f.startswith("copy")]
     false = [f for f in flagged if f.startswith("new_")]

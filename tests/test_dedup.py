@@ -71,8 +71,22 @@ def test_planted_duplicates_are_clustered_and_objects_never_mixed(dup_folder):
 
 def test_cli_writes_keep_list_and_copies_kept(dup_folder, tmp_path, capsys):
     out, kept_dir = tmp_path / "out", tmp_path / "kept"
-    code = main(["dedup", str(dup_folder), "--threshold", "0.99", "--no-cache", "--workers", "1",
-                 "--out", str(out), "--copy-kept", str(kept_dir), "-q"])
+    code = main(
+        [
+            "dedup",
+            str(dup_folder),
+            "--threshold",
+            "0.99",
+            "--no-cache",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--copy-kept",
+            str(kept_dir),
+            "-q",
+        ]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     rows = list(csv.DictReader((out / "dedup.csv").open()))

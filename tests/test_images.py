@@ -103,8 +103,14 @@ def _bad_folder(root):
 
 
 def test_bad_input_folder_skips_with_reasons(tmp_path):
-    emb = embed(_bad_folder(tmp_path / "bad"), "pixel", workers=2, cache=tmp_path / "c",
-                max_pixels=100_000, set_name="synthetic")
+    emb = embed(
+        _bad_folder(tmp_path / "bad"),
+        "pixel",
+        workers=2,
+        cache=tmp_path / "c",
+        max_pixels=100_000,
+        set_name="synthetic",
+    )
     assert sorted(os.path.basename(i) for i in emb.ids) == ["good.png", "good2.jpg"]
     reasons = {os.path.basename(s.path): s.reason for s in emb.skipped}
     assert reasons == {

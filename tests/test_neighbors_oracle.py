@@ -37,12 +37,13 @@ def _assert_tie_aware(scores, idx, q, db, k, metric, tiles=16):
         assert len(set(row.tolist())) == kk
         np.testing.assert_allclose(full[i, row], scores[i, :kk], atol=1e-5)
     if k > len(db):
-        assert np.all(idx[:, len(db):] == -1) and np.all(np.isneginf(scores[:, len(db):]))
+        assert np.all(idx[:, len(db) :] == -1) and np.all(np.isneginf(scores[:, len(db) :]))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy", "faiss"])
-@pytest.mark.parametrize(("n_db", "k", "block"), [(50, 5, 7), (3, 5, 16384), (100, 1, 33),
-                                                   (64, 10, 64)])
+@pytest.mark.parametrize(
+    ("n_db", "k", "block"), [(50, 5, 7), (3, 5, 16384), (100, 1, 33), (64, 10, 64)]
+)
 def test_cosine_matches_brute_force(backend, n_db, k, block):
     rng = np.random.default_rng(n_db + k)
     q, db = _unit(rng, 13, 24), _unit(rng, n_db, 24)

@@ -98,8 +98,13 @@ def test_resume_after_kill_9(faces, reference, tmp_path):
 def test_store_ignores_inconsistent_shard(tmp_path):
     store = EmbeddingStore(tmp_path, "k", dim=3)
     store.put({"a": np.ones((2, 3), np.float32), "b": "no face detected"})
-    np.savez(tmp_path / "k" / "shard-bad.npz", hashes=np.array([b"c"], "S32"),
-             counts=np.array([5]), vectors=np.zeros((1, 3), np.float32), reasons=np.array([""]))
+    np.savez(
+        tmp_path / "k" / "shard-bad.npz",
+        hashes=np.array([b"c"], "S32"),
+        counts=np.array([5]),
+        vectors=np.zeros((1, 3), np.float32),
+        reasons=np.array([""]),
+    )
     again = EmbeddingStore(tmp_path, "k", dim=3)
     assert again.get("c") is None
     assert again.get("b") == "no face detected"

@@ -11,10 +11,12 @@ import ast
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from trainleak._version import __version__
 from trainleak.config import AuditConfig, EmbedConfig
+from trainleak.generators import is_generator_spec
 from trainleak.images import DEFAULT_MAX_PIXELS, SourceError
 
 EXIT_OK, EXIT_LEAK, EXIT_USAGE = 0, 1, 2
@@ -60,22 +62,49 @@ def _option(text: str) -> tuple[str, Any]:
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     """Add the flags every audit shares: encoder, workers, cache, limits."""
     g = p.add_argument_group("embedding")
-    g.add_argument("--encoder", default=EmbedConfig.encoder,
-                   help="face (default), pixel, tiled, onnx:FILE or torchscript:FILE")
-    g.add_argument("--aligned", action="store_true",
-                   help="face encoder: images are already face crops, skip detection")
-    g.add_argument("--all-faces", action="store_true",
-                   help="face encoder: every face of an image becomes its own record path#k")
-    g.add_argument("--encoder-option", "-O", action="append", type=_option, default=[],
-                   metavar="KEY=VALUE", help="an encoder option, e.g. -O size=112 (repeatable)")
-    g.add_argument("--workers", type=_positive_int, default=None,
-                   help="embedding processes (default: CPU cores)")
+    g.add_argument(
+        "--encoder",
+        default=EmbedConfig.encoder,
+        help="face (default), pixel, tiled, onnx:FILE or torchscript:FILE",
+    )
+    g.add_argument(
+        "--aligned",
+        action="store_true",
+        help="face encoder: images are already face crops, skip detection",
+    )
+    g.add_argument(
+        "--all-faces",
+        action="store_true",
+        help="face encoder: every face of an image becomes its own record path#k",
+    )
+    g.add_argument(
+        "--encoder-option",
+        "-O",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an encoder option, e.g. -O size=112 (repeatable)",
+    )
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="embedding processes (default: CPU cores)",
+    )
     g.add_argument("--batch-size", type=_positive_int, default=EmbedConfig.batch_size)
-    g.add_argument("--cache", default=None,
-                   help="embedding cache folder (default: $TRAINLEAK_CACHE or ~/.cache/trainleak)")
+    g.add_argument(
+        "--cache",
+        default=None,
+        help="embedding cache folder (default: $TRAINLEAK_CACHE or ~/.cache/trainleak)",
+    )
     g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    g.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="skip images with more pixels than this (decompression bombs)")
+    g.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images with more pixels than this (decompression bombs)",
+    )
 
 
 def embed_config(args: argparse.Namespace) -> EmbedConfig:
@@ -115,12 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--synthetic", required=True, help="synthetic/generated images to audit")
     a.add_argument("--holdout", help="real images NOT used in training, to calibrate the threshold")
     t = a.add_mutually_exclusive_group()
-    t.add_argument("--fpr", type=_fraction, default=AuditConfig.fpr,
-                   help="target false-positive rate for the holdout-calibrated threshold")
+    t.add_argument(
+        "--fpr",
+        type=_fraction,
+        default=AuditConfig.fpr,
+        help="target false-positive rate for the holdout-calibrated threshold",
+    )
     t.add_argument("--threshold", type=float, help="fixed similarity threshold (no holdout)")
     a.add_argument("--k", type=_positive_int, default=AuditConfig.k, help="neighbours per sample")
-    a.add_argument("--score", choices=["auto", "nn", "identity"], default=AuditConfig.score,
-                   help="leak score: nearest photo (nn) or identity-aware (needs labels)")
+    a.add_argument(
+        "--score",
+        choices=["auto", "nn", "identity"],
+        default=AuditConfig.score,
+        help="leak score: nearest photo (nn) or identity-aware (needs labels)",
+    )
     a.add_argument("--out", default="trainleak-report", help="output folder")
     a.add_argument("--redact", action="store_true", help="no images in the HTML report")
     a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
@@ -130,9 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("dedup", help="find near-duplicate clusters in one set; write a keep-list")
     u.add_argument("path", help="images: folder, glob or .txt/.csv list")
-    u.add_argument("--threshold", type=float, default=None,
-                   help="similarity above which images are near-duplicates "
-                   "(default: the encoder's operating point)")
+    u.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="similarity above which images are near-duplicates "
+        "(default: the encoder's operating point)",
+    )
     u.add_argument("--k", type=_positive_int, default=16, help="neighbours searched per image")
     u.add_argument("--out", default="trainleak-dedup", help="output folder")
     u.add_argument("--copy-kept", metavar="DIR", help="copy the deduplicated set to DIR")
@@ -140,6 +181,41 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_embed_arguments(u)
     u.set_defaults(func=run_dedup, encoder="pixel")
+
+    x = sub.add_parser("extract", help="find training images a generator regurgitates")
+    x.add_argument(
+        "--generated",
+        required=True,
+        help="folder of generated images (sub-folders = one group per prompt), "
+        "or a generator: python:module:function or diffusers:DIR",
+    )
+    x.add_argument("--train", required=True, help="training images")
+    x.add_argument("--prompts", help="text file, one prompt per line (conditional generators)")
+    x.add_argument("--samples-per-prompt", type=_positive_int, default=500)
+    x.add_argument(
+        "--distance",
+        default="tiled",
+        help="tiled (default), pixel, or any encoder name (sets --encoder)",
+    )
+    x.add_argument("--delta", type=float, default=0.15, help="distance threshold (paper: 0.15)")
+    x.add_argument("--min-clique", type=_positive_int, default=10, help="paper: 10")
+    x.add_argument(
+        "--relative",
+        action="store_true",
+        help="relative criterion: d / mean(d to 50 nearest) < 0.5 (small images)",
+    )
+    x.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="diffusers: denoising steps (default: the pipeline's)",
+    )
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--out", default="trainleak-extract", help="output folder")
+    x.add_argument("--redact", action="store_true")
+    x.add_argument("--quiet", "-q", action="store_true")
+    add_embed_arguments(x)
+    x.set_defaults(func=run_extract)
 
     d = sub.add_parser("demo", help="run an audit on bundled faces with planted leaks (offline)")
     d.add_argument("--out", default="trainleak-demo", help="output folder")
@@ -208,6 +284,68 @@ def run_dedup(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def run_extract(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak extract``."""
+    from trainleak.audits.extraction import ExtractConfig, extract
+
+    args.encoder = args.distance if args.encoder == EmbedConfig.encoder else args.encoder
+    config = ExtractConfig(
+        embed=embed_config(args),
+        delta=args.delta,
+        min_clique=args.min_clique,
+        relative=args.relative,
+        samples_per_prompt=args.samples_per_prompt,
+        seed=args.seed,
+    )
+    generated = args.generated
+    if is_generator_spec(generated):
+        generated = _generate(args, config.seed)
+    result = extract(generated, args.train, config=config, argv=argv)
+    paths = result.write(args.out, redact=args.redact)
+    s = result.report["summary"]
+    print(
+        f"{s['candidates']} cliques of near-identical generations; "
+        f"{s['n_extracted']} training images extracted"
+    )
+    for path in s["extracted"][:20]:
+        print(f"  extracted: {path}")
+    print(f"report: {paths['html']}")
+    return EXIT_LEAK if s["n_extracted"] and getattr(args, "fail_on_leak", False) else EXIT_OK
+
+
+def _generate(args: argparse.Namespace, seed: int) -> str:
+    """Materialise a generator's samples under ``--out/generated`` (resumable)."""
+    from tqdm import tqdm
+
+    from trainleak.generators import get_generator, materialise
+
+    options = {"steps": args.steps} if args.generated.startswith("diffusers:") else {}
+    generator = get_generator(args.generated, **options)
+    prompts: list[str | None] = [None]
+    if args.prompts:
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+        prompts = [ln.strip() for ln in lines if ln.strip()]
+        if not prompts:
+            raise UsageError(f"{args.prompts} has no prompts (one per line)")
+    root = Path(args.out) / "generated"
+    for g, prompt in enumerate(prompts):
+        folder = root / f"prompt_{g:04d}"
+        if prompt is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder.parent / f"prompt_{g:04d}.txt").write_text(prompt, encoding="utf-8")
+        bar = tqdm(
+            total=args.samples_per_prompt,
+            desc=f"generate {folder.name}",
+            disable=args.quiet or not sys.stderr.isatty(),
+            leave=False,
+        )
+        for done in materialise(generator, folder, args.samples_per_prompt, seed, prompt):
+            bar.n = done
+            bar.refresh()
+        bar.close()
+    return str(root)
+
+
 def run_demo(args: argparse.Namespace, argv: list[str]) -> int:
     """``trainleak demo``."""
     from trainleak.demo import run_demo as demo
@@ -236,8 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainleak: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("trainleak: interrupted; finished batches are cached, re-run to resume",
-              file=sys.stderr)
+        print(
+            "trainleak: interrupted; finished batches are cached, re-run to resume", file=sys.stderr
+        )
         return 130
 
 

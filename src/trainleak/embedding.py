@@ -191,8 +191,12 @@ class Embedder:
         skipped: list[SkipRecord] = []
         digests: list[str | None] = []
         bar = tqdm(
-            total=len(records), desc=f"embed {set_name}", unit="img",
-            disable=not self.progress, mininterval=0.5, leave=False,
+            total=len(records),
+            desc=f"embed {set_name}",
+            unit="img",
+            disable=not self.progress,
+            mininterval=0.5,
+            leave=False,
         )
         misses = _scan(records, self.store, set_name, skipped, digests, results, bar)
         pending: dict[str, np.ndarray | str] = {}
@@ -207,9 +211,7 @@ class Embedder:
                 pending = {}
         self.store.put(pending)
         bar.close()
-        return _assemble(
-            records, digests, results, skipped, set_name, self.info, os.fspath(source)
-        )
+        return _assemble(records, digests, results, skipped, set_name, self.info, os.fspath(source))
 
     def _run(
         self, chunks: Iterator[tuple[list[str], list[bytes]]]

@@ -1,66 +1,114 @@
 """Exact k-nearest-neighbour search with memory bounded by the block size.
 
-Conventions (as in faiss): ``knn`` returns ``(scores, idx)`` of shape
+Conventions (as in faiss): :func:`knn` returns ``(scores, idx)`` of shape
 ``(n_query, k)``, float32 and int64, each row by descending score, where a
-higher score means more similar. ``cosine`` scores are inner products of unit
-rows (inputs are not renormalised). ``tiled_l2`` scores are ``1 - d`` with
-``d`` Carlini et al.'s tiled distance: the largest, over tiles, of the RMS
-difference between corresponding tiles. When the database holds fewer than
-``k`` rows, rows are padded with score ``-inf`` and index ``-1``.
+higher score means more similar.
+
+* ``cosine``: rows are L2-normalised float32 embeddings and the score is their
+  inner product. Inputs are not renormalised, so unnormalised rows give plain
+  inner products.
+* ``tiled_l2``: rows are images with pixels in ``[0, 1]``, laid out as
+  ``tiles`` contiguous tiles of equal length. The distance ``d`` of Carlini et
+  al. (2023, "Extracting training data from diffusion models") is the largest,
+  over tiles, of the RMS difference between corresponding tiles, and the score
+  is ``1 - d``: their threshold ``delta = 0.15`` is a score of ``0.85``.
+
+The database is scanned ``block_size`` rows at a time (each block converted to
+float32 on its own, so a ``np.memmap`` database is never read whole) against
+as many queries as keep one score block under :data:`SCORE_BLOCK_BYTES`, and a
+running top-k is merged block by block. The search ranks with float32 matrix
+products; the scores returned are then recomputed for the chosen pairs, one
+pair at a time in float64, so they do not depend on block size or backend.
+Returned rows are ordered by score, then by lower database index. Which of
+several rows tied at the k-th place is kept is up to the backend.
+When the database has fewer than ``k`` rows (after ``exclude_self``), each row
+is padded with score ``-inf`` and index ``-1``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
 
 MetricName = Literal["cosine", "tiled_l2"]
 Backend = Literal["auto", "torch", "numpy", "faiss"]
 
-#: Bytes one block of scores may take.
+#: Bytes one block of float32 scores (query block x database block) may take.
 SCORE_BLOCK_BYTES = 256 * 2**20
 
 
-def _check(queries: np.ndarray, database: np.ndarray, k: int) -> None:
+def _check(
+    queries: np.ndarray, database: np.ndarray, k: int, metric: str, tiles: int, backend: str
+) -> None:
     if k < 1:
-        raise ValueError(f"k must be 1 or more, got {k}")
+        raise ValueError(f"k must be 1 or more, got {k}: ask for at least one neighbour")
     if queries.ndim != 2 or database.ndim != 2:
-        raise ValueError("queries and database must be 2-d arrays (n, dim)")
+        raise ValueError(
+            f"queries and database must be 2-d (n, dim), got shapes {queries.shape} and "
+            f"{database.shape}: reshape single rows with x[None]"
+        )
     if queries.shape[1] != database.shape[1]:
         raise ValueError(
             f"queries have dim {queries.shape[1]} but the database has dim {database.shape[1]}: "
             "embed both with the same encoder"
+        )
+    if metric not in ("cosine", "tiled_l2"):
+        raise ValueError(f"unknown metric {metric!r}: use 'cosine' or 'tiled_l2'")
+    if backend not in ("auto", "torch", "numpy", "faiss"):
+        raise ValueError(f"unknown backend {backend!r}: use auto, torch, numpy or faiss")
+    if backend == "faiss" and metric != "cosine":
+        raise ValueError("the faiss backend supports the cosine metric only: use backend='torch'")
+    if metric == "tiled_l2" and (tiles < 1 or queries.shape[1] % tiles):
+        raise ValueError(
+            f"row length {queries.shape[1]} is not a multiple of tiles={tiles}: pass the "
+            "number of tiles the images were cut into"
         )
 
 
 def pairwise_scores(
     a: np.ndarray, b: np.ndarray, metric: MetricName = "cosine", tiles: int = 16
 ) -> np.ndarray:
-    """Full ``(n_a, n_b)`` score matrix; for small sets and tests.
+    """Return the full score matrix of two small sets.
+
+    Args:
+        a: rows ``(n_a, dim)``.
+        b: rows ``(n_b, dim)``.
+        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
+        tiles: tiles per row for ``tiled_l2``.
+
+    Returns:
+        ``(n_a, n_b)`` float32 scores, higher is more similar.
 
     Example:
         >>> pairwise_scores(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32))
         array([[1., 0.],
                [0., 1.]], dtype=float32)
+
     """
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
+    _check(a, b, 1, metric, tiles, "numpy")
     if metric == "cosine":
         return a @ b.T
-    return _tiled_scores_np(a, b, tiles)
-
-
-def _tiled_scores_np(a: np.ndarray, b: np.ndarray, tiles: int) -> np.ndarray:
-    if a.shape[1] % tiles:
-        raise ValueError(f"row length {a.shape[1]} is not a multiple of tiles={tiles}")
     td = a.shape[1] // tiles
-    worst = np.zeros((len(a), len(b)), np.float32)
+    an = np.einsum("ntd,ntd->nt", *(a.reshape(len(a), tiles, td),) * 2)
+    bn = np.einsum("ntd,ntd->nt", *(b.reshape(len(b), tiles, td),) * 2)
+    worst = np.full((len(a), len(b)), -np.inf, np.float32)
     for t in range(tiles):
-        at, bt = a[:, t * td : (t + 1) * td], b[:, t * td : (t + 1) * td]
-        d2 = (at * at).sum(1)[:, None] + (bt * bt).sum(1)[None] - 2 * at @ bt.T
-        np.maximum(worst, np.maximum(d2, 0) / td, out=worst)
-    return (1.0 - np.sqrt(worst)).astype(np.float32)
+        d2 = a[:, t * td : (t + 1) * td] @ b[:, t * td : (t + 1) * td].T
+        d2 *= -2
+        d2 += an[:, t, None]
+        d2 += bn[None, :, t]
+        np.maximum(worst, d2, out=worst)
+    # Clamping once after the max is the same as clamping every tile.
+    return (1.0 - np.sqrt(np.maximum(worst, 0) / td)).astype(np.float32)
 
 
 def knn(
@@ -74,184 +122,213 @@ def knn(
     exclude_self: bool = False,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k search of ``queries`` ``(n, d)`` in ``database`` ``(m, d)``.
+    """Find the exact top-k database rows of every query.
 
     Args:
-        queries: query rows, float32.
-        database: database rows, float32.
+        queries: ``(n_query, dim)`` rows (unit rows for ``cosine``).
+        database: ``(n_database, dim)`` rows; may be a ``np.memmap``.
         k: neighbours per query.
-        metric: ``cosine`` (unit rows) or ``tiled_l2`` (tile-major pixel rows).
-        backend: ``torch`` (default for ``auto``), ``numpy`` or ``faiss``
-            (``IndexFlatIP``, cosine only).
-        block_size: database rows scored at a time.
+        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
+        backend: ``torch`` (what ``auto`` picks), ``numpy``, or ``faiss``
+            (``IndexFlatIP``, cosine only, needs ``pip install trainleak[faiss]``).
+        block_size: database rows scored at a time; bounds memory.
         tiles: tiles per row for ``tiled_l2``.
-        exclude_self: queries are the database; drop each query's own row.
-        device: torch device, e.g. ``"cuda"``; never chosen implicitly.
+        exclude_self: queries are the database itself; leave out database row
+            ``i`` from the results of query ``i``.
+        device: torch device for the ``torch`` backend, e.g. ``"cuda"``; never
+            chosen implicitly.
 
     Returns:
-        ``(scores, idx)``, ``(n, k)`` float32 and int64.
+        ``(scores, idx)``, ``(n_query, k)`` float32 and int64, rows by descending
+        score, padded with ``-inf`` and ``-1`` past the database size.
+
+    Raises:
+        ValueError: for ``k < 1``, mismatched dims, or an unsupported option.
+        ImportError: for ``backend="faiss"`` without faiss installed.
 
     Example:
         >>> db = np.eye(3, dtype=np.float32)
         >>> s, i = knn(db[:1], db, k=2)
         >>> s.tolist(), i.tolist()
         ([[1.0, 0.0]], [[0, 1]])
+
     """
     queries = np.ascontiguousarray(queries, np.float32)
-    database = np.ascontiguousarray(database, np.float32)
-    _check(queries, database, k)
-    if backend == "faiss":
-        if metric != "cosine":
-            raise ValueError("the faiss backend supports the cosine metric only; use torch")
-        if exclude_self:
-            raise ValueError("exclude_self is not supported by the faiss backend; use torch")
-        return _knn_faiss(queries, database, k)
-    kk = k + 1 if exclude_self else k
-    if backend in ("auto", "torch"):
-        scores, idx = _knn_torch(queries, database, kk, metric, block_size, tiles, device)
-    elif backend == "numpy":
-        scores, idx = _knn_numpy(queries, database, kk, metric, block_size, tiles)
-    else:
-        raise ValueError(f"unknown backend {backend!r}: use auto, torch, numpy or faiss")
-    scores = _rescore(queries, database, idx, metric, tiles)
-    scores, idx = _tie_order(scores, idx)
-    if exclude_self:
-        scores, idx = _drop_self(scores, idx, k)
-    return scores, idx
+    _check(queries, database, k, metric, tiles, backend)
+    if block_size < 1:
+        raise ValueError(f"block_size must be 1 or more, got {block_size}")
+    search = {"auto": _knn_torch, "torch": _knn_torch, "numpy": _knn_numpy}.get(backend)
+    n, m = len(queries), len(database)
+    scores = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    qb = max(1, SCORE_BLOCK_BYTES // (4 * max(1, min(block_size, m))))
+    logger.debug("knn %s/%s: %d x %d, blocks %d x %d", backend, metric, n, m, qb, block_size)
+    for q0 in range(0, n if m else 0, qb):
+        q = queries[q0 : q0 + qb]
+        if search is None:
+            s, i = _knn_faiss(q, database, k, block_size, q0 if exclude_self else None)
+        else:
+            self_q0 = q0 if exclude_self else None
+            s, i = search(q, database, k, metric, block_size, tiles, self_q0, device)
+        scores[q0 : q0 + len(q), : s.shape[1]] = s
+        idx[q0 : q0 + len(q), : s.shape[1]] = i
+    idx[np.isneginf(scores)] = -1  # masked self matches
+    return _tie_order(_rescore(queries, database, idx, metric, tiles), idx)
+
+
+def _db_block(database: np.ndarray, d0: int, block: int) -> np.ndarray:
+    part = np.ascontiguousarray(database[d0 : d0 + block], np.float32)
+    # torch.from_numpy warns on read-only arrays such as a read-only memmap.
+    return part if part.flags.writeable else part.copy()
+
+
+def _self_cells(q0: int | None, n: int, d0: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a (query block x database block) where query i meets row i."""
+    if q0 is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    r = np.arange(max(q0, d0), min(q0 + n, d0 + m))
+    return r - q0, r - d0
+
+
+def _merge_np(
+    best: tuple[np.ndarray, np.ndarray], s: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    cat_s, cat_i = np.concatenate([best[0], s], 1), np.concatenate([best[1], i], 1)
+    if cat_s.shape[1] <= k:
+        return cat_s, cat_i
+    top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
+
+
+def _knn_numpy(
+    q: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    metric: MetricName,
+    block: int,
+    tiles: int,
+    q0: int | None,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
+    for d0 in range(0, len(db), block):
+        s = pairwise_scores(q, _db_block(db, d0, block), metric, tiles)
+        s[_self_cells(q0, len(q), d0, s.shape[1])] = -np.inf
+        if s.shape[1] > k:
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            best = _merge_np(best, np.take_along_axis(s, top, 1), top + d0, k)
+        else:
+            best = _merge_np(best, s, np.broadcast_to(np.arange(d0, d0 + s.shape[1]), s.shape), k)
+    return best
+
+
+def _knn_torch(
+    q: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    metric: MetricName,
+    block: int,
+    tiles: int,
+    q0: int | None,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    dev = torch.device(device)
+    with torch.inference_mode():
+        qt = torch.from_numpy(q).to(dev)
+        qn = _tile_norms(qt, tiles) if metric == "tiled_l2" else None
+        best_s = torch.zeros((len(q), 0), device=dev)
+        best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=dev)
+        for d0 in range(0, len(db), block):
+            part = torch.from_numpy(_db_block(db, d0, block)).to(dev, non_blocking=True)
+            s = torch.mm(qt, part.T) if qn is None else _tiled_torch(qt, qn, part, tiles)
+            rows, cols = _self_cells(q0, len(q), d0, len(part))
+            s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
+            top_s, top_i = torch.topk(s, min(k, s.shape[1]), dim=1, sorted=False)
+            cat_s = torch.cat([best_s, top_s], 1)
+            cat_i = torch.cat([best_i, top_i + d0], 1)
+            best_s, pos = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1, sorted=False)
+            best_i = torch.gather(cat_i, 1, pos)
+        return best_s.cpu().numpy(), best_i.cpu().numpy()
+
+
+def _tile_norms(x: torch.Tensor, tiles: int) -> torch.Tensor:
+    """Squared L2 norm of every tile, ``(n, tiles)``."""
+    t = x.reshape(len(x), tiles, -1)
+    return (t * t).sum(-1)
+
+
+def _tiled_torch(a: torch.Tensor, an: torch.Tensor, b: torch.Tensor, tiles: int) -> torch.Tensor:
+    import torch
+
+    td = a.shape[1] // tiles
+    bn = _tile_norms(b, tiles)
+    worst = torch.full((len(a), len(b)), -torch.inf, device=a.device)
+    d2 = torch.empty_like(worst)
+    for t in range(tiles):
+        # ||a||^2 + ||b||^2 - 2ab per tile; two (n, m) buffers, whatever the tile count.
+        at, bt = a[:, t * td : (t + 1) * td], b[:, t * td : (t + 1) * td]
+        torch.addmm(bn[None, :, t], at, bt.T, alpha=-2, out=d2)
+        d2 += an[:, t, None]
+        torch.maximum(worst, d2, out=worst)
+    return worst.clamp_(min=0).div_(td).sqrt_().neg_().add_(1)
+
+
+def _knn_faiss(
+    q: np.ndarray, db: np.ndarray, k: int, block: int, q0: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(
+            "backend='faiss' needs faiss: pip install trainleak[faiss], or use backend='torch'"
+        ) from None
+    index = faiss.IndexFlatIP(db.shape[1])
+    best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
+    for d0 in range(0, len(db), block):
+        index.reset()
+        index.add(_db_block(db, d0, block))
+        # One extra neighbour per block stands in for a masked self match.
+        s, i = index.search(q, min(k + (q0 is not None), index.ntotal))
+        if q0 is not None:
+            s[i + d0 == np.arange(q0, q0 + len(q))[:, None]] = -np.inf
+        best = _merge_np(best, s, np.where(i < 0, -1, i + d0), k)
+    return best
 
 
 def _rescore(
     q: np.ndarray, db: np.ndarray, idx: np.ndarray, metric: MetricName, tiles: int
 ) -> np.ndarray:
-    """Recompute the found pairs' scores one pair at a time, in float64.
+    """Score the found pairs one pair at a time in float64 (padding stays ``-inf``).
 
     A blocked matrix product rounds differently with the block shape; scoring
     the chosen pairs the same way every time makes results independent of
-    block size and backend, to the bit.
+    block size and backend, to the bit, and more accurate than float32 sums.
     """
     out = np.full(idx.shape, -np.inf, np.float32)
+    if len(db) == 0:
+        return out
     step = max(1, 2**22 // max(1, idx.shape[1] * q.shape[1]))
     for s0 in range(0, len(q), step):
         part = idx[s0 : s0 + step]
         valid = part >= 0
-        rows = db[np.where(valid, part, 0)].astype(np.float64)
+        rows = np.asarray(db[np.where(valid, part, 0)], np.float64)
         qs = q[s0 : s0 + step, None, :].astype(np.float64)
         if metric == "cosine":
             vals = (rows * qs).sum(-1)
         else:
-            diff = (rows - qs).reshape(rows.shape[0], rows.shape[1], tiles, -1)
+            diff = (rows - qs).reshape(*part.shape, tiles, -1)
             vals = 1.0 - np.sqrt((diff * diff).mean(-1).max(-1))
         out[s0 : s0 + step] = np.where(valid, vals, -np.inf)
     return out
 
 
-def _drop_self(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    own = idx == np.arange(len(idx))[:, None]
-    # Rows that did not find themselves (ties) drop their last entry instead.
-    own[~own.any(1), -1] = True
-    keep = ~own
-    return (
-        scores[keep].reshape(len(idx), -1)[:, :k],
-        idx[keep].reshape(len(idx), -1)[:, :k],
-    )
-
-
-def _query_block(n_db_block: int) -> int:
-    return max(1, SCORE_BLOCK_BYTES // (4 * max(1, n_db_block)))
-
-
-def _knn_torch(
-    q: np.ndarray, db: np.ndarray, k: int, metric: MetricName, block: int, tiles: int, device: str
-) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    n, m = len(q), len(db)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    out_i = np.full((n, k), -1, np.int64)
-    if n == 0 or m == 0:
-        return out_s, out_i
-    dev = torch.device(device)
-    qb = _query_block(min(block, m))
-    with torch.inference_mode():
-        dbt = torch.from_numpy(db).to(dev)
-        for q0 in range(0, n, qb):
-            qt = torch.from_numpy(q[q0 : q0 + qb]).to(dev)
-            best_s = torch.full((len(qt), 0), -np.inf, device=dev)
-            best_i = torch.zeros((len(qt), 0), dtype=torch.int64, device=dev)
-            for d0 in range(0, m, block):
-                part = dbt[d0 : d0 + block]
-                s = qt @ part.T if metric == "cosine" else _tiled_torch(qt, part, tiles)
-                kk = min(k, s.shape[1])
-                top_s, top_i = torch.topk(s, kk, dim=1)
-                cat_s = torch.cat([best_s, top_s], 1)
-                cat_i = torch.cat([best_i, top_i + d0], 1)
-                keep = min(k, cat_s.shape[1])
-                best_s, pos = torch.topk(cat_s, keep, dim=1)
-                best_i = torch.gather(cat_i, 1, pos)
-            w = best_s.shape[1]
-            out_s[q0 : q0 + len(qt), :w] = best_s.cpu().numpy()
-            out_i[q0 : q0 + len(qt), :w] = best_i.cpu().numpy()
-    return _tie_order(out_s, out_i)
-
-
-def _tiled_torch(a, b, tiles: int):  # type: ignore[no-untyped-def]
-    import torch
-
-    if a.shape[1] % tiles:
-        raise ValueError(f"row length {a.shape[1]} is not a multiple of tiles={tiles}")
-    td = a.shape[1] // tiles
-    worst = torch.zeros((a.shape[0], b.shape[0]), device=a.device)
-    for t in range(tiles):
-        at, bt = a[:, t * td : (t + 1) * td], b[:, t * td : (t + 1) * td]
-        d2 = (at * at).sum(1)[:, None] + (bt * bt).sum(1)[None] - 2 * at @ bt.T
-        worst = torch.maximum(worst, d2.clamp_min(0) / td)
-    return 1.0 - worst.sqrt()
-
-
-def _knn_numpy(
-    q: np.ndarray, db: np.ndarray, k: int, metric: MetricName, block: int, tiles: int
-) -> tuple[np.ndarray, np.ndarray]:
-    n, m = len(q), len(db)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    out_i = np.full((n, k), -1, np.int64)
-    if n == 0 or m == 0:
-        return out_s, out_i
-    qb = _query_block(min(block, m))
-    for q0 in range(0, n, qb):
-        qs = q[q0 : q0 + qb]
-        best_s = np.full((len(qs), 0), -np.inf, np.float32)
-        best_i = np.zeros((len(qs), 0), np.int64)
-        for d0 in range(0, m, block):
-            s = pairwise_scores(qs, db[d0 : d0 + block], metric, tiles)
-            cat_s = np.concatenate([best_s, s], 1)
-            cat_i = np.concatenate([best_i, np.arange(d0, d0 + s.shape[1])[None].repeat(len(qs), 0)], 1)
-            keep = min(k, cat_s.shape[1])
-            part = np.argpartition(-cat_s, keep - 1, axis=1)[:, :keep]
-            best_s = np.take_along_axis(cat_s, part, 1)
-            best_i = np.take_along_axis(cat_i, part, 1)
-        w = best_s.shape[1]
-        out_s[q0 : q0 + len(qs), :w] = best_s
-        out_i[q0 : q0 + len(qs), :w] = best_i
-    return _tie_order(out_s, out_i)
-
-
 def _tie_order(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by descending score, then ascending index (padding last)."""
     key_i = np.where(idx < 0, np.iinfo(np.int64).max, idx)
-    order = np.lexsort((key_i, -scores), axis=1) if scores.size else np.zeros_like(idx)
+    order = np.lexsort((key_i, -scores), axis=1) if scores.size else np.zeros(idx.shape, np.intp)
     return (
         np.take_along_axis(scores, order, 1).astype(np.float32),
         np.take_along_axis(idx, order, 1).astype(np.int64),
     )
-
-
-def _knn_faiss(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("the faiss backend needs faiss: pip install 'trainleak[faiss]'") from None
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    scores, idx = index.search(q, k)
-    scores = np.where(idx < 0, -np.inf, scores).astype(np.float32)
-    return _tie_order(scores, idx.astype(np.int64))

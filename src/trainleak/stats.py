@@ -225,8 +225,13 @@ def summarise(values: np.ndarray) -> dict[str, float]:
     """Mean, median, 5th and 95th percentiles of a score array."""
     v = np.asarray(values, np.float64)
     if len(v) == 0:
-        return {"n": 0, "mean": float("nan"), "median": float("nan"), "p05": float("nan"),
-                "p95": float("nan")}
+        return {
+            "n": 0,
+            "mean": float("nan"),
+            "median": float("nan"),
+            "p05": float("nan"),
+            "p95": float("nan"),
+        }
     return {
         "n": int(len(v)),
         "mean": float(v.mean()),

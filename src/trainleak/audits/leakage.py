@@ -115,9 +115,7 @@ def make_embedder(e: EmbedConfig) -> Embedder:
     )
 
 
-def embed_nonempty(
-    embedder: Embedder, path: str | os.PathLike[str], name: str
-) -> EmbeddingSet:
+def embed_nonempty(embedder: Embedder, path: str | os.PathLike[str], name: str) -> EmbeddingSet:
     """Embed one set; raise :class:`AuditInputError` when nothing in it is usable."""
     emb = embedder.embed(path, name)
     if len(emb) == 0:

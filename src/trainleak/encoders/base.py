@@ -101,9 +101,7 @@ class Encoder:
         return out
 
 
-def resolve_options(
-    name: str, defaults: dict[str, Any], given: dict[str, Any]
-) -> dict[str, Any]:
+def resolve_options(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """Merge user options over defaults, rejecting unknown names with a fix-it message."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:

@@ -149,9 +149,7 @@ class FaceEncoder(Encoder):
         boxes = [_shift(dlib, r, -pad) for r in self._detector(padded, up)]
         if not boxes and self.opts["cnn_fallback"]:
             if self._cnn is None:
-                self._cnn = dlib.cnn_face_detection_model_v1(
-                    str(model_dir() / _MODEL_FILES["cnn"])
-                )
+                self._cnn = dlib.cnn_face_detection_model_v1(str(model_dir() / _MODEL_FILES["cnn"]))
             cnn_up = _upsample_for(min(height, width), 300)
             boxes = [d.rect for d in self._cnn(np.ascontiguousarray(image), cnn_up)]
         # Largest first; position breaks ties so the order is deterministic.

@@ -1,25 +1,44 @@
 """User-supplied embedding models: ``onnx:FILE`` and ``torchscript:FILE``.
 
-Both resize the whole image (assumed already cropped/aligned as the model
-expects) to ``size`` x ``size`` with bicubic resampling, scale to [0, 1],
-normalise with ``mean``/``std`` and feed the model. Usual settings:
+Both take images that are already cropped and aligned the way the model
+expects (no face detection or alignment happens here), resize the whole image
+to ``size`` with bicubic resampling, scale RGB to [0, 1], normalise with
+``mean``/``std``, reorder channels and layout, and run the model in batches.
+Each output row (flattened per sample) is L2-normalised and compared by cosine.
 
-* ArcFace (InsightFace ONNX): ``size=112, mean=[0.5]*3, std=[0.5]*3,
-  channels="bgr"`` on 5-point-aligned crops.
-* AdaFace: ``size=112, mean=[0.5]*3, std=[0.5]*3, channels="bgr"``.
-* SSCD copy detection (TorchScript): ``size=288`` (or 320),
-  ``mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]``, ``rgb``.
+Options:
+    path: the model file (required; ``onnx:FILE`` sets it).
+    size: input side in pixels, or ``[height, width]``.
+    mean: per-channel mean subtracted from RGB in [0, 1] (in R, G, B order).
+    std: per-channel divisor applied after ``mean`` (in R, G, B order).
+    layout: ``"nchw"`` or ``"nhwc"`` input tensor.
+    channels: ``"rgb"`` or ``"bgr"`` channel order fed to the model.
+    batch_size: images per model call; does not change the vectors.
+    flip: average the embeddings of the image and its horizontal mirror.
+    output: index of the model output that holds the embedding.
 
-Loading never executes code from the file: ONNX goes through onnxruntime,
-TorchScript through ``torch.jit.load`` (a TorchScript archive, not a pickle);
-a pickled model is refused.
+Usual settings:
+
+* ArcFace (InsightFace ONNX, e.g. ``w600k_r50.onnx``): ``size=112,
+  mean=[0.5]*3, std=[0.5]*3, channels="bgr"`` on 5-point-aligned crops.
+* AdaFace (IResNet exported to ONNX/TorchScript): ``size=112, mean=[0.5]*3,
+  std=[0.5]*3, channels="bgr"``.
+* SSCD copy detection (TorchScript ``sscd_disc_*.torchscript.pt``): ``size=288``
+  (or 320), ``mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]``, ``rgb``.
+
+The defaults (112, 0.5/0.5, RGB, NCHW) suit face backbones trained on RGB.
+
+Loading never executes code from the file: ONNX goes through onnxruntime on
+the CPU execution provider, TorchScript through ``torch.jit.load`` (a
+TorchScript archive is read by torch's own restricted loader, not by Python's
+pickle); a pickled model is refused.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -46,39 +65,74 @@ _DEFAULTS: dict[str, Any] = {
     "output": 0,
 }
 
+# Options that change how work is split, not the vectors: kept out of the
+# cache key so that a different batch size reuses the cached embeddings.
+_EXECUTION_ONLY = ("batch_size",)
+
+_THRESHOLD_NOTE = (
+    "placeholder operating point (cosine 0.5) for a user model trainleak knows nothing "
+    "about: uncalibrated; pass a holdout set (--holdout) to set the threshold at a target "
+    "false-positive rate"
+)
+
+
+def _side(size: Any) -> tuple[int, int]:
+    """Return ``(height, width)`` from an int or a ``[height, width]`` pair."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        hw = (int(size), int(size))
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        hw = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(f"size must be an int or [height, width], got {size!r}")
+    if min(hw) < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return hw
+
+
+def _check_options(kind: str, opts: dict[str, Any]) -> None:
+    if not opts["path"]:
+        raise ValueError(f"the {kind} encoder needs a model file: --encoder {kind}:FILE")
+    _side(opts["size"])
+    for key in ("mean", "std"):
+        if not isinstance(opts[key], (list, tuple)) or len(opts[key]) != 3:
+            raise ValueError(f"{key} needs three values (R, G, B), got {opts[key]!r}")
+    if any(float(s) == 0 for s in opts["std"]):
+        raise ValueError(f"std values must be non-zero, got {opts['std']!r}")
+    if opts["layout"] not in ("nchw", "nhwc"):
+        raise ValueError(f"layout must be 'nchw' or 'nhwc', got {opts['layout']!r}")
+    if opts["channels"] not in ("rgb", "bgr"):
+        raise ValueError(f"channels must be 'rgb' or 'bgr', got {opts['channels']!r}")
+    if int(opts["batch_size"]) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {opts['batch_size']!r}")
+    if int(opts["output"]) < 0:
+        raise ValueError(f"output must be a non-negative index, got {opts['output']!r}")
+
 
 class _ModelEncoder(Encoder):
-    """Shared preprocessing and batching; subclasses run the model."""
+    """Shared preprocessing, batching and provenance; subclasses run the model."""
 
-    defaults = _DEFAULTS
-    kind = ""
+    defaults: ClassVar[dict[str, Any]] = _DEFAULTS
+    kind: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
         opts = resolve_options(self.kind, self.defaults, options)
-        if not opts["path"]:
-            raise ValueError(
-                f"the {self.kind} encoder needs a model file: --encoder {self.kind}:FILE"
-            )
-        path = Path(os.fspath(opts["path"]))
+        _check_options(self.kind, opts)
+        opts["path"] = os.fspath(opts["path"])
+        path = Path(opts["path"])
         if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        if opts["layout"] not in ("nchw", "nhwc") or opts["channels"] not in ("rgb", "bgr"):
-            raise ValueError("layout must be 'nchw' or 'nhwc'; channels must be 'rgb' or 'bgr'")
-        opts["path"] = str(opts["path"])
+            raise FileNotFoundError(f"model file not found: {opts['path']}")
         self.opts = opts
         self._load(path)
-        probe = self._run(self.preprocess([np.zeros((8, 8, 3), np.uint8)]))
+        height, width = _side(opts["size"])
+        probe = self._run(self.preprocess([np.zeros((height, width, 3), np.uint8)]))
         self.info = EncoderInfo(
             name=self.kind,
             version=1,
-            dim=int(probe.shape[1]),
+            dim=int(self._rows(probe, 1).shape[1]),
             metric="cosine",
             default_threshold=0.5,
-            threshold_note=(
-                "placeholder operating point (cosine 0.5) for a user model trainleak knows "
-                "nothing about: uncalibrated - pass --holdout to calibrate"
-            ),
-            options=opts,
+            threshold_note=_THRESHOLD_NOTE,
+            options={k: v for k, v in opts.items() if k not in _EXECUTION_ONLY},
             weights_sha256=file_sha256(path),
             paper="user-supplied model",
         )
@@ -87,105 +141,166 @@ class _ModelEncoder(Encoder):
         raise NotImplementedError
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a preprocessed batch; return the chosen output as numpy."""
         raise NotImplementedError
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        """Images -> the model's float32 input batch."""
-        size = self.opts["size"]
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        """Turn RGB ``uint8`` images ``(H, W, 3)`` into the model's float32 input batch.
+
+        Returns:
+            ``(n, 3, h, w)`` for ``nchw`` or ``(n, h, w, 3)`` for ``nhwc``.
+
+        """
+        height, width = _side(self.opts["size"])
         mean = np.asarray(self.opts["mean"], np.float32)
         std = np.asarray(self.opts["std"], np.float32)
         out = []
         for image in images:
-            im = Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC)
-            x = (np.asarray(im, np.float32) / 255.0 - mean) / std
+            im = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+            im = im.resize((width, height), Image.Resampling.BICUBIC)
+            x = (np.asarray(im, np.float32) / np.float32(255.0) - mean) / std
             if self.opts["channels"] == "bgr":
                 x = x[:, :, ::-1]
             out.append(x)
-        batch = np.stack(out).astype(np.float32)
+        batch = np.stack(out)
         if self.opts["layout"] == "nchw":
             batch = batch.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(batch)
+        return np.ascontiguousarray(batch, dtype=np.float32)
 
     def _embed(self, images: list[np.ndarray]) -> np.ndarray:
+        """Return raw (unnormalised) ``(n, dim)`` float64 rows for one batch."""
         x = self.preprocess(images)
-        y = self._run(x).reshape(len(images), -1).astype(np.float64)
+        y = self._rows(self._run(x), len(images))
         if self.opts["flip"]:
-            axis = 3 if self.opts["layout"] == "nchw" else 2
-            y = y + self._run(np.ascontiguousarray(np.flip(x, axis))).reshape(len(images), -1)
+            width_axis = 3 if self.opts["layout"] == "nchw" else 2
+            mirrored = np.ascontiguousarray(np.flip(x, axis=width_axis))
+            y = 0.5 * (y + self._rows(self._run(mirrored), len(images)))
         return y
 
+    def _rows(self, y: np.ndarray, n: int) -> np.ndarray:
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(
+                f"{self.kind} model returned shape {tuple(y.shape)} for a batch of {n}; "
+                "its output must keep the batch dimension first"
+            )
+        return y.reshape(n, -1).astype(np.float64)
+
     def encode(self, image: np.ndarray) -> np.ndarray:
-        """Return one ``(1, dim)`` unit row."""
+        """Embed one image as a ``(1, dim)`` float32 unit row."""
         result = self.encode_batch([image])[0]
         if isinstance(result, EncodeSkip):
             raise result
         return result
 
     def encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray | EncodeSkip]:
-        """Run the model on real batches of ``batch_size`` images."""
+        """Embed images in model calls of ``batch_size``; one ``(1, dim)`` row each."""
         out: list[np.ndarray | EncodeSkip] = []
         step = int(self.opts["batch_size"])
         for start in range(0, len(images), step):
-            y = self._embed(images[start : start + step])
-            for row in y:
+            for row in self._embed(images[start : start + step]):
                 if np.all(np.isfinite(row)):
                     out.append(l2_normalise(row[None]))
                 else:
-                    out.append(EncodeSkip("model produced a non-finite embedding"))
+                    out.append(EncodeSkip("model produced non-finite embedding"))
         return out
 
 
 @ENCODERS.register("onnx")
 class OnnxEncoder(_ModelEncoder):
-    """An ONNX embedding model run with onnxruntime on the CPU."""
+    """An ONNX embedding model run by onnxruntime on the CPU; see the module docstring.
 
-    kind = "onnx"
+    A model with a fixed batch dimension is fed in chunks of that size (the
+    last one zero-padded); a model with fixed spatial dimensions must be given
+    a matching ``size``.
+    """
+
+    kind: ClassVar[str] = "onnx"
 
     def _load(self, path: Path) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise ImportError(
-                "the onnx encoder needs onnxruntime: pip install 'trainleak[onnx]'"
+                "the onnx encoder needs onnxruntime: pip install trainleak[onnx]"
             ) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ValueError(f"{path} is not a loadable ONNX model: {err}") from None
-        self._input = self._session.get_inputs()[0].name
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            shapes = [(i.name, i.shape) for i in inputs]
+            raise ValueError(f"{path}: expected one 4-d image input, the model has {shapes}")
+        n_outputs = len(self._session.get_outputs())
+        if int(self.opts["output"]) >= n_outputs:
+            raise ValueError(
+                f"output={self.opts['output']} but {path} has {n_outputs} output(s); "
+                f"use an index below {n_outputs}"
+            )
+        self._input = inputs[0].name
+        self._dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        shape = inputs[0].shape
+        self._fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        spatial = shape[2:] if self.opts["layout"] == "nchw" else shape[1:3]
+        want = _side(self.opts["size"])
+        if all(isinstance(d, int) for d in spatial) and tuple(spatial) != want:
+            raise ValueError(
+                f"{path} takes {spatial[0]}x{spatial[1]} inputs (layout "
+                f"{self.opts['layout']!r}) but size is {want[0]}x{want[1]}; "
+                f"pass size={spatial[0] if spatial[0] == spatial[1] else list(spatial)}"
+            )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self._session.run(None, {self._input: batch})
-        return np.asarray(outputs[int(self.opts["output"])])
+        batch = batch.astype(self._dtype, copy=False)
+        chunk = self._fixed_batch or len(batch)
+        parts = []
+        for start in range(0, len(batch), chunk):
+            part = batch[start : start + chunk]
+            n = len(part)
+            if n < chunk:
+                pad = np.zeros((chunk - n, *part.shape[1:]), part.dtype)
+                part = np.concatenate([part, pad])
+            y = self._session.run(None, {self._input: part})[int(self.opts["output"])]
+            parts.append(np.asarray(y)[:n])
+        return np.concatenate(parts)
 
 
 @ENCODERS.register("torchscript")
 class TorchScriptEncoder(_ModelEncoder):
-    """A TorchScript embedding model run with torch on the CPU."""
+    """A TorchScript embedding model run by torch on the CPU; see the module docstring."""
 
-    kind = "torchscript"
+    kind: ClassVar[str] = "torchscript"
 
     def _load(self, path: Path) -> None:
         import torch
 
         try:
-            self._module = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception:  # noqa: BLE001 - torch raises RuntimeError and others
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others
             raise ValueError(
-                f"{path} is not a TorchScript archive; export the model with "
-                "torch.jit.script/trace and .save() - pickled models are not loaded"
+                f"{path} is not a TorchScript archive; export with torch.jit.script/trace and "
+                "save, pickled models are not loaded"
+                f" (torch said: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
             ) from None
+        self._module = module.eval()
+        params = list(module.parameters())
+        self._dtype = params[0].dtype if params else torch.float32
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            y = self._module(torch.from_numpy(batch))
+            y = self._module(torch.from_numpy(batch).to(self._dtype))
+        index = int(self.opts["output"])
         if isinstance(y, (tuple, list)):
-            y = y[int(self.opts["output"])]
-        return y.detach().cpu().numpy()
+            if index >= len(y):
+                raise ValueError(
+                    f"output={index} but the model returns {len(y)} output(s); "
+                    f"use an index below {len(y)}"
+                )
+            y = y[index]
+        elif index != 0:
+            raise ValueError(f"output={index} but the model returns a single tensor; use output=0")
+        if not isinstance(y, torch.Tensor):
+            raise ValueError(f"the model's output {index} is a {type(y).__name__}, not a tensor")
+        return y.detach().float().cpu().numpy()

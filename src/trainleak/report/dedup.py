@@ -44,7 +44,7 @@ def render_dedup_html(report: dict[str, Any], thumbnail: Any) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>trainleak dedup report</title><style>{_CSS}</style></head><body>"
-        f"<h1>trainleak dedup report</h1><p class=\"verdict\">{head}</p>"
+        f'<h1>trainleak dedup report</h1><p class="verdict">{head}</p>'
         f'<p class="note">{_e(t["note"])}. Kept image outlined in green; the number is its '
         "similarity to the kept image. Keep rule: "
         f"{_e(s['keep_rule'])}.</p>"

@@ -120,13 +120,13 @@ def _cards(report: dict[str, Any]) -> str:
         if counts:
             cards.append(
                 f'<div class="card">{_e(name)}<b>{counts["embedded"]}</b>'
-                f'{counts["files"]} files, {counts["skipped"]} skipped</div>'
+                f"{counts['files']} files, {counts['skipped']} skipped</div>"
             )
     cards.append(f'<div class="card">flagged<b>{s["flagged"]}</b>{_pct(s["flagged_rate"])}</div>')
     if s.get("identities_in_train"):
         cards.append(
             f'<div class="card">leaked identities<b>{len(s["leaked_identities"])}</b>'
-            f'of {s["identities_in_train"]} in training</div>'
+            f"of {s['identities_in_train']} in training</div>"
         )
     dcr = s.get("dcr")
     if dcr:
@@ -138,7 +138,7 @@ def _cards(report: dict[str, Any]) -> str:
     if ct and ct.get("value") is not None:
         cards.append(
             f'<div class="card">Meehan C<sub>T</sub><b>{_num(ct["value"], 2)}</b>'
-            f'{ct["cells"]} cells; &lt; -3 = copying</div>'
+            f"{ct['cells']} cells; &lt; -3 = copying</div>"
         )
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -147,8 +147,10 @@ def _per_sample(report: dict[str, Any]) -> list[dict[str, Any]]:
     chosen: dict[str, dict[str, Any]] = {}
     for m in report["matches"]:
         cur = chosen.get(m["synthetic"])
-        if cur is None or (m["flagged"] and not cur["flagged"]) or (
-            not cur["flagged"] and m["rank"] < cur["rank"]
+        if (
+            cur is None
+            or (m["flagged"] and not cur["flagged"])
+            or (not cur["flagged"] and m["rank"] < cur["rank"])
         ):
             chosen[m["synthetic"]] = m
     return sorted(chosen.values(), key=lambda m: (not m["flagged"], -(m["score"] or 0.0)))
@@ -211,12 +213,11 @@ def _skipped(report: dict[str, Any]) -> str:
     summary = "".join(f"<li>{n} &times; {_e(r)}</li>" for r, n in reasons.most_common())
     rows = "".join(
         f'<tr><td>{_e(s["set"])}</td><td class="path">{_e(s["path"])}</td>'
-        f'<td>{_e(s["reason"])}</td></tr>'
+        f"<td>{_e(s['reason'])}</td></tr>"
         for s in skipped
     )
     return (
-        f"<ul>{summary}</ul><table><tr><th>set</th><th>path</th><th>reason</th></tr>"
-        f"{rows}</table>"
+        f"<ul>{summary}</ul><table><tr><th>set</th><th>path</th><th>reason</th></tr>{rows}</table>"
     )
 
 
@@ -255,9 +256,7 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
         title="Leak score: synthetic vs holdout",
         x_label=s.get("score_note", ""),
     )
-    redacted = (
-        '<p class="note">Thumbnails omitted (--redact).</p>' if thumbnail is None else ""
-    )
+    redacted = '<p class="note">Thumbnails omitted (--redact).</p>' if thumbnail is None else ""
     dcr = s.get("dcr")
     extra = ""
     if dcr:
@@ -266,8 +265,8 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
         extra += f'<p class="note">{_e(s["meehan_ct"]["note"])}</p>'
     leak_class = "verdict leak" if s["flagged"] else "verdict"
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>trainleak audit report</title><style>{_CSS}</style></head><body>"
         f"<h1>trainleak audit report</h1>"
         f'<p class="{leak_class}">{_e(verdict_sentence(report))}</p>'

@@ -1,0 +1,214 @@
+"""``extract``: training images a generator regurgitates (Carlini et al. 2023).
+
+Generate-and-filter: for each prompt (group), many generations; a memorised
+training image comes back again and again, so its generations form a clique
+of near-identical images under the tiled l2 distance. Each clique's
+representative is then compared with the training set.
+
+From the paper: 500 generations per prompt, cliques of at least 10, delta =
+0.15 on [0, 1] pixels with the tiled l2 distance, and for small images the
+relative criterion ``d(x, nearest) / mean(d(x, 50 nearest)) < alpha = 0.5``.
+Ours: cliques are found greedily (:func:`~trainleak.audits.graph.greedy_cliques`;
+each reported set is a true clique), the representative is the clique's
+medoid (highest mean similarity to the other members), and a clique is
+extracted when the representative is within delta of a training image (or
+passes the relative test with ``relative``). Distances are ``1 - score``:
+for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainleak._version import __version__
+from trainleak.audits.graph import greedy_cliques, medoid
+from trainleak.audits.leakage import embed_nonempty, make_embedder
+from trainleak.config import EmbedConfig
+from trainleak.embedding import EmbeddingSet
+from trainleak.images import list_records
+from trainleak.neighbors import knn, pairwise_scores
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of ``extract`` (paper values as defaults, see the module docstring)."""
+
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
+    delta: float = 0.15
+    min_clique: int = 10
+    relative: bool = False
+    alpha: float = 0.5
+    relative_n: int = 50
+    samples_per_prompt: int = 500
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)
+
+
+@dataclass
+class Candidate:
+    """One clique of near-identical generations and its training match."""
+
+    group: str
+    clique_size: int
+    representative: str
+    members: list[str]
+    train_match: str | None
+    distance: float
+    relative_distance: float | None
+    extracted: bool
+
+
+def find_candidates(
+    group: str, gen: EmbeddingSet, train: EmbeddingSet, config: ExtractConfig
+) -> list[Candidate]:
+    """Cliques among one group's generations, each confirmed against training."""
+    metric = gen.info.metric
+    tiles = int(gen.info.options.get("grid", 4)) ** 2
+    scores = pairwise_scores(gen.vectors, gen.vectors, metric, tiles)  # type: ignore[arg-type]
+    adjacency = scores > 1.0 - config.delta
+    out = []
+    for clique in greedy_cliques(adjacency, config.min_clique):
+        rep = clique[medoid(scores[np.ix_(clique, clique)])]
+        n_near = max(1, min(config.relative_n, len(train)))
+        sims, idx = knn(gen.vectors[[rep]], train.vectors, n_near, metric=metric, tiles=tiles)  # type: ignore[arg-type]
+        dists = 1.0 - sims[0].astype(np.float64)
+        d1 = float(dists[0])
+        rel = d1 / float(dists.mean()) if dists.mean() > 0 else 0.0
+        hit = rel < config.alpha if config.relative else d1 < config.delta
+        out.append(
+            Candidate(
+                group=group,
+                clique_size=len(clique),
+                representative=gen.ids[rep],
+                members=[gen.ids[i] for i in clique],
+                train_match=train.ids[int(idx[0, 0])],
+                distance=d1,
+                relative_distance=rel,
+                extracted=bool(hit),
+            )
+        )
+    return out
+
+
+def generation_groups(generated: str | os.PathLike[str]) -> dict[str, Path]:
+    """Split generations into groups: sub-folders each, or the folder as one group."""
+    root = Path(generated)
+    if not root.is_dir():
+        return {root.name: root}
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    direct = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if subs and not direct:
+        return {p.name: p for p in subs}
+    return {root.name: root}
+
+
+def extract(
+    generated: str | os.PathLike[str],
+    train: str | os.PathLike[str],
+    *,
+    config: ExtractConfig | None = None,
+    argv: list[str] | None = None,
+) -> ExtractResult:
+    """Find cliques of near-identical generations and the training images they copy.
+
+    Args:
+        generated: a folder of generated images (sub-folders = one group per
+            prompt), e.g. written by :func:`trainleak.generators.materialise`.
+        train: the training images.
+        config: settings.
+        argv: the command line, recorded in the report.
+
+    """
+    config = config or ExtractConfig()
+    groups = generation_groups(generated)
+    candidates: list[Candidate] = []
+    group_rows = []
+    skipped = []
+    with make_embedder(config.embed) as embedder:
+        train_set = embed_nonempty(embedder, train, "train")
+        skipped.extend(train_set.skipped)
+        for name, folder in groups.items():
+            if not list_records(folder):
+                continue
+            gen = embedder.embed(folder, f"generated/{name}")
+            skipped.extend(gen.skipped)
+            found = find_candidates(name, gen, train_set, config) if len(gen) else []
+            candidates.extend(found)
+            group_rows.append(
+                {
+                    "group": name,
+                    "generations": len(gen),
+                    "cliques": len(found),
+                    "extracted": sum(c.extracted for c in found),
+                }
+            )
+    extracted = sorted({c.train_match for c in candidates if c.extracted and c.train_match})
+    report = {
+        "tool": "trainleak",
+        "version": __version__,
+        "command": "extract",
+        "argv": list(argv) if argv is not None else list(sys.argv),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": "cpu",
+        "settings": config.to_dict(),
+        "encoder": train_set.info.to_dict(),
+        "inputs": {
+            "train": train_set.counts(),
+            "generated": {"root": os.fspath(generated), "groups": len(group_rows)},
+        },
+        "summary": {
+            "extracted": extracted,
+            "n_extracted": len(extracted),
+            "candidates": len(candidates),
+            "groups": group_rows,
+            "criterion": (
+                f"relative: d / mean(d to {config.relative_n} nearest) < {config.alpha}"
+                if config.relative
+                else f"tiled-l2 distance to the nearest training image < delta = {config.delta}"
+            ),
+        },
+        "candidates": [
+            {
+                "group": c.group,
+                "clique_size": c.clique_size,
+                "representative": c.representative,
+                "train_match": c.train_match,
+                "distance": c.distance,
+                "relative_distance": c.relative_distance,
+                "extracted": c.extracted,
+                "members": c.members,
+            }
+            for c in candidates
+        ],
+        "skipped": [s.to_dict() for s in skipped],
+    }
+    return ExtractResult(report, train_set)
+
+
+class ExtractResult:
+    """What :func:`extract` found."""
+
+    def __init__(self, report: dict[str, Any], train: EmbeddingSet) -> None:
+        self.report = report
+        self.train = train
+
+    @property
+    def extracted(self) -> list[str]:
+        """Training images extracted (paths as found under the training root)."""
+        return list(self.report["summary"]["extracted"])
+
+    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
+        """Write ``report.json`` and ``report.html`` into ``out``."""
+        from trainleak.report.extract import write_extract_report
+
+        return write_extract_report(self.report, out, redact=redact)

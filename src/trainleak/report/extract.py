@@ -1,0 +1,71 @@
+"""``extract`` reports: ``report.json`` and an HTML page of candidate cliques."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from trainleak.report import clean_json, write_json
+from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+
+#: Clique members shown per candidate (all are in the JSON).
+SHOWN_MEMBERS = 8
+
+
+def render_extract_html(report: dict[str, Any], thumbnail: Any) -> str:
+    """Render the candidates, extracted first; ``thumbnail=None`` embeds no images."""
+    s = report["summary"]
+    head = (
+        f"{s['n_extracted']} training images extracted from {len(s['groups'])} group(s) of "
+        f"generations; {s['candidates']} cliques of near-identical generations found. "
+        f"Criterion: {_e(s['criterion'])}."
+    )
+    rows = []
+    cands = sorted(report["candidates"], key=lambda c: (not c["extracted"], c["distance"]))
+    for c in cands:
+        members = "".join(_img(thumbnail, "generated", m) for m in c["members"][:SHOWN_MEMBERS])
+        rows.append(
+            f'<tr class="{"flagged" if c["extracted"] else ""}"><td>{_e(c["group"])}</td>'
+            f"<td>{c['clique_size']}</td><td>{members}</td>"
+            f"<td>{_img(thumbnail, 'train', c['train_match'])}"
+            f'<div class="note">{_e(c["train_match"])}</div></td>'
+            f"<td>{c['distance']:.4f}</td><td>{(c['relative_distance'] or 0):.3f}</td>"
+            f"<td>{'EXTRACTED' if c['extracted'] else 'not confirmed'}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>group</th><th>clique</th><th>generations (first "
+        f"{SHOWN_MEMBERS})</th><th>nearest training image</th><th>distance</th>"
+        "<th>relative</th><th>verdict</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No clique of near-identical generations was found.</p>"
+    )
+    groups = "".join(
+        f"<tr><td>{_e(g['group'])}</td><td>{g['generations']}</td><td>{g['cliques']}</td>"
+        f"<td>{g['extracted']}</td></tr>"
+        for g in s["groups"]
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>trainleak extract report</title><style>{_CSS}</style></head><body>"
+        f'<h1>trainleak extract report</h1><p class="verdict leak">{head}</p>'
+        + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
+        + f"<h2>Candidates</h2>{table}"
+        + "<h2>Groups</h2><table><tr><th>group</th><th>generations</th><th>cliques</th>"
+        + f"<th>extracted</th></tr>{groups}</table>"
+        + f"<h2>Skipped files</h2>{_skipped(report)}</body></html>"
+    )
+
+
+def write_extract_report(
+    report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
+) -> dict[str, str]:
+    """Write ``report.json`` and ``report.html`` into ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
+    write_json(report, paths["json"])
+    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
+    html = render_extract_html(clean_json(report), thumbnail)
+    Path(paths["html"]).write_text(html, encoding="utf-8")
+    return paths
