@@ -56,3 +56,27 @@ def save_onnx(path: Path, net: TinyNet) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def coil_replayer(n: int, seed: int) -> list[np.ndarray]:
+    """A generator that has memorized one COIL image: half its samples replay it.
+
+    The other half are distinct COIL views of other objects. Used as
+    ``python:models:coil_replayer``.
+    """
+    from PIL import Image
+
+    from conftest import COIL
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            name = "obj1__0.png"
+            noise = rng.normal(0, 3, (32, 32, 1))
+        else:
+            name = f"obj{rng.integers(2, 13)}__{rng.integers(0, 50)}.png"
+            noise = np.zeros((32, 32, 1))
+        image = np.asarray(Image.open(COIL / name).convert("RGB"), np.float64) + noise
+        out.append(np.clip(image, 0, 255).astype(np.uint8))
+    return out

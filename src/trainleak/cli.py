@@ -213,9 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--out", default="trainleak-extract", help="output folder")
     x.add_argument("--redact", action="store_true")
+    x.add_argument(
+        "--fail-on-leak", action="store_true", help="exit 1 when a training image is extracted"
+    )
     x.add_argument("--quiet", "-q", action="store_true")
     add_embed_arguments(x)
     x.set_defaults(func=run_extract)
+
+    v = sub.add_parser("invert", help="rebuild inputs from a split model's features")
+    v.add_argument("--model", required=True, help="TorchScript file or python:module:factory")
+    v.add_argument("--weights", help="python: models: .safetensors or torch.save state dict")
+    v.add_argument("--trust-pickle", action="store_true", help="allow pickled model files")
+    v.add_argument("--split", required=True, help="module name(s), comma-separated")
+    v.add_argument("--images", required=True, help="inputs to invert: folder, glob or list")
+    v.add_argument("--method", choices=["optimize", "dci", "decoder"], default="optimize")
+    v.add_argument("--aux", help="attacker's own images (needed by --method decoder)")
+    v.add_argument("--defense", help="noise:SIGMA or quantize:BITS applied at the split")
+    v.add_argument("--steps", type=_positive_int, default=None, help="optimisation/training steps")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--size", help="model input HEIGHT,WIDTH (default: first image's size)")
+    v.add_argument("--mean", type=float, default=0.5, help="input normalisation mean")
+    v.add_argument("--std", type=float, default=0.5, help="input normalisation divisor")
+    v.add_argument("--batch-size", type=_positive_int, default=64)
+    v.add_argument("--no-identity", action="store_true", help="skip the face-identity metric")
+    v.add_argument("--out", default="trainleak-invert", help="output folder")
+    v.add_argument("--redact", action="store_true", help="no images in the HTML report")
+    v.add_argument("--quiet", "-q", action="store_true")
+    v.set_defaults(func=run_invert)
 
     d = sub.add_parser("demo", help="run an audit on bundled faces with planted leaks (offline)")
     d.add_argument("--out", default="trainleak-demo", help="output folder")
@@ -289,8 +313,12 @@ def run_extract(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.audits.extraction import ExtractConfig, extract
 
     args.encoder = args.distance if args.encoder == EmbedConfig.encoder else args.encoder
+    embed = embed_config(args)
+    if embed.encoder == "tiled":
+        # The paper's tiled l2 is not mirror-blind; -O flip_invariant=true opts in.
+        embed.encoder_options.setdefault("flip_invariant", False)
     config = ExtractConfig(
-        embed=embed_config(args),
+        embed=embed,
         delta=args.delta,
         min_clique=args.min_clique,
         relative=args.relative,
@@ -344,6 +372,63 @@ def _generate(args: argparse.Namespace, seed: int) -> str:
             bar.refresh()
         bar.close()
     return str(root)
+
+
+def run_invert(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak invert``."""
+    from trainleak.audits.inversion import InvertConfig, invert
+
+    size = None
+    if args.size:
+        try:
+            parts = [int(v) for v in args.size.replace("x", ",").split(",")]
+        except ValueError:
+            raise UsageError(f"--size takes HEIGHT,WIDTH such as 28,23, got {args.size!r}") from None
+        size = (parts[0], parts[-1])
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    if not splits:
+        raise UsageError("--split needs at least one module name")
+    config = InvertConfig(
+        method=args.method,
+        seed=args.seed,
+        size=size,
+        mean=args.mean,
+        std=args.std,
+        defense=args.defense,
+        batch_size=args.batch_size,
+        identity=not args.no_identity,
+    )
+    if args.steps:
+        config.steps = args.steps
+    result = invert(
+        args.model,
+        splits,
+        args.images,
+        aux=args.aux,
+        weights=args.weights,
+        trust_pickle=args.trust_pickle,
+        config=config,
+        argv=argv,
+    )
+    paths = result.write(args.out, redact=args.redact)
+    base = result.report["summary"]["baseline"]
+    print(f"mean-image baseline: PSNR {base['psnr']:.2f} dB, SSIM {base['ssim']:.3f}")
+    for e in result.report["splits"]:
+        sim = e["identity_similarity"]
+        line = (
+            f"{e['split']} (depth {e['depth']}, {e['method']}): PSNR {e['psnr']:.2f} dB, "
+            f"SSIM {e['ssim']:.3f}, identity {'n/a' if sim is None else f'{sim:.3f}'}"
+        )
+        if e["defense"]:
+            d = e["defense"]
+            line += f"; with {d['spec']}: PSNR {d['psnr']:.2f} dB, SSIM {d['ssim']:.3f}"
+            if d["accuracy"] is not None:
+                line += f", accuracy {d['accuracy_clean']:.3f} -> {d['accuracy']:.3f}"
+        print(line)
+    if result.report["skipped"]:
+        print(f"skipped {len(result.report['skipped'])} files (reasons in the report)")
+    print(f"report: {paths['html']}")
+    return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace, argv: list[str]) -> int:

@@ -12,7 +12,10 @@ Ours: cliques are found greedily (:func:`~trainleak.audits.graph.greedy_cliques`
 each reported set is a true clique), the representative is the clique's
 medoid (highest mean similarity to the other members), and a clique is
 extracted when the representative is within delta of a training image (or
-passes the relative test with ``relative``). Distances are ``1 - score``:
+passes the relative test with ``relative``); ``train_match`` is then its
+nearest training image, else null (``nearest_train`` always names it). The
+tiled distance is the paper's, so not mirror-blind here
+(``flip_invariant=False``). Distances are ``1 - score``:
 for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
 """
 
@@ -40,7 +43,11 @@ from trainleak.neighbors import knn, pairwise_scores
 class ExtractConfig:
     """Settings of ``extract`` (paper values as defaults, see the module docstring)."""
 
-    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
+    embed: EmbedConfig = field(
+        default_factory=lambda: EmbedConfig(
+            encoder="tiled", encoder_options={"flip_invariant": False}
+        )
+    )
     delta: float = 0.15
     min_clique: int = 10
     relative: bool = False
@@ -63,9 +70,34 @@ class Candidate:
     representative: str
     members: list[str]
     train_match: str | None
+    nearest_train: str
     distance: float
     relative_distance: float | None
     extracted: bool
+
+
+#: Rows of the similarity matrix scored at a time by :func:`near_graph`.
+GRAPH_BLOCK = 1024
+
+
+def near_graph(vectors: np.ndarray, min_score: float, metric: str, tiles: int) -> np.ndarray:
+    """Boolean ``(n, n)`` graph of pairs scoring above ``min_score``.
+
+    Scores are computed ``GRAPH_BLOCK`` rows at a time, so memory is the
+    ``n^2`` booleans plus one ``GRAPH_BLOCK x n`` float block, never the full
+    float matrix.
+
+    Example:
+        >>> near_graph(np.eye(3, dtype=np.float32), 0.5, "cosine", 1).sum()
+        np.int64(3)
+
+    """
+    n = len(vectors)
+    graph = np.zeros((n, n), bool)
+    for r0 in range(0, n, GRAPH_BLOCK):
+        block = pairwise_scores(vectors[r0 : r0 + GRAPH_BLOCK], vectors, metric, tiles)  # type: ignore[arg-type]
+        graph[r0 : r0 + len(block)] = block > min_score
+    return graph
 
 
 def find_candidates(
@@ -74,11 +106,11 @@ def find_candidates(
     """Cliques among one group's generations, each confirmed against training."""
     metric = gen.info.metric
     tiles = int(gen.info.options.get("grid", 4)) ** 2
-    scores = pairwise_scores(gen.vectors, gen.vectors, metric, tiles)  # type: ignore[arg-type]
-    adjacency = scores > 1.0 - config.delta
+    adjacency = near_graph(gen.vectors, 1.0 - config.delta, metric, tiles)
     out = []
     for clique in greedy_cliques(adjacency, config.min_clique):
-        rep = clique[medoid(scores[np.ix_(clique, clique)])]
+        inside = gen.vectors[clique]
+        rep = clique[medoid(pairwise_scores(inside, inside, metric, tiles))]  # type: ignore[arg-type]
         n_near = max(1, min(config.relative_n, len(train)))
         sims, idx = knn(gen.vectors[[rep]], train.vectors, n_near, metric=metric, tiles=tiles)  # type: ignore[arg-type]
         dists = 1.0 - sims[0].astype(np.float64)
@@ -91,7 +123,8 @@ def find_candidates(
                 clique_size=len(clique),
                 representative=gen.ids[rep],
                 members=[gen.ids[i] for i in clique],
-                train_match=train.ids[int(idx[0, 0])],
+                train_match=train.ids[int(idx[0, 0])] if hit else None,
+                nearest_train=train.ids[int(idx[0, 0])],
                 distance=d1,
                 relative_distance=rel,
                 extracted=bool(hit),
@@ -183,6 +216,7 @@ def extract(
                 "clique_size": c.clique_size,
                 "representative": c.representative,
                 "train_match": c.train_match,
+                "nearest_train": c.nearest_train,
                 "distance": c.distance,
                 "relative_distance": c.relative_distance,
                 "extracted": c.extracted,

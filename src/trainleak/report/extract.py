@@ -28,8 +28,8 @@ def render_extract_html(report: dict[str, Any], thumbnail: Any) -> str:
         rows.append(
             f'<tr class="{"flagged" if c["extracted"] else ""}"><td>{_e(c["group"])}</td>'
             f"<td>{c['clique_size']}</td><td>{members}</td>"
-            f"<td>{_img(thumbnail, 'train', c['train_match'])}"
-            f'<div class="note">{_e(c["train_match"])}</div></td>'
+            f"<td>{_img(thumbnail, 'train', c['nearest_train'])}"
+            f'<div class="note">{_e(c["nearest_train"])}</div></td>'
             f"<td>{c['distance']:.4f}</td><td>{(c['relative_distance'] or 0):.3f}</td>"
             f"<td>{'EXTRACTED' if c['extracted'] else 'not confirmed'}</td></tr>"
         )
