@@ -98,6 +98,7 @@ def train_ddpm(
     out_dir: str | os.PathLike[str],
     config: DDPMConfig | None = None,
     progress: Callable[[int, float], None] | None = None,
+    checkpoints: Sequence[int] = (),
 ) -> Path:
     """Train a DDPM on ``images`` and save a ``DDIMPipeline`` folder.
 
@@ -107,6 +108,9 @@ def train_ddpm(
         out_dir: the pipeline folder to write (``diffusers:out_dir`` loads it).
         config: settings; :class:`DDPMConfig` defaults when omitted.
         progress: called as ``progress(step, loss)`` every 50 steps.
+        checkpoints: step counts (below ``config.steps``) after which the model
+            is also saved, as ``out_dir/step-{n:06d}``, a pipeline folder of its
+            own: one run gives the models of several training lengths.
 
     Returns:
         ``out_dir`` as a path. ``out_dir/trainleak.json`` records the config,
@@ -117,7 +121,7 @@ def train_ddpm(
 
     """
     import torch
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
+    from diffusers import DDPMScheduler
 
     config = config or DDPMConfig()
     if not len(images):
@@ -150,19 +154,39 @@ def train_ddpm(
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
         if progress is not None and (step + 1) % 50 == 0:
             progress(step + 1, running)
+        if step + 1 in checkpoints and step + 1 < config.steps:
+            folder = Path(out_dir) / f"step-{step + 1:06d}"
+            _save(unet, noise_sched, folder, config, len(images), running, start, step + 1)
+            unet.train()
     seconds = time.perf_counter() - start
+    out = _save(unet, noise_sched, Path(out_dir), config, len(images), running, start, config.steps)
+    log.info("trained DDPM on %d images in %.0f s, loss %.4f", len(images), seconds, running)
+    return out
+
+
+def _save(
+    unet: Any,
+    noise_sched: Any,
+    out: Path,
+    config: DDPMConfig,
+    n_images: int,
+    loss: float,
+    start: float,
+    steps: int,
+) -> Path:
+    from diffusers import DDIMPipeline, DDIMScheduler
+
     unet.eval()
-    out = Path(out_dir)
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_sched.config))
     pipe.save_pretrained(out, safe_serialization=True)
     meta = {
         "config": asdict(config),
-        "train_images": len(images),
-        "final_loss": running,
-        "train_seconds": seconds,
+        "train_images": n_images,
+        "steps_done": steps,
+        "final_loss": loss,
+        "train_seconds": time.perf_counter() - start,
     }
     (out / "trainleak.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    log.info("trained DDPM on %d images in %.0f s, loss %.4f", len(images), seconds, running)
     return out
 
 

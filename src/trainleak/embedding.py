@@ -213,6 +213,43 @@ class Embedder:
         bar.close()
         return _assemble(records, digests, results, skipped, set_name, self.info, os.fspath(source))
 
+    def embed_encoded(self, items: dict[str, bytes]) -> dict[str, np.ndarray | str]:
+        """Embed in-memory encoded images (e.g. PNG bytes), through the cache.
+
+        For images that never touch the disk, such as a generator's samples
+        streamed straight into the embedder.
+
+        Args:
+            items: cache key (any 32-hex-digit string, e.g. a content hash) ->
+                encoded image bytes. Keys already in the cache are not embedded again.
+
+        Returns:
+            key -> ``(m, dim)`` float32 rows, or the skip reason (a string).
+
+        """
+        results: dict[str, np.ndarray | str] = {}
+        misses = []
+        for key, data in items.items():
+            hit = self.store.get(key)
+            if hit is None:
+                misses.append((key, data))
+            else:
+                results[key] = hit
+        chunks = (
+            ([k for k, _ in misses[i : i + self.batch_size]],
+             [d for _, d in misses[i : i + self.batch_size]])
+            for i in range(0, len(misses), self.batch_size)
+        )
+        fresh: dict[str, np.ndarray | str] = {}
+        for done in self._run(chunks):
+            for key, res in done:
+                if isinstance(res, str) and res.startswith("!"):
+                    results[key] = res[1:]  # a decoding failure: not cached
+                else:
+                    results[key] = fresh[key] = res
+        self.store.put(fresh)
+        return results
+
     def _run(
         self, chunks: Iterator[tuple[list[str], list[bytes]]]
     ) -> Iterator[list[tuple[str, np.ndarray | str]]]:

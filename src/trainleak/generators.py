@@ -6,10 +6,10 @@
 * ``diffusers:DIR`` - a local diffusers pipeline folder, loaded offline.
 * a folder of images is not a generator: audits read it as generated images.
 
-Sample ``i`` of a call with seed ``s`` depends on ``(s, i)`` only, so batch
-size never changes the images (for ``diffusers`` each image gets its own
-``torch.Generator``; a ``python`` callable is asked for one image at a time
-with seed ``s * 1_000_003 + i`` when ``per_sample_seed`` is on).
+Sample ``i`` of a run seeded ``s`` depends on ``(s, i)`` only, so batch size
+and interruptions never change the images: for ``diffusers`` each image gets
+its own ``torch.Generator`` seeded :func:`sample_seed` ``(s, i)``; a
+``python`` callable is asked for one image at a time with that seed.
 
 :func:`materialise` writes samples to PNG files as they are produced, one
 folder per prompt; files already there are not generated again, so an

@@ -7,6 +7,7 @@ tested against a slow obvious reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,3 +240,102 @@ def summarise(values: np.ndarray) -> dict[str, float]:
         "p05": float(np.percentile(v, 5)),
         "p95": float(np.percentile(v, 95)),
     }
+
+
+def roc_curve(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points ``(fpr, tpr)`` for "score above threshold = positive", from (0, 0) to (1, 1).
+
+    One point per distinct score, so tied scores move both rates at once.
+
+    Example:
+        >>> fpr, tpr = roc_curve(np.array([3.0, 4.0]), np.array([1.0, 3.0]))
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 0.5, 1.0], [0.0, 0.5, 1.0, 1.0])
+
+    """
+    pos = np.asarray(positives, np.float64)
+    neg = np.asarray(negatives, np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("a ROC curve needs at least one positive and one negative score")
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
+    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
+    # Count of scores >= each threshold, by binary search on the sorted arrays.
+    tp = len(pos) - np.searchsorted(pos_sorted, thresholds, side="left")
+    fp = len(neg) - np.searchsorted(neg_sorted, thresholds, side="left")
+    fpr = np.concatenate([[0.0], fp / len(neg)])
+    tpr = np.concatenate([[0.0], tp / len(pos)])
+    return fpr, tpr
+
+
+def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
+    """Largest true-positive rate whose false-positive rate is at most ``fpr``.
+
+    With ``n`` negatives, a rate below ``1 / n`` means no negative may pass:
+    the threshold sits above the highest negative score, as in LiRA's
+    low-FPR reporting.
+
+    Example:
+        >>> tpr_at_fpr(np.array([3.0, 4.0, 5.0]), np.array([1.0, 3.5]), 0.01)
+        0.6666666666666666
+
+    """
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be between 0 and 1 (exclusive), got {fpr}")
+    rates_f, rates_t = roc_curve(positives, negatives)
+    ok = rates_f <= fpr + 1e-12
+    return float(rates_t[ok].max())
+
+
+def bootstrap_interval(
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a two-sample statistic (e.g. AUC).
+
+    Positives and negatives are resampled separately (stratified), so every
+    replicate keeps both classes at their observed sizes.
+
+    Example:
+        >>> lo, hi = bootstrap_interval(np.arange(5.0) + 2, np.arange(5.0), auc_score)
+        >>> 0.5 < lo < hi <= 1.0
+        True
+
+    """
+    pos = np.asarray(positives, np.float64)
+    neg = np.asarray(negatives, np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [
+            statistic(
+                pos[rng.integers(0, len(pos), len(pos))],
+                neg[rng.integers(0, len(neg), len(neg))],
+            )
+            for _ in range(n_boot)
+        ]
+    )
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return (float(lo), float(hi))
+
+
+def empirical_p_values(scores: np.ndarray, null_scores: np.ndarray) -> np.ndarray:
+    """One-sided p-values of ``scores`` against null scores: ``(1 + #{null >= s}) / (1 + n)``.
+
+    The ``+1`` counts the query itself among the null draws, so the p-value of
+    a null score is uniform on ``{1/(n+1), ..., 1}`` and never 0.
+
+    Example:
+        >>> empirical_p_values(np.array([0.5, 9.0]), np.arange(4.0)).tolist()
+        [0.8, 0.2]
+
+    """
+    null = np.sort(np.asarray(null_scores, np.float64))
+    s = np.asarray(scores, np.float64)
+    at_least = len(null) - np.searchsorted(null, s, side="left")
+    return (1.0 + at_least) / (1.0 + len(null))

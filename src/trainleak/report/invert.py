@@ -36,7 +36,7 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def png_data_uri(image: torch.Tensor, scale: int = 3) -> str:
-    """A PNG ``data:`` URI of one pixel tensor ``(C, H, W)`` in [0, 1], enlarged ``scale`` times.
+    """Return a PNG ``data:`` URI of a pixel tensor ``(C, H, W)`` in [0, 1], ``scale`` x larger.
 
     Example:
         >>> png_data_uri(torch.zeros(1, 2, 2)).startswith("data:image/png;base64,")
@@ -192,7 +192,11 @@ def render_invert_html(
         psnr_series[label] = [(e["depth"], e["defense"]["psnr"]) for e in report["splits"]]
         ssim_series[label] = [(e["depth"], e["defense"]["ssim"]) for e in report["splits"]]
     curves = svg_curve(
-        psnr_series, s["baseline"]["psnr"], "Leakage against split depth", "depth (conv/linear layers)", "PSNR (dB)"
+        psnr_series,
+        s["baseline"]["psnr"],
+        "Leakage against split depth",
+        "depth (conv/linear layers)",
+        "PSNR (dB)",
     ) + svg_curve(ssim_series, s["baseline"]["ssim"], "", "depth (conv/linear layers)", "SSIM")
     grid = (
         '<p class="note">Images omitted (--redact).</p>'

@@ -198,9 +198,7 @@ def _accuracy(split: SplitModel, x: torch.Tensor, y: list[int], transform: Any =
     return float((pred == torch.as_tensor(y)).float().mean())
 
 
-def _measure(
-    x: torch.Tensor, recon: torch.Tensor, identity: _Identity | None
-) -> dict[str, Any]:
+def _measure(x: torch.Tensor, recon: torch.Tensor, identity: _Identity | None) -> dict[str, Any]:
     sims = identity(recon) if identity is not None else None
     return {
         "psnr": float(np.mean(psnr(x, recon))),
@@ -278,7 +276,9 @@ def invert(
     split_models = [SplitModel(net, s, shape, config.mean, config.std) for s in splits]
     aux_x = None
     if aux is not None:
-        aux_x, aux_rows, aux_skipped = read_images(aux, "aux", channels, shape[1:], config.max_pixels)
+        aux_x, aux_rows, aux_skipped = read_images(
+            aux, "aux", channels, shape[1:], config.max_pixels
+        )
         skipped += aux_skipped
     if config.method == "decoder" and (aux_x is None or not len(aux_x)):
         raise ValueError("the decoder method trains on the attacker's own images: give --aux PATH")
@@ -344,12 +344,20 @@ def invert(
         },
         "settings": config.to_dict(),
         "inputs": {
-            "images": {"root": os.fspath(images), "files": len(rows) + sum(
-                s.set == "images" for s in skipped), "used": len(rows),
-                "skipped": sum(s.set == "images" for s in skipped)},
-            "aux": None if aux_x is None else {
-                "root": os.fspath(aux), "files": len(aux_x) + sum(s.set == "aux" for s in skipped),
-                "used": len(aux_x), "skipped": sum(s.set == "aux" for s in skipped)},  # fmt: skip
+            "images": {
+                "root": os.fspath(images),
+                "files": len(rows) + sum(s.set == "images" for s in skipped),
+                "used": len(rows),
+                "skipped": sum(s.set == "images" for s in skipped),
+            },
+            "aux": None
+            if aux_x is None
+            else {
+                "root": os.fspath(aux),
+                "files": len(aux_x) + sum(s.set == "aux" for s in skipped),
+                "used": len(aux_x),
+                "skipped": sum(s.set == "aux" for s in skipped),
+            },  # fmt: skip
         },
         "summary": {
             "n_images": len(rows),

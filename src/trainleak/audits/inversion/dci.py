@@ -211,10 +211,18 @@ class DCIInverter:
                 z0 = self._zero_input(k, len(target))
             if k == 0:
                 z0 = z0.clamp(0, 1)
-                prior = BNPrior([m for _, mod in self.blocks_[0] for m in mod.modules()
-                                 if isinstance(m, nn.modules.batchnorm._BatchNorm)])
+                prior = BNPrior(
+                    [
+                        m
+                        for _, mod in self.blocks_[0]
+                        for m in mod.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    ]
+                )
 
-                def loss0(x: torch.Tensor, t: torch.Tensor = target, b=block, p=prior) -> torch.Tensor:
+                def loss0(
+                    x: torch.Tensor, t: torch.Tensor = target, b=block, p=prior
+                ) -> torch.Tensor:
                     with p:
                         out = feature_loss(b(x), t) + self.tv_weight * total_variation(x)
                     return out + self.bn_weight * p.loss(len(x), x.device)

@@ -42,7 +42,12 @@ class DecoderInverter:
     higher_is_better = True
 
     def __init__(
-        self, steps: int = 300, lr: float = 2e-3, batch_size: int = 32, width: int = 32, seed: int = 0
+        self,
+        steps: int = 300,
+        lr: float = 2e-3,
+        batch_size: int = 32,
+        width: int = 32,
+        seed: int = 0,
     ) -> None:
         self.steps, self.lr, self.batch_size, self.width, self.seed = (
             steps,

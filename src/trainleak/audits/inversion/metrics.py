@@ -47,7 +47,7 @@ def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
 
     a, b = _pairs(original, reconstruction)
     with np.errstate(divide="ignore"):
-        return np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b)])
+        return np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b, strict=True)])
 
 
 def ssim(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
@@ -67,12 +67,14 @@ def ssim(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
     return np.array(
         [
             structural_similarity(x, y, data_range=1.0, channel_axis=0, win_size=win)
-            for x, y in zip(a, b)
+            for x, y in zip(a, b, strict=True)
         ]
     )
 
 
-def to_uint8_images(x: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+def to_uint8_images(
+    x: torch.Tensor, sizes: list[tuple[int, int]] | None = None
+) -> list[np.ndarray]:
     """Pixel tensors to RGB ``uint8`` arrays, resized to ``sizes`` ``[(height, width)]`` if given.
 
     Example:
@@ -95,7 +97,7 @@ def to_uint8_images(x: torch.Tensor, sizes: list[tuple[int, int]] | None = None)
 
 
 def face_vectors(images: list[np.ndarray], encoder: object) -> list[np.ndarray | None]:
-    """The ``face`` encoder's unit descriptor per image, ``None`` where no face is found."""
+    """Return the ``face`` encoder's unit descriptor per image, ``None`` where no face is found."""
     from trainleak.encoders.base import EncodeSkip
 
     rows = encoder.encode_batch(images)  # type: ignore[attr-defined]
@@ -115,7 +117,7 @@ def identity_similarity(
     """
     return [
         None if a is None or b is None else float(np.dot(a, b))
-        for a, b in zip(originals, reconstructions)
+        for a, b in zip(originals, reconstructions, strict=True)
     ]
 
 

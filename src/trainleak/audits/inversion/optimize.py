@@ -13,7 +13,8 @@ Choices that are ours: the statistics are taken per image over its pixels
 gives the same result as one image at a time; the loss is summed over images
 so the batch size does not change the step size; the image is clamped to
 [0, 1] after every Adam step, starts as grey 0.5 plus seeded noise of std
-0.1 (the same noise for every image, so batching never changes a result), and the learning rate follows a cosine schedule to zero.
+0.1 (the same noise for every image, so batching never changes a
+result), and the learning rate follows a cosine schedule to zero.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class OptimizeInverter:
         return self
 
     def start(self, n: int) -> torch.Tensor:
-        """The seeded starting images ``(n, C, H, W)``, the same noise for every image."""
+        """Return the seeded starting images ``(n, C, H, W)``, the same noise for every image."""
         g = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(1, *self.split_.input_shape, generator=g)
         return (0.5 + 0.1 * noise).clamp(0, 1).expand(n, -1, -1, -1).clone()
@@ -200,7 +201,9 @@ class OptimizeInverter:
         def loss_fn(v: torch.Tensor) -> torch.Tensor:
             with prior:
                 split.device(v)
-            return self.tv_weight * total_variation(v) + self.bn_weight * prior.loss(len(v), v.device)
+            return self.tv_weight * total_variation(v) + self.bn_weight * prior.loss(
+                len(v), v.device
+            )
 
         return descend(loss_fn, x, self.steps, self.lr)[0]
 

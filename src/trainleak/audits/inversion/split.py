@@ -86,7 +86,9 @@ def load_model(
                 ) from None
         return model.eval()
     if weights:
-        raise ValueError("--weights applies to python:module:factory models; a model file has its own")
+        raise ValueError(
+            "--weights applies to python:module:factory models; a model file has its own"
+        )
     return _from_file(Path(text), trust_pickle).eval()
 
 
@@ -99,7 +101,9 @@ def _from_factory(target: str) -> nn.Module:
         raise ValueError(f"{module_name} has no callable {name!r}")
     model = factory()
     if not isinstance(model, nn.Module):
-        raise ValueError(f"python:{target} returned a {type(model).__name__}, not a torch nn.Module")
+        raise ValueError(
+            f"python:{target} returned a {type(model).__name__}, not a torch nn.Module"
+        )
     return model
 
 
@@ -165,7 +169,7 @@ def _run_chain(chain: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Ten
 
 
 def _expand(name: str, module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
-    """The finest chain of sub-modules equal to ``module`` on ``x`` (itself if none)."""
+    """Return the finest chain of sub-modules equal to ``module`` on ``x`` (itself if none)."""
     children = [(f"{name}.{n}" if name else n, c) for n, c in module.named_children()]
     if not children:
         return [(name, module)]
@@ -252,9 +256,15 @@ class SplitModel:
                 "from that chain, or load the model as python:module:factory --weights FILE"
             )
         prefix = order[1 : last + 1]
-        self.bn_layers = [] if self.script else [
-            modules[n] for n in prefix if isinstance(modules[n], nn.modules.batchnorm._BatchNorm)
-        ]
+        self.bn_layers = (
+            []
+            if self.script
+            else [
+                modules[n]
+                for n in prefix
+                if isinstance(modules[n], nn.modules.batchnorm._BatchNorm)
+            ]
+        )
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
