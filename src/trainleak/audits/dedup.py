@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainleak._version import __version__
 from trainleak.audits.graph import connected_components, medoid
 from trainleak.audits.leakage import embed_nonempty, make_embedder
 from trainleak.config import EmbedConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.neighbors import knn, pairwise_scores
+from trainleak.report import report_header
 
 
 @dataclass
@@ -122,13 +120,7 @@ def dedup(
     single = sizes[labels] == 1
     removed = sum(c["size"] - 1 for c in clusters)
     report = {
-        "tool": "trainleak",
-        "version": __version__,
-        "command": "dedup",
-        "argv": list(argv) if argv is not None else list(sys.argv),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": "cpu",
-        "settings": config.to_dict(),
+        **report_header("dedup", argv, config.to_dict()),
         "encoder": info.to_dict(),
         "inputs": {"input": emb.counts()},
         "threshold": {

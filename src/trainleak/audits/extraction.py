@@ -22,21 +22,19 @@ for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainleak._version import __version__
 from trainleak.audits.graph import greedy_cliques, medoid
 from trainleak.audits.leakage import embed_nonempty, make_embedder
 from trainleak.config import EmbedConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records
 from trainleak.neighbors import knn, pairwise_scores
+from trainleak.report import report_header
 
 
 @dataclass
@@ -187,13 +185,7 @@ def extract(
             )
     extracted = sorted({c.train_match for c in candidates if c.extracted and c.train_match})
     report = {
-        "tool": "trainleak",
-        "version": __version__,
-        "command": "extract",
-        "argv": list(argv) if argv is not None else list(sys.argv),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": "cpu",
-        "settings": config.to_dict(),
+        **report_header("extract", argv, config.to_dict()),
         "encoder": train_set.info.to_dict(),
         "inputs": {
             "train": train_set.counts(),

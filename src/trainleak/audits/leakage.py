@@ -13,17 +13,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from trainleak._version import __version__
 from trainleak.audits.scoring import Neighbours, identity_scores, nearest
 from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.report import report_header
 from trainleak.stats import (
     Threshold,
     auc_score,
@@ -235,13 +233,7 @@ def build_report(
     sets = [es for es in (train, synth_set, hold_set) if es is not None]
     skipped = [s.to_dict() for es in sets for s in es.skipped]
     return {
-        "tool": "trainleak",
-        "version": __version__,
-        "command": "audit",
-        "argv": list(argv) if argv is not None else list(sys.argv),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": "cpu",
-        "settings": config.to_dict(),
+        **report_header("audit", argv, config.to_dict()),
         "encoder": train.info.to_dict(),
         "inputs": {
             "train": train.counts(),

@@ -6,6 +6,9 @@ import csv
 import json
 import math
 import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,30 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def report_header(
+    command: str, argv: Sequence[str] | None, settings: dict[str, Any], device: str = "cpu"
+) -> dict[str, Any]:
+    """Return the keys every ``report.json`` starts with: tool, version, how it was run.
+
+    Example:
+        >>> head = report_header("audit", ["trainleak", "audit"], {"k": 5})
+        >>> head["tool"], head["command"], head["argv"], head["settings"]
+        ('trainleak', 'audit', ['trainleak', 'audit'], {'k': 5})
+
+    """
+    from trainleak._version import __version__
+
+    return {
+        "tool": "trainleak",
+        "version": __version__,
+        "command": command,
+        "argv": list(argv) if argv is not None else list(sys.argv),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": device,
+        "settings": settings,
+    }
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
