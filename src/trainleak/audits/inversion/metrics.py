@@ -47,7 +47,8 @@ def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
 
     a, b = _pairs(original, reconstruction)
     with np.errstate(divide="ignore"):
-        return np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b, strict=True)])
+        pairs = zip(a, b, strict=True)
+        return np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in pairs])
 
 
 def ssim(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:

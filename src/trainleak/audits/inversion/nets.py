@@ -49,7 +49,7 @@ class InverseNet(nn.Module):
             self.head = nn.Conv2d(in_shape[0], width, 3, padding=1)
             self.grid = None
             start = in_shape[1]
-        stages = []
+        stages: list[nn.Module] = []
         side = start
         while side * 2 <= height or (side < height and not stages):
             stages.append(nn.Conv2d(width, width, 3, padding=1))

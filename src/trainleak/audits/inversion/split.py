@@ -233,7 +233,12 @@ class SplitModel:
             raise SplitError(
                 f"unknown split {split!r}; valid names (from named_modules()): {', '.join(names)}"
             )
-        self.model, self.split, self.input_shape = model.eval(), split, tuple(input_shape)
+        self.model, self.split = model.eval(), split
+        self.input_shape: tuple[int, int, int] = (
+            int(input_shape[0]),
+            int(input_shape[1]),
+            int(input_shape[2]),
+        )
         self.mean, self.std = mean, std
         self.module = dict(model.named_modules())[split]
         self.script = is_script(model)
