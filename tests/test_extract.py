@@ -157,7 +157,9 @@ def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainleak.ddpm import DDPMConfig, train_ddpm
 
     folder = tmp_path_factory.mktemp("ddpm") / "pipe"
-    cfg = DDPMConfig(size=16, channels=(16, 32), steps=1000, batch_size=16, lr=2e-3, sample_steps=20)
+    cfg = DDPMConfig(
+        size=16, channels=(16, 32), steps=1000, batch_size=16, lr=2e-3, sample_steps=20
+    )
     return train_ddpm([coil(o, v) for o, v in MEMORIZED], folder, cfg)
 
 
