@@ -241,6 +241,48 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", "-q", action="store_true")
     v.set_defaults(func=run_invert)
 
+    m = sub.add_parser(
+        "membership",
+        help="was this person (or image) in the generator's training set?",
+        description="Identity attack: --generated GEN --identities DIR. "
+        "Loss attack on a diffusion model: --model diffusers:DIR --candidates PATH.",
+    )
+    m.add_argument(
+        "--generated",
+        help="identity attack: folder of generated images, or a generator: "
+        "diffusers:DIR or python:module:function",
+    )
+    m.add_argument("--identities", help="identity attack: one sub-folder of photos per person")
+    m.add_argument("--model", help="loss attack: diffusers:DIR, a local diffusion pipeline")
+    m.add_argument("--candidates", help="loss attack: images to test (folder, glob or list)")
+    m.add_argument(
+        "--members",
+        help="file of member names, one per line (identity folder names, or candidate "
+        "paths relative to --candidates); all other queries are non-members: evaluation",
+    )
+    m.add_argument(
+        "--reference",
+        help="known non-members (same layout as the queries): calibrates p-values",
+    )
+    m.add_argument("--n-samples", type=_positive_int, default=1000, help="samples to generate")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--top-m", type=_positive_int, default=5, help="samples averaged by topm")
+    m.add_argument("--score", choices=["topm", "max"], default="topm", help="headline score")
+    m.add_argument("--steps", type=_positive_int, default=None, help="diffusers: denoising steps")
+    m.add_argument(
+        "--gen-batch-size", type=_positive_int, default=32, help="samples generated at a time"
+    )
+    m.add_argument(
+        "--timesteps", default="25,50,100,200", help="loss attack: comma-separated timesteps"
+    )
+    m.add_argument("--noise-seeds", type=_positive_int, default=8, help="loss attack: draws")
+    m.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap replicates")
+    m.add_argument("--out", default="trainleak-membership", help="output folder")
+    m.add_argument("--redact", action="store_true", help="no images in the HTML report")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_embed_arguments(m)
+    m.set_defaults(func=run_membership)
+
     d = sub.add_parser("demo", help="run an audit on bundled faces with planted leaks (offline)")
     d.add_argument("--out", default="trainleak-demo", help="output folder")
     d.add_argument("--workers", type=_positive_int, default=None)
@@ -383,7 +425,8 @@ def run_invert(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             parts = [int(v) for v in args.size.replace("x", ",").split(",")]
         except ValueError:
-            raise UsageError(f"--size takes HEIGHT,WIDTH such as 28,23, got {args.size!r}") from None
+            message = f"--size takes HEIGHT,WIDTH such as 28,23, got {args.size!r}"
+            raise UsageError(message) from None
         size = (parts[0], parts[-1])
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     if not splits:
@@ -429,6 +472,95 @@ def run_invert(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"skipped {len(result.report['skipped'])} files (reasons in the report)")
     print(f"report: {paths['html']}")
     return EXIT_OK
+
+
+def run_membership(args: argparse.Namespace, argv: list[str]) -> int:
+    """``trainleak membership``: the identity attack or the loss attack."""
+    from trainleak.audits.membership import read_members
+
+    identity = args.generated is not None or args.identities is not None
+    loss = args.model is not None or args.candidates is not None
+    if identity == loss:
+        raise UsageError(
+            "give --generated GEN --identities DIR (identity attack) or --model diffusers:DIR "
+            "--candidates PATH (loss attack)" + (", not both" if identity else "")
+        )
+    members = read_members(args.members) if args.members else None
+    if identity:
+        if args.generated is None or args.identities is None:
+            raise UsageError("the identity attack needs both --generated GEN and --identities DIR")
+        result = _membership_identity(args, argv, members)
+    else:
+        result = _membership_loss(args, argv, members)
+    paths = result.write(args.out, redact=args.redact)
+    report = result.report
+    s = report["summary"]
+    key, name = ("identities", "identity") if "identities" in report else ("samples", "sample")
+    if s["auc"] is not None:
+        lo, hi = s["auc_ci95"]
+        print(
+            f"AUC {s['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), TPR at 1% FPR "
+            f"{s['tpr_at_fpr']['0.01']:.2f}, at 0.1% FPR {s['tpr_at_fpr']['0.001']:.2f} "
+            f"({s['n_members']} members, {s['n_nonmembers']} non-members)"
+        )
+    for row in report[key][:10]:
+        p = "" if row["p_value"] is None else f"  p={row['p_value']:.3g}"
+        print(f"  {row[name]}: score {row['score']:.4f}{p}")
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} inputs (reasons in the report)")
+    print(f"report: {paths['html']}")
+    return EXIT_OK
+
+
+def _membership_identity(
+    args: argparse.Namespace, argv: list[str], members: set[str] | None
+) -> Any:
+    from trainleak.audits.membership import MembershipConfig, membership
+
+    config = MembershipConfig(
+        embed=embed_config(args),
+        n_samples=args.n_samples,
+        seed=args.seed,
+        gen_batch_size=args.gen_batch_size,
+        steps=args.steps,
+        top_m=args.top_m,
+        score=args.score,
+        n_boot=args.bootstrap,
+    )
+    if args.steps is not None and not args.generated.startswith("diffusers:"):
+        raise UsageError("--steps applies to a diffusers:DIR generator only")
+    return membership(
+        args.generated, args.identities, args.reference, members, config=config, argv=argv
+    )
+
+
+def _membership_loss(args: argparse.Namespace, argv: list[str], members: set[str] | None) -> Any:
+    from trainleak.audits.loss_attack import LossConfig, loss_membership
+
+    if args.model is None or args.candidates is None:
+        raise UsageError("the loss attack needs both --model diffusers:DIR and --candidates PATH")
+    if not args.model.startswith("diffusers:"):
+        raise UsageError(
+            f"--model takes diffusers:DIR (a local pipeline folder), got {args.model!r}"
+        )
+    try:
+        timesteps = tuple(int(t) for t in args.timesteps.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(
+            f"--timesteps takes integers such as 25,50,100, got {args.timesteps!r}"
+        ) from None
+    if not timesteps:
+        raise UsageError("--timesteps needs at least one timestep, e.g. --timesteps 50,100")
+    config = LossConfig(
+        timesteps=timesteps,
+        noise_seeds=args.noise_seeds,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        threads=args.workers,
+    )
+    return loss_membership(
+        args.model, args.candidates, args.reference, members, config=config, argv=argv
+    )
 
 
 def run_demo(args: argparse.Namespace, argv: list[str]) -> int:

@@ -129,7 +129,7 @@ def train_ddpm(
     torch.manual_seed(config.seed)
     data = images_to_tensor(images, config.size, config.grey)
     unet = _unet(config)
-    noise_sched = DDPMScheduler(num_train_timesteps=config.train_timesteps)
+    noise_sched: Any = DDPMScheduler(num_train_timesteps=config.train_timesteps)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup))
@@ -177,7 +177,7 @@ def _save(
     from diffusers import DDIMPipeline, DDIMScheduler
 
     unet.eval()
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_sched.config))
+    pipe: Any = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_sched.config))
     pipe.save_pretrained(out, safe_serialization=True)
     meta = {
         "config": asdict(config),

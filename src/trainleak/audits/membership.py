@@ -1,0 +1,458 @@
+"""``membership``: whether a person was in a generator's training set.
+
+Webster et al. 2021 generate many faces and ask a face-recognition model
+whether a person's photos (not the training photos themselves, any photos of
+the same person) sit closer to the generated faces than a stranger's would.
+This module implements that attack as an estimator:
+:class:`IdentityMembership` scores each identity by the similarity between
+its photos and their nearest generated samples, ``fit`` on reference people
+known not to be in training turns scores into p-values, and
+:func:`evaluate` gives ROC AUC and TPR at low FPR with bootstrap intervals
+when the members are known. The sample-level loss attack on diffusion models
+lives in :mod:`trainleak.audits.loss_attack`.
+
+The identity score (our choice; the paper inspects nearest neighbours): for
+each generated sample, its similarity to the person is the best over the
+person's photos; the ``max`` score is the highest of these, the ``topm`` score
+the mean of the ``top_m`` highest. ``topm`` is the headline by default: one
+lucky sample decides ``max``, while a generator that learned a person makes
+several look-alikes (on the ORL experiment ``topm`` with ``m = 5`` had the
+higher AUC; see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from trainleak.audits.leakage import AuditInputError, make_embedder
+from trainleak.audits.sampling import (
+    GeneratedSet,
+    folder_as_generated,
+    generator_fingerprint,
+    sample_id,
+    stream_embed,
+)
+from trainleak.config import EmbedConfig
+from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.generators import Generator, get_generator, is_generator_spec
+from trainleak.images import SkipRecord, list_records
+from trainleak.neighbors import knn
+from trainleak.stats import (
+    auc_score,
+    bootstrap_interval,
+    empirical_p_values,
+    roc_curve,
+    tpr_at_fpr,
+)
+
+log = logging.getLogger(__name__)
+
+Headline = Literal["max", "topm"]
+
+#: False-positive rates reported, as the ``tpr_at_fpr`` keys of ``report.json``.
+FPRS = ("0.01", "0.001")
+
+
+@dataclass
+class MembershipConfig:
+    """Settings of identity ``membership``; the resolved values go into the report.
+
+    Attributes:
+        n_samples: generated samples when ``generated`` is a generator.
+        seed: seeds generation (sample ``i`` depends on ``(seed, i)`` only)
+            and the bootstrap.
+        gen_batch_size: samples generated and embedded at a time.
+        steps: denoising steps of a ``diffusers:`` generator (its default when None).
+        top_m: nearest generated samples averaged by the ``topm`` score.
+        score: the headline score, ``topm`` (default) or ``max``.
+        n_boot: bootstrap replicates of the evaluation intervals.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    n_samples: int = 1000
+    seed: int = 0
+    gen_batch_size: int = 32
+    steps: int | None = None
+    top_m: int = 5
+    score: Headline = "topm"
+    n_boot: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)
+
+
+@dataclass
+class IdentityScores:
+    """Scores of identities against generated samples, rows in ``names`` order."""
+
+    names: list[str]
+    max: np.ndarray  # (n_identities,)
+    topm: np.ndarray  # (n_identities,)
+    nearest: np.ndarray  # (n_identities, m) generated-row index, -1 past the end
+    nearest_sim: np.ndarray  # (n_identities, m)
+
+    def headline(self, which: Headline) -> np.ndarray:
+        """Return the ``max`` or ``topm`` scores."""
+        return self.max if which == "max" else self.topm
+
+
+def identity_scores(
+    photos: dict[str, np.ndarray], samples: np.ndarray, top_m: int = 5
+) -> IdentityScores:
+    """Score each identity by its photos' similarity to the nearest generated samples.
+
+    A sample's similarity to a person is its best cosine similarity over the
+    person's photos; ``max`` is the highest over samples, ``topm`` the mean of
+    the ``top_m`` highest (fewer when there are fewer samples).
+
+    Args:
+        photos: identity -> ``(k_i, dim)`` unit rows of that person's photos.
+        samples: ``(n, dim)`` unit rows of the generated samples.
+        top_m: how many nearest samples ``topm`` averages.
+
+    Returns:
+        :class:`IdentityScores`; ``nearest`` holds the ``top_m`` closest samples.
+
+    Example:
+        >>> g = np.eye(3, dtype=np.float32)
+        >>> s = identity_scores({"a": g[:1], "b": (g[1:2] + g[2:3]) / 2**0.5}, g, top_m=2)
+        >>> s.max.round(3).tolist(), s.topm.round(3).tolist()
+        ([1.0, 0.707], [0.5, 0.707])
+
+    """
+    if top_m < 1:
+        raise ValueError(f"top_m must be 1 or more, got {top_m}")
+    names = list(photos)
+    m = min(top_m, len(samples))
+    if m == 0:
+        raise AuditInputError("no generated sample could be embedded; nothing to compare with")
+    stacked = np.concatenate([photos[n] for n in names]).astype(np.float32)
+    _, idx = knn(stacked, samples, k=m)
+    maxes, topms = np.zeros(len(names)), np.zeros(len(names))
+    nearest = np.full((len(names), top_m), -1, np.int64)
+    nearest_sim = np.full((len(names), top_m), np.nan, np.float32)
+    start = 0
+    for row, name in enumerate(names):
+        k = len(photos[name])
+        # The global top-m by best-photo similarity is inside the union of the
+        # photos' top-m lists, so scoring that union exactly is enough.
+        cand = np.unique(idx[start : start + k])
+        cand = cand[cand >= 0]
+        best = (photos[name] @ samples[cand].T).max(axis=0)
+        order = np.argsort(-best, kind="stable")[:m]
+        maxes[row] = best[order[0]]
+        topms[row] = best[order].mean()
+        nearest[row, :m] = cand[order]
+        nearest_sim[row, :m] = best[order]
+        start += k
+    return IdentityScores(names, maxes, topms, nearest, nearest_sim)
+
+
+class IdentityMembership:
+    """Identity membership attack (Webster et al. 2021) as an estimator.
+
+    Args:
+        samples: ``(n, dim)`` unit embeddings of the generator's samples: the
+            target, as a model is for other attacks.
+        top_m: nearest samples averaged by the ``topm`` score.
+        score: which score :meth:`score` returns.
+
+    ``higher_is_better`` is True: a higher score means more likely a member.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+        >>> people = {f"p{i}": unit(rng.normal(size=(2, 8))) for i in range(6)}
+        >>> samples = unit(people["p0"] + 0.1)  # the generator learned p0
+        >>> attack = IdentityMembership(samples, top_m=1)
+        >>> attack = attack.fit({k: v for k, v in people.items() if k != "p0"})
+        >>> float(attack.p_values({"p0": people["p0"]})[0]) <= 1 / 6
+        True
+
+    """
+
+    higher_is_better = True
+
+    def __init__(self, samples: np.ndarray, *, top_m: int = 5, score: Headline = "topm") -> None:
+        self.samples = samples
+        self.top_m = top_m
+        self.which: Headline = score
+        self.reference_: IdentityScores | None = None
+
+    def fit(self, reference: dict[str, np.ndarray]) -> IdentityMembership:
+        """Score reference identities (known non-members): the null distribution."""
+        if not reference:
+            raise AuditInputError("the reference has no usable identity to calibrate p-values on")
+        self.reference_ = identity_scores(reference, self.samples, self.top_m)
+        return self
+
+    def details(self, queries: dict[str, np.ndarray]) -> IdentityScores:
+        """Return both scores and the nearest samples of each query identity."""
+        return identity_scores(queries, self.samples, self.top_m)
+
+    def score(self, queries: dict[str, np.ndarray]) -> np.ndarray:
+        """Return the headline score of each query identity, ``(n_queries,)`` float64."""
+        return self.details(queries).headline(self.which)
+
+    def p_values(self, queries: dict[str, np.ndarray]) -> np.ndarray:
+        """One-sided p-values against the reference scores.
+
+        A query identity with the same name as a reference identity is left
+        out of its own null distribution (leave-one-out), so the reference
+        people can be queried too.
+        """
+        if self.reference_ is None:
+            raise RuntimeError("call fit(reference) before p_values()")
+        null = self.reference_.headline(self.which)
+        scores = self.score(queries)
+        out = np.empty(len(scores))
+        for i, name in enumerate(queries):
+            keep = np.array([n != name for n in self.reference_.names], bool)
+            out[i] = empirical_p_values(scores[i : i + 1], null[keep])[0]
+        return out
+
+
+def evaluate(
+    scores: np.ndarray, member: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """ROC AUC and TPR at 1% / 0.1% FPR with bootstrap 95% intervals.
+
+    Args:
+        scores: ``(n,)`` attack scores, higher = more likely a member.
+        member: ``(n,)`` bool ground truth.
+        n_boot: bootstrap replicates (members and non-members resampled apart).
+        seed: seeds the bootstrap.
+
+    Returns:
+        The evaluation entries of a report's ``summary``.
+
+    Raises:
+        AuditInputError: when members or non-members are missing.
+
+    Example:
+        >>> out = evaluate(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 1, 0, 0], bool), 50)
+        >>> out["auc"], out["tpr_at_fpr"]["0.01"]
+        (1.0, 1.0)
+
+    """
+    member = np.asarray(member, bool)
+    pos, neg = scores[member], scores[~member]
+    if len(pos) == 0 or len(neg) == 0:
+        raise AuditInputError(
+            f"--members gives {len(pos)} members and {len(neg)} non-members among the queries; "
+            "evaluation needs both: list member names one per line, and query non-members too"
+        )
+    fpr, tpr = roc_curve(pos, neg)
+    rates, intervals = {}, {}
+    for key in FPRS:
+        rates[key] = tpr_at_fpr(pos, neg, float(key))
+        intervals[key] = list(
+            bootstrap_interval(pos, neg, _tpr_stat(float(key)), n_boot, seed=seed)
+        )
+    return {
+        "auc": auc_score(pos, neg),
+        "auc_ci95": list(bootstrap_interval(pos, neg, auc_score, n_boot, seed=seed)),
+        "tpr_at_fpr": rates,
+        "tpr_at_fpr_ci95": intervals,
+        "n_members": int(len(pos)),
+        "n_nonmembers": int(len(neg)),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        "fpr_note": (
+            f"{len(neg)} non-members resolve false-positive rates down to 1/{len(neg)}; "
+            "at finer rates the threshold sits above every non-member score"
+        ),
+    }
+
+
+def _tpr_stat(rate: float) -> Any:
+    return lambda p, n: tpr_at_fpr(p, n, rate)
+
+
+def read_members(path: str | os.PathLike[str]) -> set[str]:
+    """Read member names, one per line; blank lines and ``#`` comments are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise AuditInputError(f"cannot read --members file {os.fspath(path)!r}: {err}") from None
+    return {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+
+
+def load_identities(
+    embedder: Embedder, root: str | os.PathLike[str], set_name: str
+) -> tuple[dict[str, np.ndarray], EmbeddingSet, list[SkipRecord]]:
+    """Embed a folder with one sub-folder per person.
+
+    Returns:
+        ``(photos, embedded set, bad identities)``: identity -> ``(k, dim)``
+        rows; a person whose folder is empty or has no usable photo is a skip
+        record (set ``set_name``, path = the folder), never an error.
+
+    Raises:
+        AuditInputError: when no identity at all is usable.
+
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        raise AuditInputError(
+            f"--{set_name} {os.fspath(root)!r} is not a folder: give a folder with one "
+            "sub-folder of photos per person"
+        )
+    emb = embedder.embed(root, set_name)
+    photos: dict[str, list[np.ndarray]] = {}
+    for label, row in zip(emb.labels, emb.vectors, strict=True):
+        if label is not None:
+            photos.setdefault(label, []).append(row)
+    loose = sum(1 for r in list_records(root) if r.label is None)
+    bad: list[SkipRecord] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name in photos:
+            continue
+        reasons = sorted({s.reason for s in emb.skipped if s.path.startswith(str(sub) + os.sep)})
+        why = "no usable photo (" + "; ".join(reasons) + ")" if reasons else "empty folder"
+        bad.append(SkipRecord(set_name, str(sub), f"identity left out: {why}"))
+    if not photos:
+        raise AuditInputError(
+            f"no usable identity in --{set_name} {os.fspath(root)!r}: put each person's photos "
+            f"in their own sub-folder ({loose} loose files at the top level are ignored)"
+        )
+    if loose:
+        log.warning("%d files directly under %s belong to no identity and are ignored", loose, root)
+    return {k: np.stack(v) for k, v in photos.items()}, emb, bad
+
+
+def embed_generated(
+    generated: str, embedder: Embedder, config: MembershipConfig
+) -> tuple[GeneratedSet, Generator | None, list[str]]:
+    """Embed a folder of generated images, or stream a generator's samples.
+
+    Returns:
+        ``(set, generator or None, sample ids)``, one id per embedded row.
+
+    """
+    if not is_generator_spec(generated):
+        emb = embedder.embed(generated, "generated")
+        if len(emb) == 0:
+            raise AuditInputError(f"no usable generated image in {generated!r}")
+        return folder_as_generated(emb), None, list(emb.ids)
+    options: dict[str, Any] = {}
+    if generated.startswith("diffusers:") and config.steps is not None:
+        options["steps"] = config.steps
+    generator = get_generator(generated, **options)
+    fp = generator_fingerprint(generator, extra=f"steps={config.steps}")
+    gen = stream_embed(
+        generator, embedder, config.n_samples, config.seed, config.gen_batch_size, fp
+    )
+    if len(gen.indices) == 0:
+        reasons = sorted({s.reason for s in gen.skipped})
+        raise AuditInputError(
+            f"none of the {config.n_samples} generated samples could be embedded "
+            f"({'; '.join(reasons)}); for face crops try --aligned"
+        )
+    return gen, generator, [sample_id(config.seed, int(i)) for i in gen.indices]
+
+
+def membership(
+    generated: str,
+    identities: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None = None,
+    members: set[str] | None = None,
+    *,
+    config: MembershipConfig | None = None,
+    argv: list[str] | None = None,
+) -> MembershipResult:
+    """Run the identity membership attack and build its report.
+
+    Args:
+        generated: a folder of generated images, ``diffusers:DIR`` or
+            ``python:module:function``.
+        identities: the query, one sub-folder of photos per person.
+        reference: people known not to be in training (same layout); each
+            query then gets a p-value.
+        members: names of the query identities that are members (evaluation).
+        config: settings (:class:`MembershipConfig` defaults).
+        argv: the command line, recorded in the report.
+
+    Returns:
+        A :class:`MembershipResult`; ``result.write(dir)`` writes the reports.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for sub in ("gen", "ids/ann", "ids/bob"):
+        ...     (d / sub).mkdir(parents=True)
+        >>> Image.radial_gradient("L").save(d / "gen" / "0.png")
+        >>> Image.radial_gradient("L").save(d / "ids" / "ann" / "1.png")
+        >>> Image.linear_gradient("L").save(d / "ids" / "bob" / "1.png")
+        >>> cfg = MembershipConfig(n_boot=10); cfg.embed.encoder = "pixel"
+        >>> cfg.embed.workers = 1; cfg.embed.no_cache = True
+        >>> r = membership(str(d / "gen"), d / "ids", members={"ann"}, config=cfg)
+        >>> r.report["summary"]["auc"], r.report["identities"][0]["identity"]
+        (1.0, 'ann')
+
+    """
+    from trainleak.audits.membership_report import build_identity_report
+
+    config = config or MembershipConfig()
+    with make_embedder(config.embed) as embedder:
+        photos, query_set, bad = load_identities(embedder, identities, "identities")
+        ref = load_identities(embedder, reference, "reference") if reference is not None else None
+        gen, generator, sample_ids = embed_generated(generated, embedder, config)
+    attack = IdentityMembership(gen.vectors, top_m=config.top_m, score=config.score)
+    p_values = None
+    if ref is not None:
+        p_values = attack.fit(ref[0]).p_values(photos)
+    report = build_identity_report(
+        config,
+        attack.details(photos),
+        p_values,
+        members,
+        query_set,
+        ref,
+        bad,
+        gen,
+        generated,
+        sample_ids,
+        argv if argv is not None else list(sys.argv),
+    )
+    return MembershipResult(report, generator, config.seed, photos_paths(query_set))
+
+
+def photos_paths(emb: EmbeddingSet) -> dict[str, list[str]]:
+    """Identity -> its embedded photo paths, for the report's thumbnails."""
+    out: dict[str, list[str]] = {}
+    for label, path in zip(emb.labels, emb.paths, strict=True):
+        if label is not None:
+            out.setdefault(label, []).append(path)
+    return out
+
+
+class MembershipResult:
+    """What a membership run found: the report dict, and what the HTML needs."""
+
+    def __init__(
+        self,
+        report: dict[str, Any],
+        generator: Generator | None = None,
+        seed: int = 0,
+        photos: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.report = report
+        self.generator = generator
+        self.seed = seed
+        self.photos = photos or {}
+
+    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
+        """Write ``report.json`` and ``report.html`` (and closest samples as PNG) into ``out``."""
+        from trainleak.report.membership import write_membership_report
+
+        return write_membership_report(self, out, redact=redact)

@@ -1,0 +1,219 @@
+"""``membership`` reports: ``report.json`` and one self-contained ``report.html``.
+
+The page shows the ROC curve and the score distributions of members and
+non-members (when ``--members`` was given), and for the top identities their
+photos beside their closest generated samples. Generated samples of a
+generator are not kept on disk during the run; the few shown are generated
+again from their seeds (sample ``i`` depends only on the seed and ``i``) and
+saved under ``out/closest/``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from trainleak.report import clean_json, write_json
+from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+from trainleak.report.plots import PALETTE, svg_histogram
+
+if TYPE_CHECKING:
+    from trainleak.audits.membership import MembershipResult
+
+#: Identities shown with their photos and closest samples.
+TOP_IDENTITIES = 10
+#: Photos and closest samples shown per identity.
+SHOWN = 4
+
+
+def svg_roc(fpr: list[float], tpr: list[float], auc: float | None, size: int = 320) -> str:
+    """ROC curve with log-free linear axes and the chance diagonal, as an SVG string.
+
+    Example:
+        >>> svg_roc([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1.0).startswith("<svg")
+        True
+
+    """
+    pad = 40
+    side = size - 2 * pad
+
+    def pt(x: float, y: float) -> str:
+        return f"{pad + x * side:.1f},{pad + (1 - y) * side:.1f}"
+
+    # Step shape: a ROC from thresholds moves right then up.
+    points = [pt(fpr[0], tpr[0])]
+    for i in range(1, len(fpr)):
+        points += [pt(fpr[i], tpr[i - 1]), pt(fpr[i], tpr[i])]
+    label = "" if auc is None else f"AUC {auc:.3f}"
+    ticks = "".join(
+        f'<text x="{pad + v * side:.1f}" y="{pad + side + 16}" font-size="11" '
+        f'text-anchor="middle">{v:.1f}</text>'
+        f'<text x="{pad - 6}" y="{pad + (1 - v) * side + 4:.1f}" '
+        f'font-size="11" text-anchor="end">{v:.1f}</text>'
+        for v in (0.0, 0.5, 1.0)
+    )
+    return (
+        f'<svg viewBox="0 0 {size} {size}" width="{size}" role="img" aria-label="ROC curve">'
+        f'<rect x="{pad}" y="{pad}" width="{side}" height="{side}" fill="none" stroke="#333"/>'
+        f'<line x1="{pad}" y1="{pad + side}" x2="{pad + side}" y2="{pad}" stroke="#999" '
+        f'stroke-dasharray="4,4"/><polyline points="{" ".join(points)}" fill="none" '
+        f'stroke="{PALETTE[1]}" stroke-width="2"/>{ticks}'
+        f'<text x="{size / 2}" y="{size - 6}" font-size="12" text-anchor="middle">'
+        f'false-positive rate</text><text x="12" y="{size / 2}" font-size="12" '
+        f'text-anchor="middle" transform="rotate(-90 12 {size / 2})">true-positive rate</text>'
+        f'<text x="{pad + 8}" y="{pad + 16}" font-size="13">{html.escape(label)}</text></svg>'
+    )
+
+
+def _cards(report: dict[str, Any]) -> str:
+    s = report["summary"]
+
+    def card(title: str, value: str) -> str:
+        return f'<div class="card">{_e(title)}<b>{_e(value)}</b></div>'
+
+    def ci(pair: Any) -> str:
+        return "" if not pair else f" [{pair[0]:.2f}, {pair[1]:.2f}]"
+
+    if s.get("auc") is None:
+        return (
+            '<p class="note">No --members file: no evaluation. Scores and p-values are below.</p>'
+        )
+    t = s["tpr_at_fpr"]
+    tc = s.get("tpr_at_fpr_ci95") or {}
+    return (
+        '<div class="cards">'
+        + card("ROC AUC [95% CI]", f"{s['auc']:.3f}{ci(s['auc_ci95'])}")
+        + card("TPR @ 1% FPR", f"{t['0.01']:.2f}{ci(tc.get('0.01'))}")
+        + card("TPR @ 0.1% FPR", f"{t['0.001']:.2f}{ci(tc.get('0.001'))}")
+        + card("members / non-members", f"{s['n_members']} / {s['n_nonmembers']}")
+        + "</div>"
+        + f'<p class="note">{_e(s.get("fpr_note", ""))}</p>'
+    )
+
+
+def _rows_key(report: dict[str, Any]) -> tuple[str, str]:
+    return ("identities", "identity") if "identities" in report else ("samples", "sample")
+
+
+def _plots(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    key, _ = _rows_key(report)
+    rows = report[key]
+    if s.get("roc") is None:
+        series = {"queries": [r["score"] for r in rows]}
+        return svg_histogram(series, None, title="scores", x_label="score")
+    series = {
+        "members": [r["score"] for r in rows if r["member"]],
+        "non-members": [r["score"] for r in rows if r["member"] is False],
+    }
+    return (
+        '<div style="display:flex;gap:1rem;align-items:flex-start">'
+        + svg_roc(s["roc"]["fpr"], s["roc"]["tpr"], s["auc"])
+        + '<div style="flex:1">'
+        + svg_histogram(series, None, title="score distributions", x_label="score")
+        + "</div></div>"
+    )
+
+
+def _table(report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any) -> str:
+    key, name_key = _rows_key(report)
+    out = []
+    for i, r in enumerate(report[key]):
+        member = {True: "member", False: "non-member", None: ""}[r["member"]]
+        pv = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
+        pics = ""
+        if i < TOP_IDENTITIES and thumbnail is not None:
+            own = photos.get(r[name_key], [r[name_key]] if key == "samples" else [])
+            pics = "".join(_img(thumbnail, "photo", p) for p in own[:SHOWN])
+            near = [n.get("path") for n in r.get("nearest", [])[:SHOWN]]
+            if near:
+                pics += " &rarr; " + "".join(_img(thumbnail, "generated", p) for p in near if p)
+        out.append(
+            f"<tr><td>{i + 1}</td><td>{_e(r[name_key])}</td><td>{r['score']:.4f}</td>"
+            f"<td>{pv}</td><td>{member}</td><td>{pics}</td></tr>"
+        )
+    shown = "photos &rarr; closest generated samples" if key == "identities" else "image"
+    return (
+        f"<table><tr><th>#</th><th>{name_key}</th><th>score</th><th>p-value</th>"
+        f"<th>truth</th><th>{shown} (top {TOP_IDENTITIES})</th></tr>" + "".join(out) + "</table>"
+    )
+
+
+def render_membership_html(
+    report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any
+) -> str:
+    """Render the page; ``thumbnail=None`` embeds no images (``--redact``)."""
+    s = report["summary"]
+    key, _ = _rows_key(report)
+    what = "identity membership" if key == "identities" else "sample membership (loss attack)"
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>trainleak membership report</title><style>{_CSS}</style></head><body>"
+        f"<h1>trainleak {what} report</h1>"
+        f'<p class="verdict">{len(report[key])} {key} scored. {_e(s.get("score_note", ""))}.</p>'
+        + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
+        + f"<h2>Evaluation</h2>{_cards(report)}{_plots(report)}"
+        + f"<h2>Ranked {key}</h2>{_table(report, photos, thumbnail)}"
+        + f"<h2>Skipped</h2>{_skipped(report)}"
+        + f"<h2>Command</h2><pre>{_e(' '.join(report.get('argv', [])))}</pre></body></html>"
+    )
+
+
+def _save_closest(result: MembershipResult, folder: Path) -> None:
+    """Give the shown identities' closest samples a ``path``, generating them again."""
+    report = result.report
+    rows = report.get("identities", [])[:TOP_IDENTITIES]
+    wanted = sorted(
+        {
+            int(n["sample"].rsplit(":", 1)[1])
+            for r in rows
+            for n in r["nearest"][:SHOWN]
+            if n["sample"].startswith("sample:")
+        }
+    )
+    paths: dict[str, str] = {}
+    if wanted and result.generator is not None:
+        from trainleak.audits.sampling import sample_id, sample_images
+
+        folder.mkdir(parents=True, exist_ok=True)
+        images = sample_images(result.generator, wanted, result.seed)
+        for i, image in zip(wanted, images, strict=True):
+            path = folder / f"{i:06d}.png"
+            Image.fromarray(image).save(path)
+            paths[sample_id(result.seed, i)] = str(path)
+    for r in rows:
+        for n in r["nearest"][:SHOWN]:
+            n["path"] = paths.get(n["sample"], n["sample"] if os.path.exists(n["sample"]) else None)
+
+
+def write_membership_report(
+    result: MembershipResult, out: str | os.PathLike[str], redact: bool = False
+) -> dict[str, str]:
+    """Write ``report.json`` and ``report.html`` into ``out`` (created).
+
+    Args:
+        result: what :func:`~trainleak.audits.membership.membership` or
+            :func:`~trainleak.audits.loss_attack.loss_membership` returned.
+        out: output folder.
+        redact: no images in the HTML and no closest samples written.
+
+    Returns:
+        The written paths by kind.
+
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
+    report = result.report
+    report["redacted"] = redact
+    if not redact:
+        _save_closest(result, folder / "closest")
+    write_json(report, paths["json"])
+    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
+    page = render_membership_html(clean_json(report), result.photos, thumbnail)
+    Path(paths["html"]).write_text(page, encoding="utf-8")
+    return paths
