@@ -8,6 +8,8 @@ several training lengths. At each one:
   streamed through the face encoder; the queries are the held-out photos
   8-10 of the 20 members and photos 8-10 of 20 non-members (s21-s40). AUC
   and TPR at 1% FPR over the 40 identities, bootstrap 95% intervals.
+* ceiling: the identity attack with the 140 training photos themselves as
+  the "generated" samples (a generator that memorized everything).
 * loss attack (Carlini et al. 2023): per-image denoising loss, calibrated on
   photos 1-5 of s21-s30; AUC of the 140 exact training images against
   photos 6-10 of s31-s40 (never seen), and of the members' held-out photos
@@ -18,8 +20,8 @@ ORL images are face crops and so are the DDPM's samples, and dlib's detector
 found a face in only 13 of 128 samples of an early checkpoint while its CNN
 fallback made embedding 15x slower.
 
-Reproduce (about 15 minutes on 2 free cores; see the README for the timing):
-    .venv/bin/python experiments/orl_membership.py --out runs/orl_membership
+Reproduce (22 minutes on 2 cores shared with other jobs, torch on 1 thread):
+    .venv/bin/python experiments/orl_membership.py --out runs/orl_membership --threads 1
 """
 
 from __future__ import annotations
@@ -116,9 +118,14 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+    # Ceiling: a "generator" that returns its 140 training photos verbatim.
+    link_orl(root / "copies", MEMBERS, range(1, 8), per_person=False)
+    ceiling = membership(str(root / "copies"), root / "ids", members=members, config=mcfg)
+    ceiling_auc = ceiling.report["summary"]["auc"]
     total = time.perf_counter() - started
     summary = {
         "rows": rows,
+        "identity_auc_ceiling_training_photos_as_samples": ceiling_auc,
         "train_seconds": train_s,
         "total_seconds": total,
         "cores": os.cpu_count(),
@@ -142,6 +149,7 @@ def main() -> None:
             f"{r['loss_auc_heldout_members_vs_unseen']:.3f} | "
             f"{r['loss_auc_train_vs_heldout_members']:.3f} |"
         )
+    print(f"identity AUC if the samples were the 140 training photos: {ceiling_auc:.3f}")
     print(f"total {total:.0f} s (training {train_s:.0f} s)")
 
 

@@ -14,10 +14,12 @@ lives in :mod:`trainleak.audits.loss_attack`.
 The identity score (our choice; the paper inspects nearest neighbours): for
 each generated sample, its similarity to the person is the best over the
 person's photos; the ``max`` score is the highest of these, the ``topm`` score
-the mean of the ``top_m`` highest. ``topm`` is the headline by default: one
-lucky sample decides ``max``, while a generator that learned a person makes
-several look-alikes (on the ORL experiment ``topm`` with ``m = 5`` had the
-higher AUC; see the README).
+the mean of the ``top_m`` highest. ``topm`` is the headline by default, a
+choice made for robustness rather than measured superiority: one lucky sample
+decides ``max``, while a generator that learned a person makes several
+look-alikes. Measured: on the tests' pixel-space KDE of 10 ORL people (300
+samples, pixel encoder) the AUCs were 0.987 (``max``) and 0.967 (``topm``,
+m = 5); the ORL DDPM experiment reports both (README).
 """
 
 from __future__ import annotations
