@@ -149,6 +149,7 @@ def test_bad_identity_folders_are_reported_not_fatal(tmp_path, cache_dir):
     (ids / "empty_person").mkdir()
     (ids / "teapot").mkdir()
     os.symlink(COIL / "obj1__0.png", ids / "teapot" / "1.png")
+    os.symlink(ids / "s1", ids / "alias")  # links to folders are not followed
     gen = link_orl(tmp_path / "gen", range(1, 2), range(1, 4), per_person=False)
     cfg = MembershipConfig(embed=EmbedConfig(workers=1, cache=str(cache_dir)), n_boot=10)
     result = membership(str(gen), ids, config=cfg)
@@ -156,8 +157,10 @@ def test_bad_identity_folders_are_reported_not_fatal(tmp_path, cache_dir):
     assert names == ["s1", "s2"]  # s1 made the "generated" photos: it ranks first
     reasons = {Path(s["path"]).name: s["reason"] for s in result.report["skipped"]}
     assert reasons["empty_person"] == "identity left out: empty folder"
+    assert "link to a folder" in reasons["alias"]
     assert "no face detected" in reasons["teapot"]
     assert result.report["summary"]["identities_skipped"] == [
+        str(ids / "alias"),
         str(ids / "empty_person"),
         str(ids / "teapot"),
     ]
@@ -240,7 +243,7 @@ def test_diffusers_adapter_is_seed_reproducible(tiny_ddpm):
 
 def test_loss_cli_end_to_end(tiny_ddpm, tmp_path):
     cand = link_orl(tmp_path / "cand", range(1, 7), range(1, 2))
-    (tmp_path / "members.txt").write_text("s1/1.pgm\ns2/1.pgm\ns3/1.pgm\ns4/1.pgm\n")
+    (tmp_path / "members.txt").write_text("s1/1.pgm\ns2/1.pgm\ns3/1.pgm\ns4/1.pgm\ns99/1.pgm\n")
     argv = ["membership", "--model", f"diffusers:{tiny_ddpm}", "--candidates", str(cand)]
     argv += ["--members", str(tmp_path / "members.txt"), "--timesteps", "50", "--noise-seeds", "2"]
     argv += ["--out", str(tmp_path / "out"), "--bootstrap", "50", "--workers", "1"]
@@ -249,6 +252,7 @@ def test_loss_cli_end_to_end(tiny_ddpm, tmp_path):
     assert set(report["summary"]["tpr_at_fpr"]) == {"0.01", "0.001"}
     assert list(report["samples"][0])[:4] == ["sample", "score", "p_value", "member"]
     assert report["summary"]["n_members"] == 4
+    assert report["summary"]["members_unmatched"] == ["s99/1.pgm"]
 
 
 def test_no_members_matched_is_an_error(tiny_ddpm, tmp_path):

@@ -184,11 +184,12 @@ def read_images(
 def match_members(ids: list[str], root: str, members: set[str]) -> list[bool]:
     """Whether each id is listed, as given, relative to ``root``, or as an absolute path."""
     wanted = set(members) | {os.path.abspath(m) for m in members}
-    out = []
-    for i in ids:
-        rel = os.path.relpath(i, root) if os.path.isdir(root) else i
-        out.append(bool({i, rel, os.path.abspath(i)} & wanted))
-    return out
+    return [bool(_names_of(i, root) & wanted) for i in ids]
+
+
+def _names_of(sample: str, root: str) -> set[str]:
+    rel = os.path.relpath(sample, root) if os.path.isdir(root) else sample
+    return {sample, rel, os.path.abspath(sample)}
 
 
 def loss_membership(
@@ -244,6 +245,8 @@ def loss_membership(
     unmatched: list[str] = []
     if members is not None:
         flags = list(match_members(ids, os.fspath(candidates), members))
+        known = {k for i in ids for k in _names_of(i, os.fspath(candidates))}
+        unmatched = sorted(m for m in members if not {m, os.path.abspath(m)} & known)
         if not any(flags):
             raise AuditInputError(
                 "no --members line matches a candidate: list candidate paths one per line, "
@@ -253,6 +256,7 @@ def loss_membership(
     summary["score"] = "loss" if p_values is not None else "loss-raw"
     summary["score_note"] = SCORE_NOTES[summary["score"]]
     summary["members_unmatched"] = unmatched
+    summary["p_value_floor"] = None if reference is None else 1.0 / (len(ref_ids) + 1)
     rows: list[dict[str, Any]] = [
         {
             "sample": sid,

@@ -320,6 +320,8 @@ def load_identities(
             continue
         reasons = sorted({s.reason for s in emb.skipped if s.path.startswith(str(sub) + os.sep)})
         why = "no usable photo (" + "; ".join(reasons) + ")" if reasons else "empty folder"
+        if sub.is_symlink():
+            why = "a link to a folder (links to folders are not followed; link the files)"
         bad.append(SkipRecord(set_name, str(sub), f"identity left out: {why}"))
     if not photos:
         raise AuditInputError(

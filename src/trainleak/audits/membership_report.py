@@ -106,6 +106,11 @@ def build_identity_report(
     summary["score_note"] = SCORE_NOTES[config.score].format(m=config.top_m)
     summary["members_unmatched"] = unmatched
     summary["identities_skipped"] = [s.path for s in bad]
+    summary["p_value_floor"] = None if ref is None else 1.0 / (len(ref[0]) + 1)
+    summary["p_value_note"] = (
+        "p = (1 + reference people scoring at least as high) / (1 + reference people); "
+        "n reference people cannot give p below 1/(n+1): use 20+ to reach p < 0.05"
+    )
     if flags and all(f is not None for f in flags):
         other = scores.topm if config.score == "max" else scores.max
         other_name = "max" if config.score == "topm" else "topm"
