@@ -476,7 +476,7 @@ def run_invert(args: argparse.Namespace, argv: list[str]) -> int:
 
 def run_membership(args: argparse.Namespace, argv: list[str]) -> int:
     """``trainleak membership``: the identity attack or the loss attack."""
-    from trainleak.audits.membership import read_members
+    from trainleak.audits.identity_inputs import read_members
 
     identity = args.generated is not None or args.identities is not None
     loss = args.model is not None or args.candidates is not None
