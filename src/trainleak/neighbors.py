@@ -117,7 +117,7 @@ def knn(
     k: int,
     metric: MetricName = "cosine",
     backend: Backend = "auto",
-    block_size: int = 16384,
+    block_size: int = 2048,
     tiles: int = 16,
     exclude_self: bool = False,
     device: str = "cpu",
