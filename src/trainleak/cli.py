@@ -355,12 +355,8 @@ def run_extract(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.audits.extraction import ExtractConfig, extract
 
     args.encoder = args.distance if args.encoder == EmbedConfig.encoder else args.encoder
-    embed = embed_config(args)
-    if embed.encoder == "tiled":
-        # The paper's tiled l2 is not mirror-blind; -O flip_invariant=true opts in.
-        embed.encoder_options.setdefault("flip_invariant", False)
     config = ExtractConfig(
-        embed=embed,
+        embed=embed_config(args),
         delta=args.delta,
         min_clique=args.min_clique,
         relative=args.relative,

@@ -41,11 +41,7 @@ from trainleak.report import report_header
 class ExtractConfig:
     """Settings of ``extract`` (paper values as defaults, see the module docstring)."""
 
-    embed: EmbedConfig = field(
-        default_factory=lambda: EmbedConfig(
-            encoder="tiled", encoder_options={"flip_invariant": False}
-        )
-    )
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
     delta: float = 0.15
     min_clique: int = 10
     relative: bool = False
@@ -53,6 +49,12 @@ class ExtractConfig:
     relative_n: int = 50
     samples_per_prompt: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The paper's tiled l2 is not mirror-blind (the audit's ``tiled`` is by
+        # default); pass encoder_options={"flip_invariant": True} to opt in.
+        if self.embed.encoder == "tiled":
+            self.embed.encoder_options.setdefault("flip_invariant", False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
