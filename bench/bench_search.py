@@ -2,6 +2,10 @@
 
 Reproduce:
     .venv/bin/python bench/bench_search.py [--n-db 200000] [--n-query 2000] [--dim 512] [--k 10]
+
+Each round runs every method once (the order rotates from round to round), so
+a slow spell on a shared machine hits all methods of a round alike; the ratio
+reported is the median over rounds of each round's time over faiss's.
 """
 
 from __future__ import annotations
@@ -25,14 +29,10 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x
 
 
-def best_of(fn, repeats: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def faiss_flat_ip(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,53 +41,75 @@ def faiss_flat_ip(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np
     return index.search(q, k)
 
 
+def products_alone(q: np.ndarray, db: np.ndarray, block: int = 2048) -> None:
+    """The float32 matrix products knn makes, without any top-k: the floor of an exact scan."""
+    qt, out = torch.from_numpy(q), torch.empty((len(q), block))
+    with torch.inference_mode():
+        for d0 in range(0, len(db), block):
+            part = torch.from_numpy(db[d0 : d0 + block])
+            torch.mm(qt, part.T, out=out[:, : len(part)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-db", type=int, default=200_000)
     ap.add_argument("--n-query", type=int, default=2_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--block-sizes", type=int, nargs="+", default=[2048])
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     db = unit_rows(rng, args.n_db, args.dim)
     q = unit_rows(rng, args.n_query, args.dim)
-    runs = {
-        "faiss IndexFlatIP": lambda: faiss_flat_ip(q, db, args.k),
-        "knn torch": lambda: knn(q, db, args.k, backend="torch"),
-    }
+    runs = {"faiss IndexFlatIP": lambda: faiss_flat_ip(q, db, args.k)}
+    for block in args.block_sizes:
+        runs[f"knn torch, block {block}"] = lambda b=block: knn(q, db, args.k, block_size=b)
+    runs["matrix products alone (no top-k)"] = lambda: products_alone(q, db)
     if not args.skip_numpy:
         runs["knn numpy"] = lambda: knn(q, db, args.k, backend="numpy")
-    results = {}
-    for name, fn in runs.items():
+    outputs, rss = {}, {}
+    for name, fn in runs.items():  # warm-up, results and memory
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        dt, out = best_of(fn, args.repeats)
-        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        results[name] = (dt, out, rss1, rss1 - rss0)
-
-    ref_dt, (ref_s, ref_i), _, _ = results["faiss IndexFlatIP"]
+        outputs[name] = fn()
+        rss[name] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss0)
+    names = list(runs)
+    times = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(timed(runs[name]))
+    ref_s, ref_i = outputs["faiss IndexFlatIP"]
+    ref_t = np.array(times["faiss IndexFlatIP"])
     print(
         f"database {args.n_db} x {args.dim}, {args.n_query} queries, k={args.k}, "
-        f"best of {args.repeats} after a warm-up; {os.cpu_count()} CPUs "
+        f"{args.rounds} rounds after a warm-up; {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), faiss {faiss.__version__} "
         f"({faiss.omp_get_max_threads()} threads)\n"
     )
     print(
-        "| method | seconds | vs faiss | top-1 identical | top-k identical | max score diff "
-        "| peak RSS MB (growth) |"
+        "| method | best s | median s | vs faiss (median of rounds) | rounds faster than faiss "
+        "| top-1 identical | top-k identical | max score diff | peak RSS MB (growth) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for name, (dt, (s, i), rss, grow) in results.items():
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        t = np.array(times[name])
+        peak, before = rss[name]
+        head = f"| {name} | {t.min():.3f} | {np.median(t):.3f} | {np.median(t / ref_t):.2f}x "
+        if outputs[name] is None:
+            flops = 2 * args.n_query * args.n_db * args.dim / t.min() / 1e9
+            print(head + f"| {int(np.sum(t < ref_t))}/{len(t)} | - | - | {flops:.0f} GFLOP/s | - |")
+            continue
+        s, i = outputs[name]
         top1 = float(np.mean(i[:, 0] == ref_i[:, 0]))
         topk = float(np.mean(np.sort(i, 1) == np.sort(ref_i, 1)))
         diff = float(np.abs(s - ref_s).max())
         print(
-            f"| {name} | {dt:.3f} | {dt / ref_dt:.2f}x | {top1:.4f} | {topk:.4f} | {diff:.1e} "
-            f"| {rss / 1024:.0f} (+{grow / 1024:.0f}) |"
+            head + f"| {int(np.sum(t < ref_t))}/{len(t)} | {top1:.4f} | {topk:.4f} | {diff:.1e} "
+            f"| {peak / 1024:.0f} (+{(peak - before) / 1024:.0f}) |"
         )
 
 

@@ -90,6 +90,29 @@ def test_exclude_self():
     np.testing.assert_allclose(s, -np.sort(-full, axis=1)[:, :3], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy", "faiss"])
+def test_exclude_self_across_blocks(backend):
+    rng = np.random.default_rng(11)
+    db = _unit(rng, 40, 8)
+    s, i = knn(db, db, 4, exclude_self=True, backend=backend, block_size=3)
+    full = pairwise_scores(db, db)
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_allclose(s, -np.sort(-full, axis=1)[:, :4], atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_blocks_that_improve_every_query_or_none(order):
+    """Later blocks beating all earlier ones, or none of them, give the oracle's lists."""
+    rng = np.random.default_rng(12)
+    q = _unit(rng, 1, 16)
+    db = _unit(rng, 300, 16)
+    sims = db @ q[0]
+    db = db[np.argsort(sims if order == "ascending" else -sims)]
+    q2 = np.concatenate([q, _unit(rng, 6, 16)])
+    s, i = knn(q2, db, 5, block_size=8)
+    _assert_tie_aware(s, i, q2, db, 5, "cosine")
+
+
 def test_errors_say_how_to_fix():
     x = np.zeros((2, 4), np.float32)
     with pytest.raises(ValueError, match="k must be 1 or more"):

@@ -16,7 +16,10 @@ higher score means more similar.
 The database is scanned ``block_size`` rows at a time (each block converted to
 float32 on its own, so a ``np.memmap`` database is never read whole) against
 as many queries as keep one score block under :data:`SCORE_BLOCK_BYTES`, and a
-running top-k is merged block by block. The search ranks with float32 matrix
+running top-k is merged block by block. The torch backend merges a block only
+into the queries whose best score in it beats their k-th best so far (after the
+first few blocks, most queries), so the search costs little more than its
+matrix products. The search ranks with float32 matrix
 products; the scores returned are then recomputed for the chosen pairs, one
 pair at a time in float64, so they do not depend on block size or backend.
 Returned rows are ordered by score, then by lower database index. Which of
@@ -238,18 +241,32 @@ def _knn_torch(
     with torch.inference_mode():
         qt = torch.from_numpy(q).to(dev)
         qn = _tile_norms(qt, tiles) if metric == "tiled_l2" else None
-        best_s = torch.zeros((len(q), 0), device=dev)
-        best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=dev)
+        best_s = torch.full((len(q), k), -torch.inf, device=dev)
+        best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=dev)
+        # Each query's k-th best score so far: a block whose best score for a
+        # query does not beat it cannot change that query's list.
+        kth = best_s[:, 0].clone()
+        out = torch.empty((len(q), min(block, len(db))), device=dev) if qn is None else None
         for d0 in range(0, len(db), block):
             part = torch.from_numpy(_db_block(db, d0, block)).to(dev, non_blocking=True)
-            s = torch.mm(qt, part.T) if qn is None else _tiled_torch(qt, qn, part, tiles)
+            if qn is None:
+                s = torch.mm(qt, part.T, out=out[:, : len(part)])
+            else:
+                s = _tiled_torch(qt, qn, part, tiles)
             rows, cols = _self_cells(q0, len(q), d0, len(part))
             s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
+            todo = torch.nonzero(s.amax(1) > kth).squeeze(1)
+            if len(todo) == 0:
+                continue
+            if len(todo) < len(q):
+                s = s.index_select(0, todo)
             top_s, top_i = torch.topk(s, min(k, s.shape[1]), dim=1, sorted=False)
-            cat_s = torch.cat([best_s, top_s], 1)
-            cat_i = torch.cat([best_i, top_i + d0], 1)
-            best_s, pos = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1, sorted=False)
-            best_i = torch.gather(cat_i, 1, pos)
+            cat_s = torch.cat([best_s.index_select(0, todo), top_s], 1)
+            cat_i = torch.cat([best_i.index_select(0, todo), top_i + d0], 1)
+            new_s, pos = torch.topk(cat_s, k, dim=1, sorted=False)
+            best_s.index_copy_(0, todo, new_s)
+            best_i.index_copy_(0, todo, torch.gather(cat_i, 1, pos))
+            kth.index_copy_(0, todo, new_s.amin(1))
         return best_s.cpu().numpy(), best_i.cpu().numpy()
 
 
