@@ -236,8 +236,10 @@ class Embedder:
             else:
                 results[key] = hit
         chunks = (
-            ([k for k, _ in misses[i : i + self.batch_size]],
-             [d for _, d in misses[i : i + self.batch_size]])
+            (
+                [k for k, _ in misses[i : i + self.batch_size]],
+                [d for _, d in misses[i : i + self.batch_size]],
+            )
             for i in range(0, len(misses), self.batch_size)
         )
         fresh: dict[str, np.ndarray | str] = {}

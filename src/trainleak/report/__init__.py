@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,33 @@ def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
+def write_report_files(
+    report: dict[str, Any],
+    out: str | os.PathLike[str],
+    render: Callable[[dict[str, Any]], str],
+    redact: bool,
+) -> dict[str, str]:
+    """Create ``out`` and write ``report.json`` (atomically) and ``report.html`` into it.
+
+    Args:
+        report: the report dict; written with ``redacted`` set to ``redact``.
+        out: output folder (created).
+        render: makes the HTML page from the JSON-clean report.
+        redact: whether the page leaves images out (recorded in the report).
+
+    Returns:
+        The written paths, ``{"json": ..., "html": ...}``.
+
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
+    report = dict(report, redacted=redact)
+    write_json(report, paths["json"])
+    Path(paths["html"]).write_text(render(clean_json(report)), encoding="utf-8")
+    return paths
+
+
 MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "score", "flagged"]
 
 
@@ -93,20 +120,12 @@ def write_audit_report(
         The written paths by kind.
 
     """
-    from trainleak.report.html import render_audit_html, thumbnail_data_uri
+    from trainleak.report.html import embedded_thumbnails, render_audit_html
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": str(folder / "report.json"),
-        "csv": str(folder / "matches.csv"),
-        "html": str(folder / "report.html"),
-    }
-    report = dict(report)
-    report["redacted"] = redact
-    write_json(report, paths["json"])
+    thumbnail = embedded_thumbnails(redact)
+    paths = write_report_files(
+        report, out, lambda clean: render_audit_html(clean, thumbnail), redact
+    )
+    paths["csv"] = str(Path(out) / "matches.csv")
     write_matches_csv(report["matches"], paths["csv"])
-    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
-    html = render_audit_html(clean_json(report), thumbnail)
-    Path(paths["html"]).write_text(html, encoding="utf-8")
     return paths

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainleak.report import clean_json, write_json
-from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+from trainleak.report import write_report_files
+from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
 
 #: Clusters shown in the gallery (all are in the JSON and CSV).
 GALLERY_CLUSTERS = 100
@@ -59,21 +59,15 @@ def write_dedup_report(
     report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
 ) -> dict[str, str]:
     """Write ``report.json``, ``dedup.csv`` and ``report.html`` into ``out``."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": str(folder / "report.json"),
-        "csv": str(folder / "dedup.csv"),
-        "html": str(folder / "report.html"),
-    }
-    write_json(report, paths["json"])
+    thumbnail = embedded_thumbnails(redact)
+    paths = write_report_files(
+        report, out, lambda clean: render_dedup_html(clean, thumbnail), redact
+    )
+    paths["csv"] = str(Path(out) / "dedup.csv")
     with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "cluster", "kept"])
         for row in report["rows"]:
             cluster = "" if row["cluster"] is None else row["cluster"]
             writer.writerow([row["path"], cluster, int(row["kept"])])
-    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
-    html = render_dedup_html(clean_json(report), thumbnail)
-    Path(paths["html"]).write_text(html, encoding="utf-8")
     return paths

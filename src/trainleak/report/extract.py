@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from trainleak.report import clean_json, write_json
-from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+from trainleak.report import write_report_files
+from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
 
 #: Clique members shown per candidate (all are in the JSON).
 SHOWN_MEMBERS = 8
@@ -61,11 +60,7 @@ def write_extract_report(
     report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
 ) -> dict[str, str]:
     """Write ``report.json`` and ``report.html`` into ``out``."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
-    write_json(report, paths["json"])
-    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
-    html = render_extract_html(clean_json(report), thumbnail)
-    Path(paths["html"]).write_text(html, encoding="utf-8")
-    return paths
+    thumbnail = embedded_thumbnails(redact)
+    return write_report_files(
+        report, out, lambda clean: render_extract_html(clean, thumbnail), redact
+    )

@@ -75,6 +75,11 @@ def _num(x: Any, digits: int = 4) -> str:
     return "n/a" if not isinstance(x, (int, float)) else f"{x:.{digits}f}"
 
 
+def embedded_thumbnails(redact: bool) -> Thumbnail | None:
+    """Return the thumbnail maker for a report page: data URIs, or none when redacted."""
+    return None if redact else (lambda _role, path: thumbnail_data_uri(path))
+
+
 def _img(thumbnail: Thumbnail | None, role: str, path: str | None) -> str:
     if thumbnail is None or not path:
         return ""

@@ -12,14 +12,13 @@ import html
 import io
 import os
 import shlex
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from trainleak.report import clean_json, write_json
+from trainleak.report import write_report_files
 from trainleak.report.html import _CSS, _skipped
 from trainleak.report.plots import PALETTE
 
@@ -230,11 +229,7 @@ def write_invert_report(
     redact: bool = False,
 ) -> dict[str, str]:
     """Write ``report.json`` and ``report.html`` into ``out``; return their paths."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
-    report = dict(report, redacted=redact)
-    write_json(report, paths["json"])
-    page = render_invert_html(clean_json(report), None if redact else originals, recons)
-    Path(paths["html"]).write_text(page, encoding="utf-8")
-    return paths
+    shown = None if redact else originals
+    return write_report_files(
+        report, out, lambda clean: render_invert_html(clean, shown, recons), redact
+    )

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from trainleak.report import clean_json, write_json
-from trainleak.report.html import _CSS, _e, _img, _skipped, thumbnail_data_uri
+from trainleak.report import write_report_files
+from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
 from trainleak.report.plots import PALETTE, svg_histogram
 
 if TYPE_CHECKING:
@@ -205,15 +205,12 @@ def write_membership_report(
         The written paths by kind.
 
     """
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
-    report = result.report
-    report["redacted"] = redact
     if not redact:
-        _save_closest(result, folder / "closest")
-    write_json(report, paths["json"])
-    thumbnail = None if redact else (lambda _role, p: thumbnail_data_uri(p))
-    page = render_membership_html(clean_json(report), result.photos, thumbnail)
-    Path(paths["html"]).write_text(page, encoding="utf-8")
-    return paths
+        _save_closest(result, Path(out) / "closest")
+    thumbnail = embedded_thumbnails(redact)
+    return write_report_files(
+        result.report,
+        out,
+        lambda clean: render_membership_html(clean, result.photos, thumbnail),
+        redact,
+    )
