@@ -170,3 +170,54 @@ def test_demo_finds_planted_leaks(tmp_path, capsys):
     rep = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert rep["threshold"]["method"] == "holdout"
     assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
+
+
+def _audit_args(coil_sets, out, *extra):
+    return [
+        "audit",
+        "--train",
+        str(coil_sets / "train"),
+        "--synthetic",
+        str(coil_sets / "synth"),
+        "--encoder",
+        "pixel",
+        "--threshold",
+        "0.99",
+        "--no-cache",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "-q",
+        *extra,
+    ]
+
+
+def test_search_device_is_recorded_and_bad_ones_say_how_to_fix(coil_sets, capsys):
+    torch = pytest.importorskip("torch")
+    out = coil_sets / "out-device"
+    code, _, _ = _run(capsys, *_audit_args(coil_sets, out, "--device", "cpu"))
+    assert code == 0
+    assert json.loads((out / "report.json").read_text())["device"] == "cpu"
+    code, _, err = _run(capsys, *_audit_args(coil_sets, out, "--device", "gpu"))
+    assert code == 2 and "use auto, cpu, cuda or cuda:N" in err
+    if not torch.cuda.is_available():
+        code, _, err = _run(capsys, *_audit_args(coil_sets, out, "--device", "cuda"))
+        assert code == 2 and "torch sees no CUDA GPU here: use --device cpu" in err
+        code, _, _ = _run(capsys, *_audit_args(coil_sets, out))  # auto falls back to the CPU
+        assert code == 0
+        assert json.loads((out / "report.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.gpu
+def test_audit_on_the_gpu_matches_the_cpu(coil_sets, capsys):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    reports = {}
+    for device in ("cpu", "cuda"):
+        out = coil_sets / f"out-{device}"
+        assert _run(capsys, *_audit_args(coil_sets, out, "--device", device))[0] == 0
+        reports[device] = json.loads((out / "report.json").read_text())
+    assert reports["cuda"]["device"] == "cuda"
+    assert reports["cuda"]["matches"] == reports["cpu"]["matches"]

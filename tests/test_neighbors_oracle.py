@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainleak.neighbors import knn, pairwise_scores
+from trainleak.neighbors import knn, pairwise_scores, resolve_device
 
 
 def _unit(rng, n, d):
@@ -135,3 +135,17 @@ def test_cuda_search_matches_cpu():
     gpu = knn(q, db, 5, block_size=512, device="cuda")
     np.testing.assert_array_equal(gpu[1], cpu[1])
     np.testing.assert_array_equal(gpu[0], cpu[0])
+
+
+def test_resolve_device():
+    torch = pytest.importorskip("torch")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto", backend="faiss") == "cpu"
+    with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="numpy backend searches on the CPU"):
+        resolve_device("cuda", backend="numpy")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            resolve_device("cuda:0")

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=AuditConfig.score,
         help="leak score: nearest photo (nn) or identity-aware (needs labels)",
     )
+    a.add_argument(
+        "--device",
+        default=AuditConfig.search_device,
+        help="where the neighbour search runs: auto (a CUDA GPU if torch sees one), cpu, "
+        "cuda or cuda:N",
+    )
     a.add_argument("--out", default="trainleak-report", help="output folder")
     a.add_argument("--redact", action="store_true", help="no images in the HTML report")
     a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
@@ -303,6 +309,7 @@ def run_audit(args: argparse.Namespace, argv: list[str]) -> int:
         threshold=args.threshold,
         k=args.k,
         score=args.score,
+        search_device=args.device,
     )
     result = audit(args.train, args.synthetic, args.holdout, config=config, argv=argv)
     paths = result.write(args.out, redact=args.redact)

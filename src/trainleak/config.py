@@ -46,6 +46,10 @@ class AuditConfig:
         identity_weight: weight of the nearest photo in the identity score.
         ct_cells: k-means cells for Meehan's C_T.
         seed: seeds the k-means of C_T (the only randomness in an audit).
+        search_backend: neighbour search, see :func:`trainleak.neighbors.knn`.
+        search_device: where the search runs: ``auto`` (a CUDA GPU when torch
+            sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Results
+            do not depend on it (chosen pairs are re-scored in float64).
 
     """
 
@@ -58,6 +62,7 @@ class AuditConfig:
     ct_cells: int = 5
     seed: int = 0
     search_backend: Literal["auto", "torch", "numpy", "faiss"] = "auto"
+    search_device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""

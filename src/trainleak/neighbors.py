@@ -75,6 +75,49 @@ def _check(
         )
 
 
+def resolve_device(device: str, backend: str = "auto") -> str:
+    """Turn a search device name into the torch device :func:`knn` gets.
+
+    Args:
+        device: ``auto`` (a CUDA GPU when torch sees one and the backend runs
+            on it, else ``cpu``), ``cpu``, ``cuda`` or ``cuda:N``.
+        backend: the search backend; ``numpy`` and ``faiss`` run on the CPU.
+
+    Returns:
+        ``"cpu"`` or a CUDA device name.
+
+    Raises:
+        ValueError: an unknown name, a CUDA device torch cannot see, or a CUDA
+            device with a CPU-only backend.
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+
+    """
+    on_cpu_only = backend in ("numpy", "faiss")
+    if device == "cpu":
+        return "cpu"
+    if device == "auto":
+        if on_cpu_only:
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise ValueError(f"unknown search device {device!r}: use auto, cpu, cuda or cuda:N")
+    if on_cpu_only:
+        raise ValueError(f"the {backend} backend searches on the CPU: use device 'cpu' or 'auto'")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"search device {device!r} asked for, but torch sees no CUDA GPU here: "
+            "use --device cpu (or auto)"
+        )
+    return device
+
+
 def pairwise_scores(
     a: np.ndarray, b: np.ndarray, metric: MetricName = "cosine", tiles: int = 16
 ) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from trainleak.audits.scoring import Neighbours, identity_scores, nearest
 from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
 from trainleak.stats import (
     Threshold,
@@ -50,13 +51,12 @@ class Scored:
 
 
 def score_against(
-    queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig
+    queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
 ) -> Scored:
-    """Score each query row against the training set (see :mod:`.scoring`)."""
+    """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
     tiles = int(train.info.options.get("grid", 4)) ** 2
-    nb = nearest(
-        queries.vectors, train.vectors, config.k, train.info.metric, tiles, config.search_backend
-    )
+    backend, metric = config.search_backend, train.info.metric
+    nb = nearest(queries.vectors, train.vectors, config.k, metric, tiles, backend, device)
     nn_sim = nb.sims[:, 0].astype(np.float32)
     if mode == "identity":
         ids = identity_scores(
@@ -64,7 +64,8 @@ def score_against(
             train.vectors,
             [str(lab) for lab in train.labels],
             config.identity_weight,
-            config.search_backend,
+            backend,
+            device,
         )
         return Scored(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
     return Scored(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)
@@ -147,7 +148,8 @@ def audit(
         An :class:`AuditResult`; ``result.write(dir)`` writes the reports.
 
     Raises:
-        AuditInputError: a set has no usable image.
+        AuditInputError: a set has no usable image, or the search device is
+            not usable here.
 
     Example:
         >>> import tempfile, pathlib
@@ -163,18 +165,22 @@ def audit(
 
     """
     config = config or AuditConfig()
+    try:
+        device = resolve_device(config.search_device, config.search_backend)
+    except ValueError as err:
+        raise AuditInputError(str(err)) from None
     with make_embedder(config.embed) as embedder:
         train_set = embed_nonempty(embedder, train, "train")
         synth_set = embed_nonempty(embedder, synthetic, "synthetic")
         hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
     mode = resolve_score_mode(config, train_set)
-    synth = score_against(synth_set, train_set, mode, config)
-    hold = score_against(hold_set, train_set, mode, config) if hold_set is not None else None
+    synth = score_against(synth_set, train_set, mode, config, device)
+    hold = None if hold_set is None else score_against(hold_set, train_set, mode, config, device)
     threshold, method = choose_threshold(
         config, hold, train_set.info.default_threshold, train_set.info.threshold_note
     )
     report = build_report(
-        config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv
+        config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device
     )
     return AuditResult(report, train_set, synth_set, hold_set)
 
@@ -190,6 +196,7 @@ def build_report(
     method: str,
     mode: str,
     argv: list[str] | None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Assemble ``report.json`` (the DESIGN.md contract plus extra keys)."""
     flagged = synth.score > threshold.value
@@ -233,7 +240,7 @@ def build_report(
     sets = [es for es in (train, synth_set, hold_set) if es is not None]
     skipped = [s.to_dict() for es in sets for s in es.skipped]
     return {
-        **report_header("audit", argv, config.to_dict()),
+        **report_header("audit", argv, config.to_dict(), device),
         "encoder": train.info.to_dict(),
         "inputs": {
             "train": train.counts(),

@@ -39,10 +39,11 @@ def nearest(
     metric: Metric,
     tiles: int = 16,
     backend: str = "auto",
+    device: str = "cpu",
 ) -> Neighbours:
     """Top-k training neighbours (at most the training set's size)."""
     k = max(1, min(k, len(train)))
-    sims, idx = knn(queries, train, k, metric=metric, backend=backend, tiles=tiles)  # type: ignore[arg-type]
+    sims, idx = knn(queries, train, k, metric=metric, backend=backend, tiles=tiles, device=device)  # type: ignore[arg-type]
     return Neighbours(sims, idx)
 
 
@@ -62,6 +63,7 @@ def identity_scores(
     labels: list[str],
     weight: float = 0.5,
     backend: str = "auto",
+    device: str = "cpu",
 ) -> IdentityScores:
     """Score queries against labelled training identities (cosine embeddings).
 
@@ -77,6 +79,7 @@ def identity_scores(
         labels: ``m`` identity labels.
         weight: weight of the nearest photo, in [0, 1].
         backend: neighbour-search backend.
+        device: torch device of the search.
 
     Example:
         >>> t = np.eye(3, dtype=np.float32)
@@ -91,8 +94,8 @@ def identity_scores(
     label_idx = _index(labels, names)
     members = [np.flatnonzero(label_idx == j) for j in range(len(names))]
     means = l2_normalise(np.stack([train[m].mean(0) for m in members]))
-    photo = nearest(queries, train, CANDIDATE_PHOTOS, "cosine", backend=backend)
-    mean_nb = nearest(queries, means, CANDIDATE_MEANS, "cosine", backend=backend)
+    photo = nearest(queries, train, CANDIDATE_PHOTOS, "cosine", backend=backend, device=device)
+    mean_nb = nearest(queries, means, CANDIDATE_MEANS, "cosine", backend=backend, device=device)
     n = len(queries)
     score = np.full(n, -np.inf, np.float64)
     best_id = np.zeros(n, np.int64)
