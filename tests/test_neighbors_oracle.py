@@ -100,8 +100,9 @@ def test_exclude_self_across_blocks(backend):
     np.testing.assert_allclose(s, -np.sort(-full, axis=1)[:, :4], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("order", ["ascending", "descending"])
-def test_blocks_that_improve_every_query_or_none(order):
+def test_blocks_that_improve_every_query_or_none(order, backend):
     """Later blocks beating all earlier ones, or none of them, give the oracle's lists."""
     rng = np.random.default_rng(12)
     q = _unit(rng, 1, 16)
@@ -109,7 +110,7 @@ def test_blocks_that_improve_every_query_or_none(order):
     sims = db @ q[0]
     db = db[np.argsort(sims if order == "ascending" else -sims)]
     q2 = np.concatenate([q, _unit(rng, 6, 16)])
-    s, i = knn(q2, db, 5, block_size=8)
+    s, i = knn(q2, db, 5, block_size=8, backend=backend)
     _assert_tie_aware(s, i, q2, db, 5, "cosine")
 
 

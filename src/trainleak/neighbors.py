@@ -16,10 +16,10 @@ higher score means more similar.
 The database is scanned ``block_size`` rows at a time (each block converted to
 float32 on its own, so a ``np.memmap`` database is never read whole) against
 as many queries as keep one score block under :data:`SCORE_BLOCK_BYTES`, and a
-running top-k is merged block by block. The torch backend merges a block only
-into the queries whose best score in it beats their k-th best so far (after the
-first few blocks, most queries), so the search costs little more than its
-matrix products. The search ranks with float32 matrix
+running top-k is merged block by block. The torch and numpy backends merge a
+block only into the queries whose best score in it beats their k-th best so
+far (after the first few blocks, most queries skip most blocks), so the search
+costs little more than its matrix products. The search ranks with float32 matrix
 products; the scores returned are then recomputed for the chosen pairs, one
 pair at a time in float64, so they do not depend on block size or backend.
 Returned rows are ordered by score, then by lower database index. Which of
@@ -256,16 +256,24 @@ def _knn_numpy(
     q0: int | None,
     device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    kth = best_s[:, 0].copy()  # each query's k-th best so far, as in _knn_torch
     for d0 in range(0, len(db), block):
         s = pairwise_scores(q, _db_block(db, d0, block), metric, tiles)
         s[_self_cells(q0, len(q), d0, s.shape[1])] = -np.inf
+        todo = np.flatnonzero(s.max(axis=1) > kth)
+        if len(todo) == 0:
+            continue
+        s = s[todo]
         if s.shape[1] > k:
             top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            best = _merge_np(best, np.take_along_axis(s, top, 1), top + d0, k)
+            s, cols = np.take_along_axis(s, top, 1), top + d0
         else:
-            best = _merge_np(best, s, np.broadcast_to(np.arange(d0, d0 + s.shape[1]), s.shape), k)
-    return best
+            cols = np.broadcast_to(np.arange(d0, d0 + s.shape[1]), s.shape)
+        best_s[todo], best_i[todo] = _merge_np((best_s[todo], best_i[todo]), s, cols, k)
+        kth[todo] = best_s[todo].min(axis=1)
+    return best_s, best_i
 
 
 def _knn_torch(
