@@ -28,9 +28,9 @@ def _run(capsys, *args):
     return code, out, err
 
 
-def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
-    out = coil_sets / "out"
-    base = [
+def _audit_args(coil_sets, out, *extra):
+    """Arguments of a pixel audit of the COIL sets at a fixed threshold."""
+    return [
         "audit",
         "--train",
         str(coil_sets / "train"),
@@ -46,7 +46,13 @@ def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
         "--out",
         str(out),
         "-q",
+        *extra,
     ]
+
+
+def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
+    out = coil_sets / "out"
+    base = _audit_args(coil_sets, out)
     code, stdout, _ = _run(capsys, *base)
     assert code == 0
     assert "flagged 3 of 9" in stdout  # object 3's views are in both sets
@@ -170,27 +176,6 @@ def test_demo_finds_planted_leaks(tmp_path, capsys):
     rep = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert rep["threshold"]["method"] == "holdout"
     assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
-
-
-def _audit_args(coil_sets, out, *extra):
-    return [
-        "audit",
-        "--train",
-        str(coil_sets / "train"),
-        "--synthetic",
-        str(coil_sets / "synth"),
-        "--encoder",
-        "pixel",
-        "--threshold",
-        "0.99",
-        "--no-cache",
-        "--workers",
-        "1",
-        "--out",
-        str(out),
-        "-q",
-        *extra,
-    ]
 
 
 def test_search_device_is_recorded_and_bad_ones_say_how_to_fix(coil_sets, capsys):
