@@ -297,13 +297,13 @@ def _knn_torch(
         # Each query's k-th best score so far: a block whose best score for a
         # query does not beat it cannot change that query's list.
         kth = best_s[:, 0].clone()
-        out = torch.empty((len(q), min(block, len(db))), device=dev) if qn is None else None
+        out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
         for d0 in range(0, len(db), block):
             part = torch.from_numpy(_db_block(db, d0, block)).to(dev, non_blocking=True)
             if qn is None:
                 s = torch.mm(qt, part.T, out=out[:, : len(part)])
             else:
-                s = _tiled_torch(qt, qn, part, tiles)
+                s = _tiled_torch(qt, qn, part, tiles, out[:, : len(part)])
             rows, cols = _self_cells(q0, len(q), d0, len(part))
             s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
             todo = torch.nonzero(s.amax(1) > kth).squeeze(1)
@@ -327,12 +327,15 @@ def _tile_norms(x: torch.Tensor, tiles: int) -> torch.Tensor:
     return (t * t).sum(-1)
 
 
-def _tiled_torch(a: torch.Tensor, an: torch.Tensor, b: torch.Tensor, tiles: int) -> torch.Tensor:
+def _tiled_torch(
+    a: torch.Tensor, an: torch.Tensor, b: torch.Tensor, tiles: int, out: torch.Tensor
+) -> torch.Tensor:
+    """Tiled-l2 scores of ``a`` against ``b``, written into ``out`` ``(len(a), len(b))``."""
     import torch
 
     td = a.shape[1] // tiles
     bn = _tile_norms(b, tiles)
-    worst = torch.full((len(a), len(b)), -torch.inf, device=a.device)
+    worst = out.fill_(-torch.inf)
     d2 = torch.empty_like(worst)
     for t in range(tiles):
         # ||a||^2 + ||b||^2 - 2ab per tile; two (n, m) buffers, whatever the tile count.
