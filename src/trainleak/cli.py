@@ -480,6 +480,7 @@ def run_invert(args: argparse.Namespace, argv: list[str]) -> int:
 def run_membership(args: argparse.Namespace, argv: list[str]) -> int:
     """``trainleak membership``: the identity attack or the loss attack."""
     from trainleak.audits.identity_inputs import read_members
+    from trainleak.report.membership import rows_key
 
     identity = args.generated is not None or args.identities is not None
     loss = args.model is not None or args.candidates is not None
@@ -498,7 +499,7 @@ def run_membership(args: argparse.Namespace, argv: list[str]) -> int:
     paths = result.write(args.out, redact=args.redact)
     report = result.report
     s = report["summary"]
-    key, name = ("identities", "identity") if "identities" in report else ("samples", "sample")
+    key, name = rows_key(report)
     if s["auc"] is not None:
         lo, hi = s["auc_ci95"]
         print(

@@ -25,8 +25,7 @@ import numpy as np
 from trainleak.audits.leakage import AuditInputError
 from trainleak.audits.membership import MembershipResult
 from trainleak.generators import sample_seed
-from trainleak.images import DEFAULT_MAX_PIXELS, ImageSkip, SkipRecord, decode_image, list_records
-from trainleak.images import read_bytes as _read
+from trainleak.images import ImageSkip, SkipRecord, list_records, load_image
 from trainleak.stats import empirical_p_values
 
 
@@ -172,7 +171,7 @@ def read_images(
     ids, images, skipped = [], [], []
     for rec in list_records(source):
         try:
-            images.append(decode_image(_read(rec.path), DEFAULT_MAX_PIXELS))
+            images.append(load_image(rec.path))
             ids.append(rec.id)
         except ImageSkip as skip:
             skipped.append(SkipRecord(set_name, rec.id, str(skip)))

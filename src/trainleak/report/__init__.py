@@ -58,9 +58,13 @@ def report_header(
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a report as UTF-8 JSON, atomically."""
+    _write_clean_json(clean_json(report), path)
+
+
+def _write_clean_json(clean: dict[str, Any], path: str | os.PathLike[str]) -> None:
     tmp = Path(f"{os.fspath(path)}.tmp")
     tmp.write_text(
-        json.dumps(clean_json(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n",
+        json.dumps(clean, indent=2, allow_nan=False, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
     os.replace(tmp, path)
@@ -87,9 +91,9 @@ def write_report_files(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
-    report = dict(report, redacted=redact)
-    write_json(report, paths["json"])
-    Path(paths["html"]).write_text(render(clean_json(report)), encoding="utf-8")
+    clean = clean_json(dict(report, redacted=redact))
+    _write_clean_json(clean, paths["json"])
+    Path(paths["html"]).write_text(render(clean), encoding="utf-8")
     return paths
 
 

@@ -95,13 +95,14 @@ def _cards(report: dict[str, Any]) -> str:
     )
 
 
-def _rows_key(report: dict[str, Any]) -> tuple[str, str]:
+def rows_key(report: dict[str, Any]) -> tuple[str, str]:
+    """Return the ranked-rows key and each row's name key: identities or samples."""
     return ("identities", "identity") if "identities" in report else ("samples", "sample")
 
 
 def _plots(report: dict[str, Any]) -> str:
     s = report["summary"]
-    key, _ = _rows_key(report)
+    key, _ = rows_key(report)
     rows = report[key]
     if s.get("roc") is None:
         series = {"queries": [r["score"] for r in rows]}
@@ -120,7 +121,7 @@ def _plots(report: dict[str, Any]) -> str:
 
 
 def _table(report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any) -> str:
-    key, name_key = _rows_key(report)
+    key, name_key = rows_key(report)
     out = []
     for i, r in enumerate(report[key]):
         member = {True: "member", False: "non-member", None: ""}[r["member"]]
@@ -148,7 +149,7 @@ def render_membership_html(
 ) -> str:
     """Render the page; ``thumbnail=None`` embeds no images (``--redact``)."""
     s = report["summary"]
-    key, _ = _rows_key(report)
+    key, _ = rows_key(report)
     what = "identity membership" if key == "identities" else "sample membership (loss attack)"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
