@@ -1,0 +1,26 @@
+"""Exceptions trainleak raises on purpose, each with a message that says how to fix it.
+
+The command line turns every :class:`TrainleakError` into ``trainleak: error:
+<message>`` and exit code 2; the Python API lets them propagate.
+"""
+
+from __future__ import annotations
+
+
+class TrainleakError(Exception):
+    """Base class of the errors trainleak raises with a fix-it message."""
+
+
+class WorkerCrashError(TrainleakError, RuntimeError):
+    """The embedding worker processes keep dying, so the run cannot go on.
+
+    Raised when worker processes cannot start, or when they crash on many
+    images in a row (one image that crashes its worker is skipped instead).
+    """
+
+
+class MissingExtraError(TrainleakError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+__all__ = ["MissingExtraError", "TrainleakError", "WorkerCrashError"]
