@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from trainleak._optional import require
+
 log = logging.getLogger(__name__)
+
+
+def _diffusers(needed_for: str = "training and loading DDPMs") -> Any:
+    return require("diffusers", extra="diffusion", needed_for=needed_for)
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def images_to_tensor(images: Sequence[np.ndarray], size: int, grey: bool) -> Any
 
 
 def _unet(config: DDPMConfig) -> Any:
-    from diffusers import UNet2DModel
+    UNet2DModel = _diffusers().UNet2DModel  # noqa: N806 - the class, by its own name
 
     levels = len(config.channels)
     deepest_down = "AttnDownBlock2D" if config.attention else "DownBlock2D"
@@ -121,7 +127,8 @@ def train_ddpm(
 
     """
     import torch
-    from diffusers import DDPMScheduler
+
+    DDPMScheduler = _diffusers().DDPMScheduler  # noqa: N806
 
     config = config or DDPMConfig()
     if not len(images):
@@ -174,10 +181,12 @@ def _save(
     start: float,
     steps: int,
 ) -> Path:
-    from diffusers import DDIMPipeline, DDIMScheduler
+    diffusers = _diffusers()
 
     unet.eval()
-    pipe: Any = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_sched.config))
+    pipe: Any = diffusers.DDIMPipeline(
+        unet=unet, scheduler=diffusers.DDIMScheduler.from_config(noise_sched.config)
+    )
     pipe.save_pretrained(out, safe_serialization=True)
     meta = {
         "config": asdict(config),
@@ -192,8 +201,8 @@ def _save(
 
 def load_unet(folder: str | os.PathLike[str]) -> tuple[Any, Any]:
     """Load the UNet and a DDPM noise scheduler of a saved pipeline folder (offline)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    unet = UNet2DModel.from_pretrained(Path(folder) / "unet", local_files_only=True).eval()
-    sched = DDPMScheduler.from_pretrained(Path(folder) / "scheduler", local_files_only=True)
+    diffusers = _diffusers("the loss attack (a diffusers:DIR model)")
+    folder = Path(folder)
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet", local_files_only=True).eval()
+    sched = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
     return unet, sched

@@ -20,12 +20,12 @@ the planted leaks and, at that rate, about one of the 25 fresh faces.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from trainleak._optional import require
 from trainleak.audits.leakage import audit
 from trainleak.config import AuditConfig, EmbedConfig
 
@@ -35,10 +35,8 @@ BANDWIDTH, SIDE = 0.05, 100
 
 def lfw_faces() -> np.ndarray:
     """Return scikit-image's 100 LFW face crops, ``(100, 25, 25)`` in [0, 1]."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the demo needs scikit-image's bundled faces: pip install scikit-image")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "lfw_subset.npy"
+    skimage = require("skimage", extra="demo", needed_for="trainleak demo (its bundled faces)")
+    path = Path(next(iter(skimage.__path__))) / "data" / "lfw_subset.npy"
     # The first 100 of the 200 images are faces, the rest are not.
     return np.load(path, allow_pickle=False)[:100]
 

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from trainleak._optional import require
+
 log = logging.getLogger(__name__)
 
 
@@ -110,17 +112,14 @@ class DiffusersGenerator:
     """``diffusers:DIR`` - a local pipeline, loaded with ``local_files_only``."""
 
     def __init__(self, folder: str, steps: int | None = None, device: str = "cpu") -> None:
-        try:
-            import torch
-            from diffusers import DiffusionPipeline
-        except ImportError:
-            raise ImportError(
-                "the diffusers generator needs diffusers: pip install 'trainleak[diffusion]'"
-            ) from None
+        diffusers = require("diffusers", extra="diffusion", needed_for="a diffusers:DIR generator")
+        import torch
+
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"no diffusers pipeline folder at {folder}")
         self._torch = torch
-        self.pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True).to(device)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+        self.pipe = pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps = steps
         self.device = device

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from trainleak._optional import require
 from trainleak.encoders import ENCODERS
 from trainleak.encoders.base import (
     Encoder,
@@ -217,12 +218,7 @@ class OnnxEncoder(_ModelEncoder):
     kind: ClassVar[str] = "onnx"
 
     def _load(self, path: Path) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError(
-                "the onnx encoder needs onnxruntime: pip install trainleak[onnx]"
-            ) from None
+        ort = require("onnxruntime", extra="onnx", needed_for="the onnx encoder")
         try:
             self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types

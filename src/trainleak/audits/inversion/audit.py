@@ -44,6 +44,7 @@ from trainleak.audits.inversion.metrics import (
     face_vectors,
     identity_similarity,
     psnr,
+    skimage_metrics,
     ssim,
     to_uint8_images,
 )
@@ -264,6 +265,7 @@ def invert(
 
     """
     config = config or InvertConfig()
+    skimage_metrics()  # before any work: the report's PSNR and SSIM need it
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
     defense = Defense.parse(config.defense, config.seed) if config.defense else None

@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 
+from trainleak._optional import require
+
 log = logging.getLogger(__name__)
+
+
+def skimage_metrics() -> ModuleType:
+    """Return ``skimage.metrics``, or fail naming the ``invert`` extra."""
+    return require("skimage.metrics", extra="invert", needed_for="trainleak invert")
 
 
 def _pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +51,7 @@ def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
         20.0
 
     """
-    from skimage.metrics import peak_signal_noise_ratio
-
+    peak_signal_noise_ratio = skimage_metrics().peak_signal_noise_ratio
     a, b = _pairs(original, reconstruction)
     with np.errstate(divide="ignore"):
         pairs = zip(a, b, strict=True)
@@ -60,8 +67,7 @@ def ssim(original: torch.Tensor, reconstruction: torch.Tensor) -> np.ndarray:
         [1.0, 1.0]
 
     """
-    from skimage.metrics import structural_similarity
-
+    structural_similarity = skimage_metrics().structural_similarity
     a, b = _pairs(original, reconstruction)
     side = min(a.shape[2], a.shape[3])
     win = min(7, side if side % 2 else side - 1)
