@@ -31,9 +31,13 @@ is padded with score ``-inf`` and index ``-1``.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from trainleak._optional import require
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +49,14 @@ Backend = Literal["auto", "torch", "numpy", "faiss"]
 
 #: Bytes one block of float32 scores (query block x database block) may take.
 SCORE_BLOCK_BYTES = 256 * 2**20
+
+#: Multiply-adds (queries x database x dim) above which ``auto`` searches with
+#: torch on the CPU: numpy's products are about 25% slower (2 cores), which
+#: costs more than importing torch only past about 5e10 (6 s of search).
+TORCH_ABOVE_MACS = 5 * 10**10
+
+# Device files of the NVIDIA and ROCm drivers; without them torch sees no GPU.
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd")
 
 
 def _check(
@@ -99,7 +111,7 @@ def resolve_device(device: str, backend: str = "auto") -> str:
     if device == "cpu":
         return "cpu"
     if device == "auto":
-        if on_cpu_only:
+        if on_cpu_only or not _gpu_possible():
             return "cpu"
         import torch
 
@@ -116,6 +128,40 @@ def resolve_device(device: str, backend: str = "auto") -> str:
             "use --device cpu (or auto)"
         )
     return device
+
+
+def _gpu_possible() -> bool:
+    """Whether torch could see a GPU, answered without importing torch when it can be.
+
+    Importing torch takes seconds, most of a warm (all cached) audit. Without
+    a GPU driver's device files no torch build can see a GPU, so ``auto`` is
+    the CPU; torch is asked only where they exist or torch is already loaded.
+    """
+    if "torch" in sys.modules:
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return any(os.path.exists(p) for p in _GPU_DEVICE_FILES)
+
+
+def pick_backend(
+    n_query: int, n_database: int, dim: int, device: str = "cpu"
+) -> Literal["torch", "numpy"]:
+    """Return the backend ``backend="auto"`` runs: ``torch`` or ``numpy``.
+
+    torch on a GPU, and on the CPU for searches large enough that its faster
+    matrix products repay its import (about 2 s); numpy otherwise. The choice
+    depends on the inputs' sizes and the device only, so a run's results do
+    not depend on what else the process has imported.
+
+    Example:
+        >>> pick_backend(100, 1000, 128), pick_backend(100, 1000, 128, "cuda")
+        ('numpy', 'torch')
+
+    """
+    if device != "cpu" or n_query * n_database * dim >= TORCH_ABOVE_MACS:
+        return "torch"
+    return "numpy"
 
 
 def pairwise_scores(
@@ -175,8 +221,9 @@ def knn(
         database: ``(n_database, dim)`` rows; may be a ``np.memmap``.
         k: neighbours per query.
         metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
-        backend: ``torch`` (what ``auto`` picks), ``numpy``, or ``faiss``
-            (``IndexFlatIP``, cosine only, needs ``pip install trainleak[faiss]``).
+        backend: ``torch``, ``numpy``, ``faiss`` (``IndexFlatIP``, cosine
+            only, needs ``pip install 'trainleak[faiss]'``), or ``auto``: see
+            :func:`pick_backend`.
         block_size: database rows scored at a time; bounds memory.
         tiles: tiles per row for ``tiled_l2``.
         exclude_self: queries are the database itself; leave out database row
@@ -203,8 +250,10 @@ def knn(
     _check(queries, database, k, metric, tiles, backend)
     if block_size < 1:
         raise ValueError(f"block_size must be 1 or more, got {block_size}")
-    search = {"auto": _knn_torch, "torch": _knn_torch, "numpy": _knn_numpy}.get(backend)
     n, m = len(queries), len(database)
+    if backend == "auto":
+        backend = pick_backend(n, m, queries.shape[1], device)
+    search = {"torch": _knn_torch, "numpy": _knn_numpy}.get(backend)
     scores = np.full((n, k), -np.inf, np.float32)
     idx = np.full((n, k), -1, np.int64)
     qb = max(1, SCORE_BLOCK_BYTES // (4 * max(1, min(block_size, m))))
@@ -349,12 +398,7 @@ def _tiled_torch(
 def _knn_faiss(
     q: np.ndarray, db: np.ndarray, k: int, block: int, q0: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError(
-            "backend='faiss' needs faiss: pip install trainleak[faiss], or use backend='torch'"
-        ) from None
+    faiss = require("faiss", extra="faiss", needed_for="backend='faiss' (use 'numpy' without it)")
     index = faiss.IndexFlatIP(db.shape[1])
     best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
     for d0 in range(0, len(db), block):
