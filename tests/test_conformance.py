@@ -29,7 +29,9 @@ def specs(tmp_path_factory):
 
 
 def test_every_registered_encoder_is_covered(specs):
-    assert set(ENCODERS.names()) == set(specs)
+    # Test encoders registered by other test modules (crashing_encoder) are not built in.
+    builtin = {n for n in ENCODERS.names() if ENCODERS.get(n).__module__.startswith("trainleak.")}
+    assert builtin == set(specs)
 
 
 @pytest.mark.parametrize("name", ["face", "pixel", "tiled", "onnx", "torchscript"])

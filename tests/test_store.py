@@ -58,7 +58,7 @@ def test_warm_run_recomputes_nothing(faces, reference, tmp_path, monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("warm run recomputed an embedding")
 
-    monkeypatch.setattr(embed_mod, "_encode_chunk", refuse)
+    monkeypatch.setattr(embed_mod, "encode_chunk", refuse)
     monkeypatch.setattr(embed_mod.Embedder, "_run", lambda self, chunks: (refuse() for _ in chunks))
     warm = embed(faces, "face", workers=2, cache=tmp_path / "c")
     np.testing.assert_array_equal(warm.vectors, reference.vectors)

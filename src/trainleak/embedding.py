@@ -1,42 +1,39 @@
 """Sources -> encoder -> store: the embedding stage every audit starts with.
 
 Files are read and hashed in the main process; cache misses are decoded and
-embedded in worker processes (``workers``), a bounded number of chunks in
-flight at a time, so memory stays bounded by the batch size. Each image is
-embedded by the same code whatever the worker count or batch size, so results
-do not depend on either.
+embedded in worker processes (``workers``, see :mod:`trainleak.workers`), one
+chunk per worker in flight at a time, so memory stays bounded by the batch
+size. Each image is embedded by the same code whatever the worker count or
+batch size, so results do not depend on either. A worker that crashes costs
+the run only the image that crashed it. The encoder's model is loaded on the
+first cache miss, so a warm re-run loads none.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from trainleak.encoders import Encoder, EncoderInfo, EncodeSkip, get_encoder
+from trainleak.encoders import EncoderInfo, get_encoder
 from trainleak.images import (
     DEFAULT_MAX_PIXELS,
     ImageSkip,
     Record,
     SkipRecord,
-    decode_image,
     list_records,
     read_bytes,
 )
 from trainleak.store import EmbeddingStore, content_hash, default_cache_dir
+from trainleak.workers import Chunk, Results, WorkerPool, encode_chunk, unavailable_reason
 
 log = logging.getLogger(__name__)
-
-_WORKER_ENCODER: Encoder | None = None
 
 
 @dataclass
@@ -82,40 +79,6 @@ class EmbeddingSet:
         }
 
 
-def _init_worker(spec: str, options: dict[str, Any]) -> None:
-    # One thread per process: the parallelism is across processes.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    global _WORKER_ENCODER
-    _WORKER_ENCODER = get_encoder(spec, **options)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
-def _encode_chunk(
-    items: list[bytes], max_pixels: int, encoder: Encoder | None = None
-) -> list[np.ndarray | str]:
-    enc = encoder if encoder is not None else _WORKER_ENCODER
-    assert enc is not None, "worker encoder not initialised"
-    images: list[np.ndarray] = []
-    out: list[np.ndarray | str | None] = []
-    for data in items:
-        try:
-            images.append(decode_image(data, max_pixels))
-            out.append(None)
-        except ImageSkip as skip:
-            out.append("!" + str(skip))
-    results = iter(enc.encode_batch(images))
-    final: list[np.ndarray | str] = []
-    for slot in out:
-        if slot is not None:
-            final.append(slot)
-            continue
-        res = next(results)
-        final.append(str(res) if isinstance(res, EncodeSkip) else res)
-    return final
-
-
 class Embedder:
     """Embeds sources with one encoder, one cache and one worker pool.
 
@@ -128,7 +91,8 @@ class Embedder:
     Args:
         encoder: registry name, or ``onnx:FILE`` / ``torchscript:FILE``.
         encoder_options: the encoder's options (e.g. ``{"aligned": True}``).
-        workers: processes that embed; ``None`` = CPU cores, 1 = in-process.
+        workers: processes that embed; ``None`` = CPU cores, 1 = in-process
+            (where a crash in the encoder ends the run).
         batch_size: images per worker task and per cache shard.
         cache: a cache folder, ``True`` for the default folder, ``False``/``None``
             for none.
@@ -161,7 +125,12 @@ class Embedder:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.progress = progress
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
+        if self.workers > 1:
+            reason = unavailable_reason(encoder)
+            if reason is not None:
+                log.warning("embedding in-process, not in %d workers: %s", self.workers, reason)
+                self.workers = 1
 
     def __enter__(self) -> Embedder:
         return self
@@ -172,7 +141,7 @@ class Embedder:
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     def embed(self, source: str | os.PathLike[str], set_name: str = "input") -> EmbeddingSet:
@@ -252,27 +221,15 @@ class Embedder:
         self.store.put(fresh)
         return results
 
-    def _run(
-        self, chunks: Iterator[tuple[list[str], list[bytes]]]
-    ) -> Iterator[list[tuple[str, np.ndarray | str]]]:
-        """Embed chunks in order, in-process or with at most 2 chunks per worker in flight."""
+    def _run(self, chunks: Iterator[Chunk]) -> Iterator[Results]:
+        """Embed chunks in-process or in the worker pool; yield results as chunks finish."""
         if self.workers == 1:
-            for digests, blobs in chunks:
-                out = _encode_chunk(blobs, self.max_pixels, self.local)
-                yield list(zip(digests, out, strict=True))
+            for keys, blobs in chunks:
+                yield list(zip(keys, encode_chunk(blobs, self.max_pixels, self.local), strict=True))
             return
-        in_flight: list[tuple[list[str], Future[list[np.ndarray | str]]]] = []
-        for digests, blobs in chunks:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self.workers, get_context("spawn"), _init_worker, (self.spec, self.options)
-                )
-            in_flight.append((digests, self._pool.submit(_encode_chunk, blobs, self.max_pixels)))
-            if len(in_flight) >= 2 * self.workers:
-                first, fut = in_flight.pop(0)
-                yield list(zip(first, fut.result(), strict=True))
-        for first, fut in in_flight:
-            yield list(zip(first, fut.result(), strict=True))
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers, self.spec, self.options)
+        yield from self._pool.run(chunks, self.max_pixels)
 
 
 def embed(

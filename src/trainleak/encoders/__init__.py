@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from trainleak.encoders.base import Encoder, EncoderInfo, EncodeSkip
 from trainleak.registry import Registry
+
+log = logging.getLogger(__name__)
 
 ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder")
 
@@ -31,10 +35,30 @@ def parse_encoder_name(spec: str) -> tuple[str, dict[str, Any]]:
 
 def get_encoder(spec: str, **options: Any) -> Encoder:
     """Build an encoder from its registry name (or ``name:FILE``) and options."""
-    _load_builtin()
     name, extra = parse_encoder_name(spec)
-    factory = ENCODERS.get(name)
-    return factory(**extra, **options)
+    return encoder_factory(name)(**extra, **options)
+
+
+def encoder_factory(name: str) -> Callable[..., Encoder]:
+    """Return the factory registered as ``name``: built-in, or from an installed plugin.
+
+    A package adds encoders by registering them in a module it names under the
+    ``trainleak.encoders`` entry-point group, e.g. in its ``pyproject.toml``::
+
+        [project.entry-points."trainleak.encoders"]
+        myface = "mypackage.encoders"
+
+    Plugins are imported only when a name is not built in.
+
+    Example:
+        >>> encoder_factory("pixel").__name__
+        'PixelEncoder'
+
+    """
+    _load_builtin()
+    if name not in ENCODERS:
+        _load_plugins()
+    return ENCODERS.get(name)
 
 
 def _load_builtin() -> None:
@@ -43,4 +67,20 @@ def _load_builtin() -> None:
     from trainleak.encoders import face, model, pixel  # noqa: F401
 
 
-__all__ = ["ENCODERS", "EncodeSkip", "Encoder", "EncoderInfo", "get_encoder", "parse_encoder_name"]
+def _load_plugins() -> None:
+    for entry in entry_points(group="trainleak.encoders"):
+        try:
+            entry.load()
+        except Exception as err:  # noqa: BLE001 - one broken plugin must not hide the rest
+            log.warning("encoder plugin %s (%s) failed to load: %s", entry.name, entry.value, err)
+
+
+__all__ = [
+    "ENCODERS",
+    "EncodeSkip",
+    "Encoder",
+    "EncoderInfo",
+    "encoder_factory",
+    "get_encoder",
+    "parse_encoder_name",
+]
