@@ -101,7 +101,7 @@ def test_encoder_default_threshold_is_marked_uncalibrated(coil_sets, capsys):
         ),
         (
             ["--synthetic", "{synth}", "--train", "{train}", "--encoder", "pixel", "-O", "sise=8"],
-            "its options are: flip_invariant, size",
+            "its options are: blur, flip_invariant, size",
         ),
         (
             [

@@ -56,7 +56,10 @@ def test_encoder_contract(specs, name):
         assert np.all(np.isfinite(r))
         if info.metric == "cosine":
             np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
-        else:
+        elif info.options.get("normalise"):  # standardised pixels: zero mean, unit spread
+            spread = float(r.std())
+            assert abs(float(r.mean())) < 1e-4 and spread in (0.0, pytest.approx(1, abs=1e-3))
+        else:  # the paper's raw [0, 1] pixels
             assert r.min() >= 0 and r.max() <= 1
     with pytest.raises(ValueError, match="has no option"):
         get_encoder(specs[name], definitely_not_an_option=1)

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainleak.audits.extraction import ExtractConfig, extract, find_candidates
+from trainleak.audits.extraction import PAPER_TILED, ExtractConfig, extract, find_candidates
 from trainleak.audits.graph import greedy_cliques
 from trainleak.cli import main
 from trainleak.config import EmbedConfig
 from trainleak.embedding import EmbeddingSet, embed
 from trainleak.encoders import get_encoder
-from trainleak.encoders.pixel import _resize
 from trainleak.generators import get_generator, materialise
 from trainleak.neighbors import pairwise_scores
 
@@ -65,7 +64,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _config(tmp_path: Path, **kw: object) -> ExtractConfig:
     embed_cfg = EmbedConfig(
-        encoder="tiled", encoder_options={"flip_invariant": False}, workers=1, cache=str(tmp_path)
+        encoder="tiled", encoder_options=dict(PAPER_TILED), workers=1, cache=str(tmp_path)
     )
     return ExtractConfig(embed=embed_cfg, **kw)  # type: ignore[arg-type]
 
@@ -87,13 +86,14 @@ def test_greedy_cliques_returns_true_cliques_and_finds_planted_ones():
 
 
 def test_tiled_distance_matches_slow_reference():
-    enc = get_encoder("tiled", flip_invariant=False)
+    enc = get_encoder("tiled", **PAPER_TILED)
     images = [coil(1, 0), coil(1, 1), coil(2, 0), _near_copy(coil(1, 0), np.random.default_rng(3))]
     rows = np.concatenate([enc.encode(im) for im in images])
     fast = 1.0 - pairwise_scores(rows, rows, "tiled_l2", tiles=16)
     for a, ia in enumerate(images):
         for b, ib in enumerate(images):
-            pa, pb = _resize(ia, 32, grey=False), _resize(ib, 32, grey=False)
+            # COIL images are 32 x 32 already: the paper's form is their raw pixels.
+            pa, pb = ia.astype(np.float64) / 255, ib.astype(np.float64) / 255
             worst = 0.0
             for ty in range(4):
                 for tx in range(4):
@@ -106,7 +106,7 @@ def test_tiled_distance_matches_slow_reference():
 
 
 def _tiled(path: Path, tmp_path: Path) -> EmbeddingSet:
-    opts = {"flip_invariant": False}
+    opts = dict(PAPER_TILED)
     return embed(path, "tiled", encoder_options=opts, workers=1, cache=tmp_path)
 
 

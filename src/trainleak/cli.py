@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainleak._version import __version__
-from trainleak.config import AuditConfig, EmbedConfig
+from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.generators import is_generator_spec
 from trainleak.images import DEFAULT_MAX_PIXELS, SourceError
 
@@ -171,14 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_arguments(a)
     a.set_defaults(func=run_audit)
 
-    u = sub.add_parser("dedup", help="find near-duplicate clusters in one set; write a keep-list")
+    u = sub.add_parser(
+        "dedup",
+        help="find near-duplicate clusters in one set; write a keep-list",
+        description="Find near-duplicate pictures (re-encoded, resized, noisy or brightened "
+        "copies) in one set and keep one per cluster. The copy encoders tiled (default) and "
+        "pixel have safe default thresholds that join no two distinct photos of ORL. "
+        "--encoder face groups photos of the same PERSON (identity dedup, not near-duplicate "
+        "removal) and needs an explicit --threshold.",
+    )
     u.add_argument("path", help="images: folder, glob or .txt/.csv list")
     u.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="similarity above which images are near-duplicates "
-        "(default: the encoder's operating point)",
+        help="similarity above which images are near-duplicates (default: the copy "
+        "encoder's operating point; required for face/onnx/torchscript)",
     )
     u.add_argument("--k", type=_positive_int, default=16, help="neighbours searched per image")
     u.add_argument("--out", default="trainleak-dedup", help="output folder")
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--redact", action="store_true", help="no images in the HTML report")
     u.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_embed_arguments(u)
-    u.set_defaults(func=run_dedup, encoder="pixel")
+    u.set_defaults(func=run_dedup, encoder=DedupConfig().embed.encoder)
 
     x = sub.add_parser("extract", help="find training images a generator regurgitates")
     x.add_argument(
@@ -338,16 +346,22 @@ def _print_summary(report: dict[str, Any], paths: dict[str, str]) -> None:
 
 def run_dedup(args: argparse.Namespace, argv: list[str]) -> int:
     """``trainleak dedup``."""
-    from trainleak.audits.dedup import DedupConfig, dedup
+    from trainleak.audits.dedup import dedup
 
     config = DedupConfig(embed=embed_config(args), threshold=args.threshold, k=args.k)
     result = dedup(args.path, config=config, argv=argv)
     paths = result.write(args.out, redact=args.redact)
-    s = result.report["summary"]
-    print(
-        f"{s['images']} images, {s['clusters']} near-duplicate clusters: keep {s['kept']}, "
-        f"remove {s['removed']} (threshold {result.report['threshold']['value']:.4f})"
-    )
+    s, t = result.report["summary"], result.report["threshold"]
+    how = f"{args.encoder} threshold {t['value']:.4f}, {t['method']}"
+    if s["mode"] == "identity":
+        print("identity dedup: clusters are photos of the same person, not copies")
+    if not s["clusters"]:
+        print(f"{s['images']} images: no near-duplicates found ({how})")
+    else:
+        print(
+            f"{s['images']} images, {s['clusters']} near-duplicate clusters: keep {s['kept']}, "
+            f"remove {s['removed']} ({how})"
+        )
     if result.report["skipped"]:
         print(f"skipped {len(result.report['skipped'])} files (reasons in the report)")
     if args.copy_kept:

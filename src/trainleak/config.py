@@ -67,3 +67,25 @@ class AuditConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
         return asdict(self)
+
+
+@dataclass
+class DedupConfig:
+    """Settings of ``dedup``.
+
+    Attributes:
+        embed: how images are embedded (default encoder ``tiled``).
+        threshold: similarity above which two images are near-duplicates;
+            ``None`` = the encoder's default operating point (copy encoders
+            only; any other encoder needs one).
+        k: neighbours searched per image at first.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
+    threshold: float | None = None
+    k: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)

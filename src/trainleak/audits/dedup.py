@@ -3,65 +3,64 @@
 Carlini et al. 2023 found duplicated training images to be the main cause of
 memorisation, and deduplicated CIFAR-10 (5,275 of 50,000 removed) before
 retraining. Here two images are near-duplicates when their similarity is
-above the threshold; clusters are the connected components of that graph
-(single linkage: a chain of near-duplicates is one cluster). The graph is
-built from each image's nearest neighbours with exact blockwise search, so
-no all-pairs matrix is held for large sets: a node whose k-th neighbour is
-still above the threshold is searched again with twice the k until its
-neighbour list ends below it.
+above the threshold. Clusters are *stars*, never chains: the image with the
+most near-duplicates is kept and every not-yet-clustered near-duplicate of it
+joins its cluster; then the next, and so on. So every removed image is within
+the threshold of the image kept for it; A~B, B~C never puts A and C together
+unless A~C. (Connected components would: on natural data a chain of
+"similar" photos merges whole classes.) The graph is built from each image's
+nearest neighbours with exact blockwise search, so no all-pairs matrix is
+held: a node whose k-th neighbour is still above the threshold is searched
+again with twice the k until its neighbour list ends below it.
 
-Keep rule (ours): in each cluster keep the medoid, the member with the
-highest mean similarity to the other members; ties go to the first path in
-sorted order. Singletons are kept.
+Keep rule (ours): the centre of each star is the image with the most
+near-duplicates, ties broken by the higher sum of similarities to them, then
+by the first path in sorted order. Singletons are kept.
+
+The copy encoders (``pixel``, ``tiled``) have default operating points chosen
+so that distinct photos are never joined (see :mod:`trainleak.encoders.pixel`).
+Any other encoder measures something else: with ``face`` two photos of one
+*person* are "duplicates", which is identity deduplication, not
+near-duplicate removal. Those need an explicit ``threshold``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainleak.audits.graph import connected_components, medoid
-from trainleak.audits.leakage import embed_nonempty, make_embedder
-from trainleak.config import EmbedConfig
+from trainleak.audits.leakage import AuditInputError, embed_nonempty, make_embedder
+from trainleak.config import DedupConfig
 from trainleak.embedding import EmbeddingSet
-from trainleak.neighbors import knn, pairwise_scores
 from trainleak.report import report_header
+from trainleak.similarity import Similarity
+
+#: Encoders whose default operating point means "the same picture".
+COPY_ENCODERS = ("pixel", "tiled")
+
+KEEP_RULE = "star centre: the image with the most near-duplicates (then highest total similarity)"
 
 
-@dataclass
-class DedupConfig:
-    """Settings of ``dedup``.
-
-    Attributes:
-        embed: how images are embedded (default encoder ``pixel``).
-        threshold: similarity above which two images are near-duplicates;
-            ``None`` = the encoder's default operating point.
-        k: neighbours searched per image at first.
-
-    """
-
-    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="pixel"))
-    threshold: float | None = None
-    k: int = 16
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as written into ``report.json``."""
-        return asdict(self)
+def dedup_mode(encoder: str) -> str:
+    """``near-duplicate`` for the copy encoders, ``identity`` for ``face``, else ``similarity``."""
+    name = encoder.partition(":")[0]
+    if name in COPY_ENCODERS:
+        return "near-duplicate"
+    return "identity" if name == "face" else "similarity"
 
 
 def duplicate_edges(
-    vectors: np.ndarray, threshold: float, metric: str, tiles: int = 16, k: int = 16
+    vectors: np.ndarray, threshold: float, similarity: Similarity, k: int = 16
 ) -> np.ndarray:
     """All pairs ``(i, j)``, ``i < j``, with similarity above ``threshold``.
 
     Example:
         >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
-        >>> duplicate_edges(v, 0.9, "cosine").tolist()
+        >>> duplicate_edges(v, 0.9, Similarity("cosine")).tolist()
         [[0, 1]]
 
     """
@@ -72,7 +71,7 @@ def duplicate_edges(
     found: list[np.ndarray] = []
     kk = min(k, n - 1)
     while len(pending):
-        scores, idx = knn(vectors[pending], vectors, kk + 1, metric=metric, tiles=tiles)  # type: ignore[arg-type]
+        scores, idx = similarity.knn(vectors[pending], vectors, kk + 1)
         for row, i in enumerate(pending):
             keep = (scores[row] > threshold) & (idx[row] != i) & (idx[row] >= 0)
             found.append(np.stack([np.full(keep.sum(), i), idx[row][keep]], 1))
@@ -86,6 +85,41 @@ def duplicate_edges(
     return np.unique(edges, axis=0) if len(edges) else edges
 
 
+def star_clusters(n: int, edges: np.ndarray, weights: np.ndarray) -> list[tuple[int, list[int]]]:
+    """Greedy star clustering: ``(centre, members)`` with every member adjacent to its centre.
+
+    Args:
+        n: number of nodes.
+        edges: ``(e, 2)`` node pairs.
+        weights: ``(e,)`` similarity of each pair (ties in degree go to the
+            larger total weight, then the lower node index).
+
+    Returns:
+        Clusters of two or more nodes; ``members`` includes the centre, sorted.
+
+    Example:
+        >>> star_clusters(4, np.array([[0, 1], [1, 2], [2, 3]]), np.array([.9, .95, .9]))
+        [(1, [0, 1, 2])]
+
+    """
+    neighbours: list[dict[int, float]] = [{} for _ in range(n)]
+    for (a, b), w in zip(edges.reshape(-1, 2).tolist(), np.asarray(weights).tolist(), strict=True):
+        neighbours[a][b] = neighbours[b][a] = w
+    order = sorted(range(n), key=lambda i: (-len(neighbours[i]), -sum(neighbours[i].values()), i))
+    taken = np.zeros(n, bool)
+    out = []
+    for centre in order:
+        if taken[centre]:
+            continue
+        free = [j for j in neighbours[centre] if not taken[j]]
+        if not free:
+            continue
+        members = sorted([centre, *free])
+        taken[members] = True
+        out.append((centre, members))
+    return out
+
+
 def dedup(
     path: str | os.PathLike[str],
     *,
@@ -93,6 +127,10 @@ def dedup(
     argv: list[str] | None = None,
 ) -> DedupResult:
     """Find near-duplicate clusters in one set and choose what to keep.
+
+    Raises:
+        AuditInputError: when nothing is readable, or an encoder other than
+            ``pixel``/``tiled`` is used without a threshold.
 
     Example:
         >>> import tempfile, pathlib
@@ -107,17 +145,26 @@ def dedup(
 
     """
     config = config or DedupConfig()
+    mode = dedup_mode(config.embed.encoder)
+    if mode != "near-duplicate" and config.threshold is None:
+        raise AuditInputError(
+            f"dedup with --encoder {config.embed.encoder} groups images by "
+            f"{'person (identity dedup)' if mode == 'identity' else 'learned similarity'}, "
+            "not near-duplicate pictures, and has no safe default: pass --threshold T "
+            "(e.g. the face encoder's same-person point 0.93), or use --encoder pixel|tiled"
+        )
     with make_embedder(config.embed) as embedder:
         emb = embed_nonempty(embedder, path, "input")
     info = emb.info
     threshold = info.default_threshold if config.threshold is None else config.threshold
-    tiles = int(info.options.get("grid", 4)) ** 2
-    edges = duplicate_edges(emb.vectors, threshold, info.metric, tiles, config.k)
-    labels = connected_components(len(emb), edges)
-    clusters = _clusters(emb, labels, info.metric, tiles)
+    sim = Similarity.of(info)
+    edges = duplicate_edges(emb.vectors, threshold, sim, config.k)
+    weights = np.array(
+        [float(sim.pairwise(emb.vectors[[a]], emb.vectors[[b]])[0, 0]) for a, b in edges]
+    )
+    clusters = _clusters(emb, star_clusters(len(emb), edges, weights), sim)
+    cluster_of = {m["path"]: c["cluster"] for c in clusters for m in c["members"]}
     kept = {c["kept"] for c in clusters}
-    sizes = np.bincount(labels, minlength=len(emb))
-    single = sizes[labels] == 1
     removed = sum(c["size"] - 1 for c in clusters)
     report = {
         **report_header("dedup", argv, config.to_dict()),
@@ -129,21 +176,23 @@ def dedup(
             "note": info.threshold_note if config.threshold is None else "fixed by the user",
         },
         "summary": {
+            "mode": mode,
             "images": len(emb),
             "clusters": len(clusters),
             "in_clusters": sum(c["size"] for c in clusters),
             "removed": removed,
             "kept": len(emb) - removed,
-            "keep_rule": "cluster medoid (highest mean similarity to the other members)",
+            "keep_rule": KEEP_RULE,
+            "clustering": "stars: every removed image is above the threshold to its kept image",
         },
         "clusters": clusters,
         "rows": [
             {
-                "path": emb.ids[i],
-                "cluster": None if single[i] else int(labels[i]),
-                "kept": bool(single[i]) or emb.ids[i] in kept,
+                "path": ident,
+                "cluster": cluster_of.get(ident),
+                "kept": ident not in cluster_of or ident in kept,
             }
-            for i in range(len(emb))
+            for ident in emb.ids
         ],
         "skipped": [s.to_dict() for s in emb.skipped],
     }
@@ -151,28 +200,23 @@ def dedup(
 
 
 def _clusters(
-    emb: EmbeddingSet, labels: np.ndarray, metric: str, tiles: int
+    emb: EmbeddingSet, stars: list[tuple[int, list[int]]], sim: Similarity
 ) -> list[dict[str, Any]]:
-    out = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 2:
-            continue
-        scores = pairwise_scores(emb.vectors[members], emb.vectors[members], metric, tiles)  # type: ignore[arg-type]
-        keep = int(members[medoid(scores)])
-        sims = pairwise_scores(emb.vectors[[keep]], emb.vectors[members], metric, tiles)[0]  # type: ignore[arg-type]
-        out.append(
-            {
-                "cluster": int(label),
-                "size": int(len(members)),
-                "kept": emb.ids[keep],
-                "members": [
-                    {"path": emb.ids[m], "similarity_to_kept": float(s)}
-                    for m, s in sorted(zip(members, sims, strict=True), key=lambda p: -p[1])
-                ],
-            }
-        )
-    return sorted(out, key=lambda c: (-c["size"], c["kept"]))
+    rows = []
+    for centre, members in stars:
+        sims = sim.pairwise(emb.vectors[[centre]], emb.vectors[members])[0]
+        ranked = sorted(zip(members, sims.tolist(), strict=True), key=lambda p: -p[1])
+        rows.append((emb.ids[centre], [(emb.ids[m], s) for m, s in ranked]))
+    rows.sort(key=lambda r: (-len(r[1]), r[0]))
+    return [
+        {
+            "cluster": number,
+            "size": len(members),
+            "kept": kept,
+            "members": [{"path": p, "similarity_to_kept": s} for p, s in members],
+        }
+        for number, (kept, members) in enumerate(rows)
+    ]
 
 
 class DedupResult:

@@ -14,8 +14,9 @@ medoid (highest mean similarity to the other members), and a clique is
 extracted when the representative is within delta of a training image (or
 passes the relative test with ``relative``); ``train_match`` is then its
 nearest training image, else null (``nearest_train`` always names it). The
-tiled distance is the paper's, so not mirror-blind here
-(``flip_invariant=False``). Distances are ``1 - score``:
+tiled distance is the paper's: raw pixels, no smoothing, not mirror-blind
+(``PAPER_TILED``; the ``tiled`` encoder's own defaults differ, see
+:mod:`trainleak.encoders.pixel`). Distances are ``1 - score``:
 for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
 """
 
@@ -33,8 +34,11 @@ from trainleak.audits.leakage import embed_nonempty, make_embedder
 from trainleak.config import EmbedConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records
-from trainleak.neighbors import knn, pairwise_scores
 from trainleak.report import report_header
+from trainleak.similarity import Similarity
+
+#: Options that make the ``tiled`` encoder Carlini et al.'s tiled l2 exactly.
+PAPER_TILED = {"flip_invariant": False, "normalise": False, "blur": 0.0}
 
 
 @dataclass
@@ -51,10 +55,11 @@ class ExtractConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # The paper's tiled l2 is not mirror-blind (the audit's ``tiled`` is by
-        # default); pass encoder_options={"flip_invariant": True} to opt in.
+        # The paper's tiled l2: raw pixels, no smoothing, not mirror-blind (the
+        # audit's ``tiled`` is all three by default); options given win.
         if self.embed.encoder == "tiled":
-            self.embed.encoder_options.setdefault("flip_invariant", False)
+            for name, value in PAPER_TILED.items():
+                self.embed.encoder_options.setdefault(name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
@@ -80,7 +85,7 @@ class Candidate:
 GRAPH_BLOCK = 1024
 
 
-def near_graph(vectors: np.ndarray, min_score: float, metric: str, tiles: int) -> np.ndarray:
+def near_graph(vectors: np.ndarray, min_score: float, similarity: Similarity) -> np.ndarray:
     """Boolean ``(n, n)`` graph of pairs scoring above ``min_score``.
 
     Scores are computed ``GRAPH_BLOCK`` rows at a time, so memory is the
@@ -88,14 +93,14 @@ def near_graph(vectors: np.ndarray, min_score: float, metric: str, tiles: int) -
     float matrix.
 
     Example:
-        >>> near_graph(np.eye(3, dtype=np.float32), 0.5, "cosine", 1).sum()
+        >>> near_graph(np.eye(3, dtype=np.float32), 0.5, Similarity("cosine")).sum()
         np.int64(3)
 
     """
     n = len(vectors)
     graph = np.zeros((n, n), bool)
     for r0 in range(0, n, GRAPH_BLOCK):
-        block = pairwise_scores(vectors[r0 : r0 + GRAPH_BLOCK], vectors, metric, tiles)  # type: ignore[arg-type]
+        block = similarity.pairwise(vectors[r0 : r0 + GRAPH_BLOCK], vectors)
         graph[r0 : r0 + len(block)] = block > min_score
     return graph
 
@@ -104,15 +109,14 @@ def find_candidates(
     group: str, gen: EmbeddingSet, train: EmbeddingSet, config: ExtractConfig
 ) -> list[Candidate]:
     """Cliques among one group's generations, each confirmed against training."""
-    metric = gen.info.metric
-    tiles = int(gen.info.options.get("grid", 4)) ** 2
-    adjacency = near_graph(gen.vectors, 1.0 - config.delta, metric, tiles)
+    sim = Similarity.of(gen.info)
+    adjacency = near_graph(gen.vectors, 1.0 - config.delta, sim)
     out = []
     for clique in greedy_cliques(adjacency, config.min_clique):
         inside = gen.vectors[clique]
-        rep = clique[medoid(pairwise_scores(inside, inside, metric, tiles))]  # type: ignore[arg-type]
+        rep = clique[medoid(sim.pairwise(inside, inside))]
         n_near = max(1, min(config.relative_n, len(train)))
-        sims, idx = knn(gen.vectors[[rep]], train.vectors, n_near, metric=metric, tiles=tiles)  # type: ignore[arg-type]
+        sims, idx = sim.knn(gen.vectors[[rep]], train.vectors, n_near)
         dists = 1.0 - sims[0].astype(np.float64)
         d1 = float(dists[0])
         rel = d1 / float(dists.mean()) if dists.mean() > 0 else 0.0

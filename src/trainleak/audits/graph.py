@@ -1,40 +1,12 @@
-"""Similarity graphs over one set: near-duplicate clusters and cliques.
+"""Similarity graphs over one set: cliques of near-identical generations (``extract``).
 
-Pure functions over index arrays, shared by ``dedup`` (clusters = connected
-components) and ``extract`` (cliques of near-identical generations).
+Pure functions over index arrays. ``dedup``'s star clusters live in
+:mod:`trainleak.audits.dedup`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def connected_components(n: int, edges: np.ndarray) -> np.ndarray:
-    """Label each of ``n`` nodes with its component (union-find).
-
-    Labels are the smallest node index of each component, so they do not
-    depend on edge order.
-
-    Example:
-        >>> connected_components(5, np.array([[0, 3], [3, 4]])).tolist()
-        [0, 1, 2, 0, 0]
-
-    """
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
-
-    for a, b in edges.reshape(-1, 2):
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)], np.int64)
 
 
 def greedy_cliques(adjacency: np.ndarray, min_size: int) -> list[list[int]]:

@@ -23,6 +23,7 @@ from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.embedding import Embedder, EmbeddingSet
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
+from trainleak.similarity import Similarity
 from trainleak.stats import (
     Threshold,
     auc_score,
@@ -54,9 +55,8 @@ def score_against(
     queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
 ) -> Scored:
     """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
-    tiles = int(train.info.options.get("grid", 4)) ** 2
-    backend, metric = config.search_backend, train.info.metric
-    nb = nearest(queries.vectors, train.vectors, config.k, metric, tiles, backend, device)
+    backend = config.search_backend
+    nb = nearest(queries.vectors, train.vectors, config.k, Similarity.of(train.info), backend, device)
     nn_sim = nb.sims[:, 0].astype(np.float32)
     if mode == "identity":
         ids = identity_scores(

@@ -121,7 +121,7 @@ def stream_embed(
         >>> with Embedder("pixel", workers=1, cache=False) as emb:
         ...     out = stream_embed(gen, emb, n=5, seed=0, batch_size=2)
         >>> out.vectors.shape, out.indices.tolist()
-        ((5, 256), [0, 1, 2, 3, 4])
+        ((5, 1024), [0, 1, 2, 3, 4])
 
     """
     fp = fingerprint or generator_fingerprint(generator)

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainleak.encoders.base import Metric, l2_normalise
-from trainleak.neighbors import knn
+from trainleak.encoders.base import l2_normalise
+from trainleak.neighbors import Backend
+from trainleak.similarity import Similarity
 
 #: Candidate identities per query from the nearest photos and nearest means.
 CANDIDATE_PHOTOS = 20
 CANDIDATE_MEANS = 5
+
+COSINE = Similarity("cosine")
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,13 @@ def nearest(
     queries: np.ndarray,
     train: np.ndarray,
     k: int,
-    metric: Metric,
-    tiles: int = 16,
-    backend: str = "auto",
+    similarity: Similarity = COSINE,
+    backend: Backend = "auto",
     device: str = "cpu",
 ) -> Neighbours:
     """Top-k training neighbours (at most the training set's size)."""
     k = max(1, min(k, len(train)))
-    sims, idx = knn(queries, train, k, metric=metric, backend=backend, tiles=tiles, device=device)  # type: ignore[arg-type]
+    sims, idx = similarity.knn(queries, train, k, backend=backend, device=device)
     return Neighbours(sims, idx)
 
 
@@ -62,7 +64,7 @@ def identity_scores(
     train: np.ndarray,
     labels: list[str],
     weight: float = 0.5,
-    backend: str = "auto",
+    backend: Backend = "auto",
     device: str = "cpu",
 ) -> IdentityScores:
     """Score queries against labelled training identities (cosine embeddings).
@@ -94,8 +96,8 @@ def identity_scores(
     label_idx = _index(labels, names)
     members = [np.flatnonzero(label_idx == j) for j in range(len(names))]
     means = l2_normalise(np.stack([train[m].mean(0) for m in members]))
-    photo = nearest(queries, train, CANDIDATE_PHOTOS, "cosine", backend=backend, device=device)
-    mean_nb = nearest(queries, means, CANDIDATE_MEANS, "cosine", backend=backend, device=device)
+    photo = nearest(queries, train, CANDIDATE_PHOTOS, backend=backend, device=device)
+    mean_nb = nearest(queries, means, CANDIDATE_MEANS, backend=backend, device=device)
     n = len(queries)
     score = np.full(n, -np.inf, np.float64)
     best_id = np.zeros(n, np.int64)

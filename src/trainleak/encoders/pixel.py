@@ -1,23 +1,47 @@
 """Pixel-space encoders for exact and near-exact copies: ``pixel`` and ``tiled``.
 
-``pixel``: grey, box-downsampled to ``size`` x ``size``, mean-centred and
-L2-normalised, compared by cosine. Mean-centring and normalising make it blind
-to global brightness and contrast changes; the coarse grid absorbs small crops,
-shifts and JPEG noise.
+Both look for the same picture, not the same subject: a copy that went
+through re-encoding (JPEG), resizing, sensor-level noise or a brightness
+change, never another photo of the same person or object.
+
+``pixel``: grey, box-downsampled to ``size`` x ``size``, smoothed with a
+Gaussian of ``blur`` pixels, then zero mean and unit length, compared by
+cosine (= Pearson correlation of the smoothed thumbnails). Removing the mean
+and the scale makes it blind to global brightness and contrast; the smoothing
+takes away the pixel-level noise that JPEG, resizing and sensor noise add.
 
 ``tiled``: Carlini et al. 2023's tiled l2 distance. The image is resized to
-``size`` x ``size`` RGB in [0, 1] and cut into a ``grid`` x ``grid`` grid of
-tiles; the distance of two images is the largest, over tiles, of the RMS
-difference between corresponding tiles (RMS = l2 divided by the square root of
-the tile's number of values). A copy must match everywhere, not on average.
-Search scores are ``1 - distance``; the paper's delta = 0.15 (on [0, 1] pixels)
-is the default operating point, score 0.85. The paper used 32 x 32 CIFAR-10
-images and 16 tiles, which are our defaults.
+``size`` x ``size`` RGB and cut into a ``grid`` x ``grid`` grid of tiles; the
+distance of two images is the largest, over tiles, of the RMS difference
+between corresponding tiles. A copy must match everywhere, not on average.
+Search scores are ``1 - distance``. The paper compares raw [0, 1] pixels of
+32 x 32 CIFAR-10 images with 16 tiles and delta = 0.15; with
+``normalise=False, blur=0`` this encoder is exactly that (``extract`` uses it
+so). By default (ours) each image is first smoothed like ``pixel`` and
+standardised (zero mean, unit standard deviation over all its pixels), so the
+distance is in units of the image's own contrast and a brightness change is
+not a difference.
 
-Both are mirror-blind by default (``flip_invariant``): a horizontally flipped
-copy is still a copy. ``pixel`` sums the mean-centred vectors of the image and
-its mirror; ``tiled`` averages the image with its mirror before tiling. This is
-our choice, not the paper's; set ``flip_invariant=False`` to turn it off.
+Mirror images (``flip_invariant``, on by default, ours): the score of two
+images is the better of (image, other) and (mirror image, other) — a max over
+the two, never a blend, so nothing that tells left from right is lost. It is
+done in the search (:mod:`trainleak.similarity`), the vectors themselves are
+not mirrored. Neither encoder is shift-invariant by design (the paper's
+tiled l2 is not either): a shift by one pixel of a small image is a change,
+see the README's dedup table for what it costs.
+
+Default operating points (ours, chosen from data by ``experiments/dedup_defaults.py``,
+whose table is in the README). Rule: a default must never join two distinct
+photographs, so it sits at half the distance of the closest pair of distinct
+photos in ORL (400 separate exposures of 40 people, at 23 x 28 and at
+92 x 112: two photos of one person a second apart are the hardest natural
+negatives we have); recall on planted copies is then measured, not tuned
+for. On COIL-20 the defaults join views 5 degrees apart of rotationally
+symmetric objects, which differ by a few grey levels RMS and look the same
+to a person; the README lists them. imagededup and fastdup pick fixed hash/cosine
+thresholds on the same principle (a distance below which images look the
+same); Carlini et al.'s delta = 0.15 on raw pixels joins distinct ORL photos
+of one person and is kept only for ``extract``, where the paper uses it.
 """
 
 from __future__ import annotations
@@ -30,20 +54,116 @@ from PIL import Image
 from trainleak.encoders import ENCODERS
 from trainleak.encoders.base import Encoder, EncoderInfo, l2_normalise, resolve_options
 
+#: Default operating points (scores); see the module docstring for how they were chosen.
+PIXEL_THRESHOLD = 0.9983
+TILED_THRESHOLD = 0.9376
 
-def _resize(image: np.ndarray, size: int, grey: bool) -> np.ndarray:
+_HOW_CHOSEN = (
+    "encoder default operating point {value} (trainleak's, chosen from data: half the "
+    "distance of the closest pair of distinct photos in ORL at 23x28 and 92x112; "
+    "experiments/dedup_defaults.py); uncalibrated for your data - pass --holdout to calibrate"
+)
+
+
+def _thumbnail(image: np.ndarray, size: int, grey: bool, blur: float) -> np.ndarray:
     im = Image.fromarray(image)
-    if grey:
-        im = im.convert("L")
-    im = im.resize((size, size), Image.Resampling.BOX)
-    return np.asarray(im, dtype=np.float32) / 255.0
+    a = np.asarray(im.convert("L") if grey else im.convert("RGB"))
+    a = area_resize(a, size) / np.float32(255.0)
+    return gaussian_blur(a, blur) if blur > 0 else a
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` weights: how much of each input pixel falls in each output bin."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    lo = np.clip(edges[:-1, None] - np.arange(n_in)[None], 0.0, 1.0)
+    hi = np.clip(edges[1:, None] - np.arange(n_in)[None], 0.0, 1.0)
+    w = hi - lo
+    return (w / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def area_resize(a: np.ndarray, size: int) -> np.ndarray:
+    """Average ``a`` (``(H, W)`` or ``(H, W, C)``) over a ``size`` x ``size`` grid of bins.
+
+    Exact area averaging with fractional pixel weights. Unlike PIL's box
+    filter (up to 51 grey levels apart on a 92 x 112 face), it commutes with
+    mirroring, which the mirror-blind search relies on.
+
+    Example:
+        >>> img = np.random.default_rng(0).integers(0, 255, (112, 92), dtype=np.uint8)
+        >>> bool(np.allclose(area_resize(img, 32)[:, ::-1], area_resize(img[:, ::-1], 32), atol=1e-3))
+        True
+
+    """
+    h, w = a.shape[:2]
+    rows, cols = _area_weights(h, size), _area_weights(w, size)
+    x = np.asarray(a, np.float32)
+    out = np.tensordot(rows, x, axes=(1, 0))  # (size, W[, C])
+    out = np.tensordot(cols, out, axes=(1, 1))  # (size_w, size_h[, C])
+    return np.ascontiguousarray(np.swapaxes(out, 0, 1))
+
+
+def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian smoothing of the first two axes, edges mirrored.
+
+    Done on floats (PIL's filter needs 8-bit images and would round).
+
+    Example:
+        >>> out = gaussian_blur(np.eye(5, dtype=np.float32), 1.0)
+        >>> out.shape, round(float(out.sum()), 4)
+        ((5, 5), 5.0)
+
+    """
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = np.asarray(a, np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="symmetric")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(j, j + n), axis=axis) for j, w in enumerate(kernel))
+    return np.asarray(out, np.float32)
+
+
+def mirror_permutation(info: EncoderInfo) -> np.ndarray | None:
+    """Column order that turns a ``pixel``/``tiled`` row into its mirror image's row.
+
+    ``None`` when the encoder is not mirror-blind (or not one of these two).
+
+    Example:
+        >>> enc = TiledEncoder(size=4, grid=2, blur=0)
+        >>> img = np.random.default_rng(0).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        >>> v = enc.encode(img)[0]
+        >>> bool(np.allclose(v[mirror_permutation(enc.info)], enc.encode(img[:, ::-1])[0]))
+        True
+
+    """
+    if info.name not in ("pixel", "tiled") or not info.options.get("flip_invariant"):
+        return None
+    size = int(info.options["size"])
+    channels = 1 if info.name == "pixel" else 3
+    grid = int(info.options.get("grid", 1))
+    cells = np.arange(size * size * channels).reshape(size, size, channels)
+    # Position p of a row holds raw pixel layout[p]; its mirror image holds the
+    # raw pixel mirrored[p], which sits at position where[mirrored[p]] of the row.
+    layout = _tile_layout(cells, grid).reshape(-1)
+    mirrored = _tile_layout(cells[:, ::-1], grid).reshape(-1)
+    where = np.argsort(layout)
+    return where[mirrored]
+
+
+def _tile_layout(a: np.ndarray, grid: int) -> np.ndarray:
+    size, channels = a.shape[0], a.shape[2]
+    step = size // grid
+    tiles = a.reshape(grid, step, grid, step, channels).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(tiles.reshape(1, -1))
 
 
 @ENCODERS.register("pixel")
 class PixelEncoder(Encoder):
-    """Grey thumbnail, mean-centred, unit length; cosine similarity.
-
-    The default operating point (cosine 0.9) is ours and uncalibrated.
+    """Smoothed grey thumbnail, zero mean, unit length; cosine similarity.
 
     Example:
         >>> enc = PixelEncoder(size=8)
@@ -54,7 +174,7 @@ class PixelEncoder(Encoder):
 
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"size": 16, "flip_invariant": True}
+    defaults: ClassVar[dict[str, Any]] = {"size": 32, "blur": 1.0, "flip_invariant": True}
 
     def __init__(self, **options: Any) -> None:
         opts = resolve_options("pixel", self.defaults, options)
@@ -62,25 +182,19 @@ class PixelEncoder(Encoder):
         size = int(opts["size"])
         self.info = EncoderInfo(
             name="pixel",
-            version=1,
+            version=2,
             dim=size * size,
             metric="cosine",
-            default_threshold=0.9,
-            threshold_note=(
-                "encoder default operating point (cosine 0.9, chosen by trainleak); "
-                "uncalibrated - pass --holdout to calibrate"
-            ),
+            default_threshold=PIXEL_THRESHOLD,
+            threshold_note=_HOW_CHOSEN.format(value=PIXEL_THRESHOLD),
             options=opts,
             paper="exact / near-exact copy detection in pixel space",
         )
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """Return one ``(1, size*size)`` unit row."""
-        grey = _resize(image, int(self.opts["size"]), grey=True)
-        vec = grey - grey.mean()
-        if self.opts["flip_invariant"]:
-            vec = vec + vec[:, ::-1]
-        return l2_normalise(vec.reshape(1, -1))
+        grey = _thumbnail(image, int(self.opts["size"]), True, float(self.opts["blur"]))
+        return l2_normalise((grey - grey.mean()).reshape(1, -1))
 
 
 @ENCODERS.register("tiled")
@@ -95,7 +209,13 @@ class TiledEncoder(Encoder):
 
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"size": 32, "grid": 4, "flip_invariant": True}
+    defaults: ClassVar[dict[str, Any]] = {
+        "size": 32,
+        "grid": 4,
+        "flip_invariant": True,
+        "normalise": True,
+        "blur": 1.0,
+    }
 
     def __init__(self, **options: Any) -> None:
         opts = resolve_options("tiled", self.defaults, options)
@@ -103,15 +223,18 @@ class TiledEncoder(Encoder):
         if size % grid:
             raise ValueError(f"tiled: size {size} must be a multiple of grid {grid}")
         self.opts = opts
+        paper_form = not opts["normalise"] and not float(opts["blur"])
         self.info = EncoderInfo(
             name="tiled",
-            version=1,
+            version=2,
             dim=size * size * 3,
             metric="tiled_l2",
-            default_threshold=0.85,
+            default_threshold=0.85 if paper_form else TILED_THRESHOLD,
             threshold_note=(
                 "Carlini et al. 2023's delta = 0.15 on [0, 1] pixels (score = 1 - distance); "
                 "uncalibrated for your data - pass --holdout to calibrate"
+                if paper_form
+                else _HOW_CHOSEN.format(value=TILED_THRESHOLD)
             ),
             options=opts,
             paper="Carlini et al. 2023, Extracting Training Data from Diffusion Models",
@@ -123,11 +246,9 @@ class TiledEncoder(Encoder):
         return int(self.opts["grid"]) ** 2
 
     def encode(self, image: np.ndarray) -> np.ndarray:
-        """Return one ``(1, size*size*3)`` row of [0, 1] pixels, tile by tile."""
+        """Return one ``(1, size*size*3)`` row of pixels, tile by tile."""
         size, grid = int(self.opts["size"]), int(self.opts["grid"])
-        rgb = _resize(image, size, grey=False)
-        if self.opts["flip_invariant"]:
-            rgb = (rgb + rgb[:, ::-1]) / 2.0
-        step = size // grid
-        tiles = rgb.reshape(grid, step, grid, step, 3).transpose(0, 2, 1, 3, 4)
-        return np.ascontiguousarray(tiles.reshape(1, -1), dtype=np.float32)
+        rgb = _thumbnail(image, size, False, float(self.opts["blur"]))
+        if self.opts["normalise"]:
+            rgb = (rgb - rgb.mean()) / max(float(rgb.std()), 1e-3)
+        return _tile_layout(rgb.astype(np.float32), grid).astype(np.float32)

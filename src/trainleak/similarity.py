@@ -1,0 +1,100 @@
+"""How two embedded images are compared: one object per encoder, used by every audit.
+
+An encoder's rows are compared with its metric (``cosine`` or ``tiled_l2``),
+over its tiles, and, for the mirror-blind copy encoders, as the better of the
+image and its mirror image against the other row. Building this once from the
+encoder's :class:`~trainleak.encoders.base.EncoderInfo` keeps the grid-to-tiles
+rule and the mirror rule in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainleak.encoders.base import EncoderInfo
+from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """A comparison rule: ``metric``, ``tiles`` per row, optional ``mirror`` columns.
+
+    ``mirror`` is the column order that turns a row into its mirror image's row;
+    with it, ``score(a, b) = max(s(a, b), s(mirror(a), b))``, which is symmetric
+    because mirroring is its own inverse.
+
+    Example:
+        >>> sim = Similarity("cosine", mirror=np.array([1, 0]))
+        >>> a = np.array([[1, 0]], np.float32); b = np.array([[0, 1]], np.float32)
+        >>> sim.pairwise(a, b).tolist(), Similarity("cosine").pairwise(a, b).tolist()
+        ([[1.0]], [[0.0]])
+
+    """
+
+    metric: MetricName = "cosine"
+    tiles: int = 1
+    mirror: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, info: EncoderInfo) -> Similarity:
+        """Build the rule of one encoder (tiles from its ``grid`` option, mirror from its layout)."""
+        from trainleak.encoders.pixel import mirror_permutation
+
+        tiles = int(info.options.get("grid", 4)) ** 2 if info.metric == "tiled_l2" else 1
+        return cls(info.metric, tiles, mirror_permutation(info))
+
+    def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(n_a, n_b)`` float32 scores of two small sets, higher is more similar."""
+        a = np.asarray(a, np.float32)
+        scores = pairwise_scores(a, b, self.metric, self.tiles)
+        if self.mirror is not None:
+            np.maximum(
+                scores, pairwise_scores(a[:, self.mirror], b, self.metric, self.tiles), out=scores
+            )
+        return scores
+
+    def knn(
+        self,
+        queries: np.ndarray,
+        database: np.ndarray,
+        k: int,
+        *,
+        backend: Backend = "auto",
+        exclude_self: bool = False,
+        device: str = "cpu",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k under this rule; same shapes and padding as :func:`trainleak.neighbors.knn`.
+
+        With a mirror the true top-k is inside the union of the two searches'
+        top-k lists (a row outside both has k rows above it in either), so
+        merging them, keeping each row's better score, is exact.
+        """
+        search = {"metric": self.metric, "tiles": self.tiles, "backend": backend, "device": device}
+        s1, i1 = knn(queries, database, k, exclude_self=exclude_self, **search)  # type: ignore[arg-type]
+        if self.mirror is None:
+            return s1, i1
+        flipped = np.asarray(queries, np.float32)[:, self.mirror]
+        s2, i2 = knn(flipped, database, k, exclude_self=exclude_self, **search)  # type: ignore[arg-type]
+        return _merge_best(np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1), k)
+
+
+def _merge_best(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: each index once with its best score, top ``k`` by score then index."""
+    out_s = np.full((len(scores), k), -np.inf, np.float32)
+    out_i = np.full((len(scores), k), -1, np.int64)
+    for r in range(len(scores)):
+        order = np.lexsort((idx[r], -scores[r]))
+        seen: set[int] = set()
+        col = 0
+        for j in order:
+            i = int(idx[r, j])
+            if i < 0 or i in seen:
+                continue
+            seen.add(i)
+            out_s[r, col], out_i[r, col] = scores[r, j], i
+            col += 1
+            if col == k:
+                break
+    return out_s, out_i
