@@ -288,7 +288,7 @@ def test_missing_file_and_bad_options(files):
 
 def test_missing_onnxruntime_says_how_to_install(files, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match=r"pip install trainleak\[onnx\]"):
+    with pytest.raises(ImportError, match=r"pip install 'trainleak\[onnx\]'"):
         _enc(f"onnx:{files['onnx']}", size=32)
 
 
