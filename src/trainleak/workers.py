@@ -165,11 +165,18 @@ class _Worker:
             self.conn.send((task[1], max_pixels))
 
     def receive(self) -> tuple[str, Any] | None:
-        """Return the next message, or ``None`` once the process has gone."""
+        """Return the next message, or ``None`` once the process has gone.
+
+        Called when the connection is readable or the process has ended; with
+        nothing to read (a grandchild holding the socket open hides the end of
+        file) it does not block.
+        """
         try:
-            return self.conn.recv()  # type: ignore[no-any-return]
+            if self.conn.poll():
+                return self.conn.recv()  # type: ignore[no-any-return]
         except (EOFError, OSError):
-            return None
+            pass
+        return None
 
     def exit_code(self) -> int:
         """Wait for the process to end (killing it if it lingers); return its code."""
