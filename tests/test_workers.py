@@ -192,11 +192,6 @@ def test_cli_run_with_a_crashing_image_exits_0(crash_set, plugin_path, coil_few,
     ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py does not turn TrainleakError into exit 2 yet (exits 1 with a traceback); "
-    "drop this mark once it does",
-)
 def test_cli_run_where_every_worker_crashes_exits_2(crash_set, plugin_path, coil_few, tmp_path):
     proc = _cli(
         plugin_path, "audit", "--train", str(crash_set["clean"]), "--synthetic", str(coil_few),
