@@ -19,11 +19,12 @@ from PIL import Image, ImageEnhance
 
 from trainleak.audits.dedup import dedup, duplicate_edges, star_clusters
 from trainleak.audits.graph import greedy_cliques
-from trainleak.audits.leakage import AuditInputError, audit
+from trainleak.audits.leakage import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.embedding import embed
 from trainleak.encoders import get_encoder
+from trainleak.errors import AuditInputError
 from trainleak.neighbors import pairwise_scores
 from trainleak.similarity import Similarity
 

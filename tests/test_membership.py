@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainleak.audits.leakage import AuditInputError
 from trainleak.audits.loss_attack import LossAttack, LossConfig, loss_membership
 from trainleak.audits.membership import (
     IdentityMembership,
@@ -28,6 +27,7 @@ from trainleak.audits.sampling import stream_embed
 from trainleak.cli import main
 from trainleak.config import EmbedConfig
 from trainleak.embedding import Embedder
+from trainleak.errors import AuditInputError
 from trainleak.generators import PythonGenerator, get_generator, materialise
 
 from conftest import COIL, ORL, link_orl

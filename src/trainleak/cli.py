@@ -16,6 +16,7 @@ from typing import Any
 
 from trainleak._version import __version__
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
+from trainleak.errors import TrainleakError
 from trainleak.generators import is_generator_spec
 from trainleak.images import DEFAULT_MAX_PIXELS, SourceError
 
@@ -593,15 +594,13 @@ def run_demo(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainleak`` console script."""
-    from trainleak.audits.leakage import AuditInputError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="trainleak: %(levelname)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args, ["trainleak", *argv]))
-    except (UsageError, SourceError, AuditInputError) as err:
+    except (UsageError, SourceError, TrainleakError) as err:
         print(f"trainleak: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyError, ValueError, FileNotFoundError, ImportError) as err:

@@ -19,8 +19,12 @@ class WorkerCrashError(TrainleakError, RuntimeError):
     """
 
 
+class AuditInputError(TrainleakError, ValueError):
+    """An input set has nothing usable in it, or settings that cannot work together."""
+
+
 class MissingExtraError(TrainleakError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-__all__ = ["MissingExtraError", "TrainleakError", "WorkerCrashError"]
+__all__ = ["AuditInputError", "MissingExtraError", "TrainleakError", "WorkerCrashError"]

@@ -39,7 +39,7 @@ class Similarity:
 
     @classmethod
     def of(cls, info: EncoderInfo) -> Similarity:
-        """Build the rule of one encoder (tiles from its ``grid`` option, mirror from its layout)."""
+        """Build the rule of one encoder: tiles from its ``grid``, mirror from its layout."""
         from trainleak.encoders.pixel import mirror_permutation
 
         tiles = int(info.options.get("grid", 4)) ** 2 if info.metric == "tiled_l2" else 1

@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.leakage import AuditInputError, embed_nonempty, make_embedder
+from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
 from trainleak.embedding import EmbeddingSet
+from trainleak.errors import AuditInputError
 from trainleak.report import report_header
 from trainleak.similarity import Similarity
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trainleak.audits.graph import greedy_cliques, medoid
-from trainleak.audits.leakage import embed_nonempty, make_embedder
+from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import EmbedConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainleak.audits.leakage import AuditInputError
 from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.errors import AuditInputError
 from trainleak.images import SkipRecord, list_records
 
 log = logging.getLogger(__name__)

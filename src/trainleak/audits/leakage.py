@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.audits.scoring import Neighbours, identity_scores, nearest
-from trainleak.config import AuditConfig, EmbedConfig
-from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.config import AuditConfig
+from trainleak.embedding import EmbeddingSet
+from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
 from trainleak.similarity import Similarity
@@ -34,10 +36,6 @@ from trainleak.stats import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class AuditInputError(ValueError):
-    """An input set has nothing usable in it; the message says which and why."""
 
 
 @dataclass
@@ -56,7 +54,8 @@ def score_against(
 ) -> Scored:
     """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
     backend = config.search_backend
-    nb = nearest(queries.vectors, train.vectors, config.k, Similarity.of(train.info), backend, device)
+    sim = Similarity.of(train.info)
+    nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device)
     nn_sim = nb.sims[:, 0].astype(np.float32)
     if mode == "identity":
         ids = identity_scores(
@@ -99,31 +98,6 @@ def choose_threshold(
         note = "fixed by the user (--threshold); uncalibrated unless chosen from data"
         return Threshold(float(config.threshold), None, None, note), "fixed"
     return Threshold(default, None, None, default_note), "encoder-default"
-
-
-def make_embedder(e: EmbedConfig) -> Embedder:
-    """Build the :class:`Embedder` an :class:`EmbedConfig` describes."""
-    return Embedder(
-        e.encoder,
-        encoder_options=e.encoder_options,
-        workers=e.workers,
-        batch_size=e.batch_size,
-        cache=e.cache_arg(),
-        max_pixels=e.max_pixels,
-        progress=e.progress,
-    )
-
-
-def embed_nonempty(embedder: Embedder, path: str | os.PathLike[str], name: str) -> EmbeddingSet:
-    """Embed one set; raise :class:`AuditInputError` when nothing in it is usable."""
-    emb = embedder.embed(path, name)
-    if len(emb) == 0:
-        reasons = sorted({s.reason for s in emb.skipped})
-        raise AuditInputError(
-            f"no usable image in {name} set {os.fspath(path)!r} "
-            f"({emb.files} files; reasons: {'; '.join(reasons) or 'no files'})"
-        )
-    return emb
 
 
 def audit(

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.leakage import AuditInputError
 from trainleak.audits.membership import MembershipResult
+from trainleak.errors import AuditInputError
 from trainleak.generators import sample_seed
 from trainleak.images import ImageSkip, SkipRecord, list_records, load_image
 from trainleak.stats import empirical_p_values

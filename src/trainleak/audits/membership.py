@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainleak.audits.identity_inputs import load_identities, photos_paths
-from trainleak.audits.leakage import AuditInputError, make_embedder
+from trainleak.audits.inputs import make_embedder
 from trainleak.audits.sampling import (
     GeneratedSet,
     folder_as_generated,
@@ -43,6 +43,7 @@ from trainleak.audits.sampling import (
 )
 from trainleak.config import EmbedConfig
 from trainleak.embedding import Embedder
+from trainleak.errors import AuditInputError
 from trainleak.generators import Generator, get_generator, is_generator_spec
 from trainleak.neighbors import knn
 from trainleak.stats import (
