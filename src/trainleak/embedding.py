@@ -254,7 +254,7 @@ def embed(
         >>> _ = (root / "b.png").write_bytes(b"not an image")
         >>> emb = embed(root, "pixel", workers=1, cache=False)
         >>> emb.vectors.shape, emb.skipped[0].reason
-        ((1, 256), 'not an image (unrecognised format)')
+        ((1, 1024), 'not an image (unrecognised format)')
 
     """
     with Embedder(
