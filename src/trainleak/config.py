@@ -1,13 +1,28 @@
-"""One source of defaults, shared by the Python API and the command line."""
+"""One source of defaults, shared by the Python API and the command line.
+
+Every ``*Config`` of trainleak lives here, and the CLI reads its option
+defaults from these fields (``tests/test_cli_defaults.py`` checks that none
+is repeated as a literal). The CLI imports this module at start-up, so it
+imports only ``dataclasses`` and ``typing``: nothing numeric.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from trainleak.images import DEFAULT_MAX_PIXELS
+#: Default decompression-bomb limit: 100 megapixels (a 10000 x 10000 image).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 ScoreMode = Literal["auto", "nn", "identity"]
+SearchBackend = Literal["auto", "torch", "numpy", "faiss"]
+#: The headline score of identity membership.
+Headline = Literal["max", "topm"]
+#: How ``invert`` rebuilds inputs from features.
+InvertMethod = Literal["optimize", "dci", "decoder"]
+
+#: Options that make the ``tiled`` encoder Carlini et al.'s tiled l2 exactly.
+PAPER_TILED: dict[str, Any] = {"flip_invariant": False, "normalise": False, "blur": 0.0}
 
 
 @dataclass
@@ -61,7 +76,7 @@ class AuditConfig:
     identity_weight: float = 0.5
     ct_cells: int = 5
     seed: int = 0
-    search_backend: Literal["auto", "torch", "numpy", "faiss"] = "auto"
+    search_backend: SearchBackend = "auto"
     search_device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,3 +104,157 @@ class DedupConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
         return asdict(self)
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of ``extract``; the paper's values are the defaults.
+
+    Carlini et al. 2023: 500 generations per prompt, cliques of at least 10,
+    delta = 0.15 with the tiled l2 distance, and for small images the relative
+    criterion ``d / mean(d to 50 nearest) < 0.5`` (see
+    :mod:`trainleak.audits.extraction`).
+
+    Attributes:
+        embed: how images are embedded (default encoder ``tiled``, made the
+            paper's raw tiled l2 with :data:`PAPER_TILED` unless options say
+            otherwise).
+        delta: distance below which two images are near-identical.
+        min_clique: generations a clique needs to count.
+        relative: use the relative criterion instead of ``delta`` alone.
+        alpha: threshold of the relative criterion.
+        relative_n: nearest training images averaged by the relative criterion.
+        samples_per_prompt: generations per prompt when a generator is given.
+        seed: seeds generation.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
+    delta: float = 0.15
+    min_clique: int = 10
+    relative: bool = False
+    alpha: float = 0.5
+    relative_n: int = 50
+    samples_per_prompt: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The paper's tiled l2: raw pixels, no smoothing, not mirror-blind (the
+        # audit's ``tiled`` is all three by default); options given win.
+        if self.embed.encoder == "tiled":
+            for name, value in PAPER_TILED.items():
+                self.embed.encoder_options.setdefault(name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)
+
+
+@dataclass
+class MembershipConfig:
+    """Settings of identity ``membership``; the resolved values go into the report.
+
+    Attributes:
+        embed: how photos and generated samples are embedded.
+        n_samples: generated samples when ``generated`` is a generator.
+        seed: seeds generation (sample ``i`` depends on ``(seed, i)`` only)
+            and the bootstrap.
+        gen_batch_size: samples generated and embedded at a time.
+        steps: denoising steps of a ``diffusers:`` generator (its default when None).
+        top_m: nearest generated samples averaged by the ``topm`` score.
+        score: the headline score, ``topm`` (default) or ``max``.
+        n_boot: bootstrap replicates of the evaluation intervals.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    n_samples: int = 1000
+    seed: int = 0
+    gen_batch_size: int = 32
+    steps: int | None = None
+    top_m: int = 5
+    score: Headline = "topm"
+    n_boot: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)
+
+
+@dataclass
+class LossConfig:
+    """Settings of the loss attack; the resolved values go into the report.
+
+    Attributes:
+        timesteps: noise levels at which the denoising loss is measured.
+        noise_seeds: noise draws per timestep, the same for every image.
+        seed: seeds the draws and the bootstrap.
+        batch_size: images per forward pass.
+        n_boot: bootstrap replicates of the evaluation intervals.
+        threads: torch CPU threads (``None``: torch's default).
+        extra: free-form settings recorded in the report.
+
+    """
+
+    timesteps: tuple[int, ...] = (25, 50, 100, 200)
+    noise_seeds: int = 8
+    seed: int = 0
+    batch_size: int = 64
+    n_boot: int = 1000
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InvertConfig:
+    """Settings of ``invert``; the resolved values go into the report.
+
+    Attributes:
+        method: ``optimize``, ``dci`` or ``decoder``.
+        steps: optimisation steps (``optimize``; ``dci`` end-to-end refinement)
+            or training steps (``decoder``).
+        seed: seeds every random choice.
+        size: model input ``(height, width)``; ``None`` = first image's size.
+        mean: normalisation mean of pixels in [0, 1].
+        std: normalisation divisor.
+        defense: ``noise:SIGMA`` or ``quantize:BITS``, or ``None``.
+        batch_size: images inverted together.
+        identity: measure identity similarity with the ``face`` encoder.
+        max_pixels: decompression-bomb limit.
+
+    """
+
+    method: InvertMethod = "optimize"
+    steps: int = 200
+    seed: int = 0
+    size: tuple[int, int] | None = None
+    mean: float = 0.5
+    std: float = 0.5
+    defense: str | None = None
+    batch_size: int = 64
+    identity: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``report.json``."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Settings of :func:`trainleak.ddpm.train_ddpm`; its module docstring gives their sources."""
+
+    size: int = 32
+    grey: bool = True
+    channels: tuple[int, ...] = (16, 32, 64)
+    attention: bool = False
+    layers_per_block: int = 1
+    train_timesteps: int = 1000
+    sample_steps: int = 50
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    hflip: bool = False
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -25,39 +25,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainleak._optional import require
+from trainleak.config import DDPMConfig as DDPMConfig  # re-exported: it lived here
 
 log = logging.getLogger(__name__)
 
 
 def _diffusers(needed_for: str = "training and loading DDPMs") -> Any:
     return require("diffusers", extra="diffusion", needed_for=needed_for)
-
-
-@dataclass(frozen=True)
-class DDPMConfig:
-    """Settings of :func:`train_ddpm`; see the module docstring for where they come from."""
-
-    size: int = 32
-    grey: bool = True
-    channels: tuple[int, ...] = (16, 32, 64)
-    attention: bool = False
-    layers_per_block: int = 1
-    train_timesteps: int = 1000
-    sample_steps: int = 50
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 100
-    hflip: bool = False
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def images_to_tensor(images: Sequence[np.ndarray], size: int, grey: bool) -> Any:

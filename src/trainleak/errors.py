@@ -27,4 +27,14 @@ class MissingExtraError(TrainleakError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-__all__ = ["AuditInputError", "MissingExtraError", "TrainleakError", "WorkerCrashError"]
+class SourceError(TrainleakError, ValueError):
+    """A source path is missing or malformed; the message says how to fix it."""
+
+
+__all__ = [
+    "AuditInputError",
+    "MissingExtraError",
+    "SourceError",
+    "TrainleakError",
+    "WorkerCrashError",
+]

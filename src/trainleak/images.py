@@ -25,16 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# Both live in light modules so the CLI can use them without numpy; re-exported here.
+from trainleak.config import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from trainleak.errors import SourceError as SourceError
+
 log = logging.getLogger(__name__)
 
-#: Default decompression-bomb limit: 100 megapixels (a 10000 x 10000 image).
-DEFAULT_MAX_PIXELS = 100_000_000
-
 _GLOB_CHARS = set("*?[")
-
-
-class SourceError(ValueError):
-    """A source path is missing or malformed; the message says how to fix it."""
 
 
 class ImageSkip(Exception):

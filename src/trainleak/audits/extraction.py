@@ -23,7 +23,7 @@ for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,39 +31,12 @@ import numpy as np
 
 from trainleak.audits.graph import greedy_cliques, medoid
 from trainleak.audits.inputs import embed_nonempty, make_embedder
-from trainleak.config import EmbedConfig
+from trainleak.config import PAPER_TILED as PAPER_TILED  # re-exported: it lived here
+from trainleak.config import ExtractConfig as ExtractConfig  # re-exported: it lived here
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records
 from trainleak.report import report_header
 from trainleak.similarity import Similarity
-
-#: Options that make the ``tiled`` encoder Carlini et al.'s tiled l2 exactly.
-PAPER_TILED = {"flip_invariant": False, "normalise": False, "blur": 0.0}
-
-
-@dataclass
-class ExtractConfig:
-    """Settings of ``extract`` (paper values as defaults, see the module docstring)."""
-
-    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
-    delta: float = 0.15
-    min_clique: int = 10
-    relative: bool = False
-    alpha: float = 0.5
-    relative_n: int = 50
-    samples_per_prompt: int = 500
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # The paper's tiled l2: raw pixels, no smoothing, not mirror-blind (the
-        # audit's ``tiled`` is all three by default); options given win.
-        if self.embed.encoder == "tiled":
-            for name, value in PAPER_TILED.items():
-                self.embed.encoder_options.setdefault(name, value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as written into ``report.json``."""
-        return asdict(self)
 
 
 @dataclass

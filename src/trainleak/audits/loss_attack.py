@@ -17,29 +17,17 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from trainleak.audits.membership import MembershipResult
+from trainleak.config import LossConfig as LossConfig  # re-exported: it lived here
 from trainleak.errors import AuditInputError
 from trainleak.generators import sample_seed
 from trainleak.images import ImageSkip, SkipRecord, list_records, load_image
 from trainleak.stats import empirical_p_values
-
-
-@dataclass
-class LossConfig:
-    """Settings of the loss attack; the resolved values go into the report."""
-
-    timesteps: tuple[int, ...] = (25, 50, 100, 200)
-    noise_seeds: int = 8
-    seed: int = 0
-    batch_size: int = 64
-    n_boot: int = 1000
-    threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def denoising_losses(

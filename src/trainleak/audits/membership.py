@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from trainleak.audits.sampling import (
     sample_id,
     stream_embed,
 )
-from trainleak.config import EmbedConfig
+from trainleak.config import Headline as Headline  # re-exported: it lived here
+from trainleak.config import MembershipConfig as MembershipConfig  # re-exported: it lived here
 from trainleak.embedding import Embedder
 from trainleak.errors import AuditInputError
 from trainleak.generators import Generator, get_generator, is_generator_spec
@@ -56,40 +57,8 @@ from trainleak.stats import (
 
 log = logging.getLogger(__name__)
 
-Headline = Literal["max", "topm"]
-
 #: False-positive rates reported, as the ``tpr_at_fpr`` keys of ``report.json``.
 FPRS = ("0.01", "0.001")
-
-
-@dataclass
-class MembershipConfig:
-    """Settings of identity ``membership``; the resolved values go into the report.
-
-    Attributes:
-        n_samples: generated samples when ``generated`` is a generator.
-        seed: seeds generation (sample ``i`` depends on ``(seed, i)`` only)
-            and the bootstrap.
-        gen_batch_size: samples generated and embedded at a time.
-        steps: denoising steps of a ``diffusers:`` generator (its default when None).
-        top_m: nearest generated samples averaged by the ``topm`` score.
-        score: the headline score, ``topm`` (default) or ``max``.
-        n_boot: bootstrap replicates of the evaluation intervals.
-
-    """
-
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    n_samples: int = 1000
-    seed: int = 0
-    gen_batch_size: int = 32
-    steps: int | None = None
-    top_m: int = 5
-    score: Headline = "topm"
-    n_boot: int = 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as written into ``report.json``."""
-        return asdict(self)
 
 
 @dataclass

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -50,46 +50,13 @@ from trainleak.audits.inversion.metrics import (
 )
 from trainleak.audits.inversion.optimize import OptimizeInverter
 from trainleak.audits.inversion.split import SplitModel, load_model
+from trainleak.config import InvertConfig as InvertConfig  # re-exported: it lived here
+from trainleak.config import InvertMethod
 from trainleak.images import DEFAULT_MAX_PIXELS, ImageSkip, SkipRecord, list_records, load_image
 
-Method = Literal["optimize", "dci", "decoder"]
-METHODS: tuple[str, ...] = ("optimize", "dci", "decoder")
+Method = InvertMethod  # the name it had here
+METHODS: tuple[str, ...] = get_args(InvertMethod)
 Inverter = OptimizeInverter | DCIInverter | DecoderInverter
-
-
-@dataclass
-class InvertConfig:
-    """Settings of ``invert`` (one source of defaults for the API and the CLI).
-
-    Attributes:
-        method: ``optimize``, ``dci`` or ``decoder``.
-        steps: optimisation steps (``optimize``; ``dci`` end-to-end refinement)
-            or training steps (``decoder``).
-        seed: seeds every random choice.
-        size: model input ``(height, width)``; ``None`` = first image's size.
-        mean: normalisation mean of pixels in [0, 1].
-        std: normalisation divisor.
-        defense: ``noise:SIGMA`` or ``quantize:BITS``, or ``None``.
-        batch_size: images inverted together.
-        identity: measure identity similarity with the ``face`` encoder.
-        max_pixels: decompression-bomb limit.
-
-    """
-
-    method: Method = "optimize"
-    steps: int = 200
-    seed: int = 0
-    size: tuple[int, int] | None = None
-    mean: float = 0.5
-    std: float = 0.5
-    defense: str | None = None
-    batch_size: int = 64
-    identity: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as written into ``report.json``."""
-        return asdict(self)
 
 
 def make_inverter(method: str, steps: int, seed: int) -> Inverter:
