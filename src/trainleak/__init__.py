@@ -1,6 +1,77 @@
-"""trainleak: find a model's training data in what the model gives away."""
+"""trainleak: find a model's training data in what the model gives away.
+
+The front door (see :mod:`trainleak.api`)::
+
+    import trainleak as tl
+    emb = tl.embed("faces/", encoder="face")
+    scores, idx = tl.knn(emb.vectors, emb.vectors, k=5)
+    result = tl.audit(train="train/", synthetic="synth/", holdout="holdout/", fpr=0.01)
+    result.write("out/")
+
+Names load on first use, so ``import trainleak`` (and the command line's
+start-up) pulls in neither numpy-heavy audit code nor torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from trainleak._version import __version__
-from trainleak.embedding import Embedder, EmbeddingSet, embed
 
-__all__ = ["Embedder", "EmbeddingSet", "__version__", "embed"]
+#: Public name -> module that defines it.
+_EXPORTS = {
+    "embed": "trainleak.embedding",
+    "Embedder": "trainleak.embedding",
+    "EmbeddingSet": "trainleak.embedding",
+    "knn": "trainleak.neighbors",
+    "audit": "trainleak.api",
+    "dedup": "trainleak.api",
+    "extract": "trainleak.api",
+    "membership": "trainleak.api",
+    "embeddings": "trainleak.api",
+    "loss_membership": "trainleak.audits.loss_attack",
+    "invert": "trainleak.audits.inversion.audit",
+    "Result": "trainleak.result",
+    "TrainleakError": "trainleak.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from trainleak.api import audit, dedup, embeddings, extract, membership
+    from trainleak.audits.inversion.audit import invert
+    from trainleak.audits.loss_attack import loss_membership
+    from trainleak.embedding import Embedder, EmbeddingSet, embed
+    from trainleak.errors import TrainleakError
+    from trainleak.neighbors import knn
+    from trainleak.result import Result
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainleak' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [
+    "Embedder",
+    "EmbeddingSet",
+    "Result",
+    "TrainleakError",
+    "__version__",
+    "audit",
+    "dedup",
+    "embed",
+    "embeddings",
+    "extract",
+    "invert",
+    "knn",
+    "loss_membership",
+    "membership",
+]

@@ -38,6 +38,7 @@ from trainleak.config import DedupConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.report import report_header
+from trainleak.result import Result
 from trainleak.similarity import Similarity
 
 #: Encoders whose default operating point means "the same picture".
@@ -146,17 +147,37 @@ def dedup(
 
     """
     config = config or DedupConfig()
-    mode = dedup_mode(config.embed.encoder)
-    if mode != "near-duplicate" and config.threshold is None:
+    _require_threshold(config.embed.encoder, config.threshold)
+    with make_embedder(config.embed) as embedder:
+        emb = embed_nonempty(embedder, path, "input")
+    return dedup_embeddings(emb, config=config, argv=argv)
+
+
+def _require_threshold(encoder: str, threshold: float | None) -> str:
+    mode = dedup_mode(encoder)
+    if mode != "near-duplicate" and threshold is None:
         raise AuditInputError(
-            f"dedup with --encoder {config.embed.encoder} groups images by "
+            f"dedup with --encoder {encoder} groups images by "
             f"{'person (identity dedup)' if mode == 'identity' else 'learned similarity'}, "
             "not near-duplicate pictures, and has no safe default: pass --threshold T "
             "(e.g. the face encoder's same-person point 0.93), or use --encoder pixel|tiled"
         )
-    with make_embedder(config.embed) as embedder:
-        emb = embed_nonempty(embedder, path, "input")
+    return mode
+
+
+def dedup_embeddings(
+    emb: EmbeddingSet, *, config: DedupConfig | None = None, argv: list[str] | None = None
+) -> DedupResult:
+    """The array-level core of :func:`dedup`, for a set already embedded.
+
+    ``config.embed`` is not used: the set's encoder decides the comparison
+    and, for ``pixel``/``tiled``, the default threshold.
+    """
+    config = config or DedupConfig()
+    if len(emb) == 0:
+        raise AuditInputError("the set is empty: nothing to deduplicate")
     info = emb.info
+    mode = _require_threshold(info.name, config.threshold)
     threshold = info.default_threshold if config.threshold is None else config.threshold
     sim = Similarity.of(info)
     edges = duplicate_edges(emb.vectors, threshold, sim, config.k)
@@ -220,12 +241,21 @@ def _clusters(
     ]
 
 
-class DedupResult:
+class DedupResult(Result):
     """What :func:`dedup` found: the report dict and the embedded set."""
 
     def __init__(self, report: dict[str, Any], embedded: EmbeddingSet) -> None:
-        self.report = report
+        super().__init__(report)
         self.embedded = embedded
+
+    @property
+    def verdict(self) -> str:
+        """E.g. ``400 images: no near-duplicates found``."""
+        s = self.report["summary"]
+        if not s["clusters"]:
+            return f"{s['images']} images: no near-duplicates found"
+        kind = "identity clusters" if s["mode"] == "identity" else "near-duplicate clusters"
+        return f"{s['images']} images, {s['clusters']} {kind}: remove {s['removed']}"
 
     @property
     def kept(self) -> list[str]:

@@ -36,6 +36,7 @@ from trainleak.config import ExtractConfig as ExtractConfig  # re-exported: it l
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records
 from trainleak.report import report_header
+from trainleak.result import Result
 from trainleak.similarity import Similarity
 
 
@@ -116,7 +117,12 @@ def generation_groups(generated: str | os.PathLike[str]) -> dict[str, Path]:
     if not root.is_dir():
         return {root.name: root}
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    direct = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    # The prompt texts and the manifest beside generated groups are not generations.
+    direct = [
+        p
+        for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in (".txt", ".json")
+    ]
     if subs and not direct:
         return {p.name: p for p in subs}
     return {root.name: root}
@@ -200,12 +206,21 @@ def extract(
     return ExtractResult(report, train_set)
 
 
-class ExtractResult:
+class ExtractResult(Result):
     """What :func:`extract` found."""
 
     def __init__(self, report: dict[str, Any], train: EmbeddingSet) -> None:
-        self.report = report
+        super().__init__(report)
         self.train = train
+
+    @property
+    def verdict(self) -> str:
+        """E.g. ``3 cliques of near-identical generations; 2 training images extracted``."""
+        s = self.report["summary"]
+        return (
+            f"{s['candidates']} cliques of near-identical generations; "
+            f"{s['n_extracted']} training images extracted"
+        )
 
     @property
     def extracted(self) -> list[str]:

@@ -25,6 +25,7 @@ from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
+from trainleak.result import Result
 from trainleak.similarity import Similarity
 from trainleak.stats import (
     Threshold,
@@ -139,14 +140,49 @@ def audit(
 
     """
     config = config or AuditConfig()
-    try:
-        device = resolve_device(config.search_device, config.search_backend)
-    except ValueError as err:
-        raise AuditInputError(str(err)) from None
+    _device(config)  # a bad device name fails before anything is embedded
     with make_embedder(config.embed) as embedder:
         train_set = embed_nonempty(embedder, train, "train")
         synth_set = embed_nonempty(embedder, synthetic, "synthetic")
         hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
+    return audit_embeddings(train_set, synth_set, hold_set, config=config, argv=argv)
+
+
+def _device(config: AuditConfig) -> str:
+    try:
+        return resolve_device(config.search_device, config.search_backend)
+    except ValueError as err:
+        raise AuditInputError(str(err)) from None
+
+
+def audit_embeddings(
+    train_set: EmbeddingSet,
+    synth_set: EmbeddingSet,
+    hold_set: EmbeddingSet | None = None,
+    *,
+    config: AuditConfig | None = None,
+    argv: list[str] | None = None,
+) -> AuditResult:
+    """The array-level core of :func:`audit`: the same verdicts from sets already embedded.
+
+    ``config.embed`` is not used (the sets carry their encoder's
+    :class:`~trainleak.encoders.base.EncoderInfo`); the sets must share it.
+
+    Raises:
+        AuditInputError: an empty set, or sets made by different encoders.
+
+    """
+    config = config or AuditConfig()
+    device = _device(config)
+    for name, es in (("synthetic", synth_set), ("holdout", hold_set)):
+        if es is not None and es.info.cache_key() != train_set.info.cache_key():
+            raise AuditInputError(
+                f"the {name} set was embedded with {es.info.name} and the training set with "
+                f"{train_set.info.name}: embed every set with the same encoder and options"
+            )
+    for name, es in (("train", train_set), ("synthetic", synth_set), ("holdout", hold_set)):
+        if es is not None and len(es) == 0:
+            raise AuditInputError(f"the {name} set is empty: nothing to audit")
     mode = resolve_score_mode(config, train_set)
     synth = score_against(synth_set, train_set, mode, config, device)
     hold = None if hold_set is None else score_against(hold_set, train_set, mode, config, device)
@@ -329,7 +365,7 @@ def _meehan(
     }
 
 
-class AuditResult:
+class AuditResult(Result):
     """What :func:`audit` found: the report dict and the embedded sets."""
 
     def __init__(
@@ -339,10 +375,19 @@ class AuditResult:
         synthetic: EmbeddingSet,
         holdout: EmbeddingSet | None,
     ) -> None:
-        self.report = report
+        super().__init__(report)
         self.train = train
         self.synthetic = synthetic
         self.holdout = holdout
+
+    @property
+    def verdict(self) -> str:
+        """E.g. ``3 of 150 synthetic samples flagged (threshold 0.9562, holdout)``."""
+        s, t = self.report["summary"], self.report["threshold"]
+        return (
+            f"{s['flagged']} of {s['n_synthetic']} synthetic samples flagged "
+            f"(threshold {t['value']:.4f}, {t['method']})"
+        )
 
     @property
     def flagged(self) -> list[str]:

@@ -47,6 +47,7 @@ from trainleak.embedding import Embedder
 from trainleak.errors import AuditInputError
 from trainleak.generators import Generator, get_generator, is_generator_spec
 from trainleak.neighbors import knn
+from trainleak.result import Result
 from trainleak.stats import (
     auc_score,
     bootstrap_interval,
@@ -346,8 +347,20 @@ def membership(
     return MembershipResult(report, generator, config.seed, photos_paths(query_set))
 
 
-class MembershipResult:
+class MembershipResult(Result):
     """What a membership run found: the report dict, and what the HTML needs."""
+
+    @property
+    def verdict(self) -> str:
+        """E.g. ``AUC 0.97 over 40 queries; 12 with p < 0.05``."""
+        s = self.report["summary"]
+        parts = []
+        if s.get("auc") is not None:
+            parts.append(f"AUC {s['auc']:.3f}")
+        parts.append(f"{s['n_queries']} queries scored")
+        if s.get("n_p_below_0.05") is not None:
+            parts.append(f"{s['n_p_below_0.05']} with p < 0.05")
+        return "; ".join(parts)
 
     def __init__(
         self,
@@ -356,7 +369,7 @@ class MembershipResult:
         seed: int = 0,
         photos: dict[str, list[str]] | None = None,
     ) -> None:
-        self.report = report
+        super().__init__(report)
         self.generator = generator
         self.seed = seed
         self.photos = photos or {}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, get_args
 
@@ -53,6 +52,7 @@ from trainleak.audits.inversion.split import SplitModel, load_model
 from trainleak.config import InvertConfig as InvertConfig  # re-exported: it lived here
 from trainleak.config import InvertMethod
 from trainleak.images import DEFAULT_MAX_PIXELS, ImageSkip, SkipRecord, list_records, load_image
+from trainleak.result import Result
 
 Method = InvertMethod  # the name it had here
 METHODS: tuple[str, ...] = get_args(InvertMethod)
@@ -177,13 +177,28 @@ def _measure(x: torch.Tensor, recon: torch.Tensor, identity: _Identity | None) -
     }
 
 
-@dataclass
-class InversionResult:
+class InversionResult(Result):
     """The report and the images behind it (originals and reconstructions per split)."""
 
-    report: dict[str, Any]
-    originals: torch.Tensor
-    reconstructions: dict[str, torch.Tensor]
+    def __init__(
+        self,
+        report: dict[str, Any],
+        originals: torch.Tensor,
+        reconstructions: dict[str, torch.Tensor],
+    ) -> None:
+        super().__init__(report)
+        self.originals = originals
+        self.reconstructions = reconstructions
+
+    @property
+    def verdict(self) -> str:
+        """E.g. ``most leaky split stem: PSNR 53.8 dB (mean-image baseline 17.3 dB)``."""
+        s = self.report["summary"]
+        best = next(e for e in self.report["splits"] if e["split"] == s["most_leaky_split"])
+        return (
+            f"most leaky split {best['split']}: PSNR {best['psnr']:.1f} dB "
+            f"(mean-image baseline {s['baseline']['psnr']:.1f} dB)"
+        )
 
     def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
         """Write ``report.json`` and ``report.html`` into ``out``."""
