@@ -12,8 +12,8 @@ from conftest import link_orl
 
 CHILD = """
 import json, sys
-from trainleak.neighbors import _gpu_possible
-gpu = _gpu_possible()  # before anything could import torch
+from trainleak.device import gpu_possible
+gpu = gpu_possible()  # before anything could import torch
 from trainleak.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "gpu": gpu, "torch": "torch" in sys.modules,
