@@ -49,6 +49,9 @@ class EmbeddingSet:
         files: how many files the source listed.
         info: the encoder that made the vectors.
         root: the source as the user gave it.
+        paths: the file behind each row.
+        digests: the content hash of the file behind each row (empty for
+            vectors that came without files).
 
     """
 
@@ -60,6 +63,7 @@ class EmbeddingSet:
     info: EncoderInfo
     root: str = ""
     paths: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -332,6 +336,7 @@ def _assemble(
     ids: list[str] = []
     labels: list[str | None] = []
     paths: list[str] = []
+    row_digests: list[str] = []
     rows: list[np.ndarray] = []
     for rec, digest in zip(records, digests, strict=True):
         if digest is None:
@@ -345,7 +350,10 @@ def _assemble(
             ids.append(f"{rec.id}#{k}" if many else rec.id)
             labels.append(rec.label)
             paths.append(str(rec.path))
+            row_digests.append(digest)
             rows.append(row)
     vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, info.dim), np.float32)
     skipped.sort(key=lambda s: s.path)
-    return EmbeddingSet(ids, labels, vectors, skipped, len(records), info, root, paths)
+    return EmbeddingSet(
+        ids, labels, vectors, skipped, len(records), info, root, paths, row_digests
+    )
