@@ -37,9 +37,11 @@ from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
+from trainleak.images import read_bytes
 from trainleak.report import report_header
 from trainleak.result import Result
 from trainleak.similarity import Similarity
+from trainleak.store import content_hash
 
 #: Encoders whose default operating point means "the same picture".
 COPY_ENCODERS = ("pixel", "tiled")
@@ -168,7 +170,7 @@ def _require_threshold(encoder: str, threshold: float | None) -> str:
 def dedup_embeddings(
     emb: EmbeddingSet, *, config: DedupConfig | None = None, argv: list[str] | None = None
 ) -> DedupResult:
-    """The array-level core of :func:`dedup`, for a set already embedded.
+    """Deduplicate a set already embedded: the array-level core of :func:`dedup`.
 
     ``config.embed`` is not used: the set's encoder decides the comparison
     and, for ``pixel``/``tiled``, the default threshold.
@@ -269,24 +271,47 @@ class DedupResult(Result):
         return write_dedup_report(self.report, out, redact=redact)
 
     def copy_kept(self, dest: str | os.PathLike[str]) -> int:
-        """Copy the kept images to ``dest``, keeping paths relative to the input root.
+        """Copy the kept images to ``dest``, keeping their paths relative to the input.
+
+        Paths are taken relative to the input folder, or, for a list file or
+        a glob, to the deepest folder holding every kept file, so files that
+        share a name in different folders never overwrite each other. Each
+        copy is checked against its source's content hash.
 
         Returns:
-            The number of files copied.
+            The number of files written (each verified).
+
+        Raises:
+            AuditInputError: ``dest`` is inside the input (the copies would
+                join the set they came from), or a copy does not match its source.
 
         """
-        root = Path(self.embedded.root)
         dest = Path(dest)
-        by_id = dict(zip(self.embedded.ids, self.embedded.paths, strict=True))
-        copied = 0
-        for ident in self.kept:
-            src = Path(by_id[ident])
-            rel = src.relative_to(root) if root.is_dir() and _inside(src, root) else Path(src.name)
+        kept = set(self.kept)
+        pairs = zip(self.embedded.ids, self.embedded.paths, strict=True)
+        sources = sorted({Path(p) for i, p in pairs if i in kept})
+        root = Path(self.embedded.root)
+        parents = [str(s.parent) for s in sources] or ["."]
+        base = root if root.is_dir() else Path(os.path.commonpath(parents))
+        if _inside(dest.resolve(), base.resolve()):
+            raise AuditInputError(
+                f"--copy-kept {dest} is inside the input {base}: the copies would mix with the "
+                "images they came from; choose a folder outside it"
+            )
+        written: set[Path] = set()
+        for src in sources:
+            rel = src.relative_to(base) if _inside(src, base) else Path(src.name)
             target = dest / rel
+            n = 1
+            while target in written:  # only for sources outside base (symlinked from elsewhere)
+                target = dest / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
+                n += 1
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-            copied += 1
-        return copied
+            if content_hash(read_bytes(target)) != content_hash(read_bytes(src)):
+                raise AuditInputError(f"copy of {src} to {target} does not match its source")
+            written.add(target)
+        return len(written)
 
 
 def _inside(path: Path, root: Path) -> bool:

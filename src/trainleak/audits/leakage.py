@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.inputs import embed_nonempty, make_embedder
+from trainleak.audits.inputs import drop_training_copies, embed_nonempty, make_embedder
 from trainleak.audits.scoring import Neighbours, identity_scores, nearest
 from trainleak.config import AuditConfig
 from trainleak.embedding import EmbeddingSet
@@ -163,7 +163,7 @@ def audit_embeddings(
     config: AuditConfig | None = None,
     argv: list[str] | None = None,
 ) -> AuditResult:
-    """The array-level core of :func:`audit`: the same verdicts from sets already embedded.
+    """Audit sets already embedded: the array-level core of :func:`audit`, same verdicts.
 
     ``config.embed`` is not used (the sets carry their encoder's
     :class:`~trainleak.encoders.base.EncoderInfo`); the sets must share it.
@@ -183,6 +183,9 @@ def audit_embeddings(
     for name, es in (("train", train_set), ("synthetic", synth_set), ("holdout", hold_set)):
         if es is not None and len(es) == 0:
             raise AuditInputError(f"the {name} set is empty: nothing to audit")
+    contaminated: list[dict[str, str]] = []
+    if hold_set is not None:
+        hold_set, contaminated = drop_training_copies(hold_set, train_set)
     mode = resolve_score_mode(config, train_set)
     synth = score_against(synth_set, train_set, mode, config, device)
     hold = None if hold_set is None else score_against(hold_set, train_set, mode, config, device)
@@ -192,6 +195,12 @@ def audit_embeddings(
     report = build_report(
         config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device
     )
+    report["contaminated"] = contaminated
+    if contaminated:
+        report.setdefault("warnings", []).append(
+            f"{len(contaminated)} holdout file(s) are byte-identical to training files and were "
+            "left out of the calibration (listed under 'contaminated')"
+        )
     return AuditResult(report, train_set, synth_set, hold_set)
 
 
