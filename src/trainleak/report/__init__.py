@@ -124,7 +124,8 @@ def write_audit_report(
         The written paths by kind.
 
     """
-    from trainleak.report.html import embedded_thumbnails, render_audit_html
+    from trainleak.report.html import render_audit_html
+    from trainleak.report.html_parts import embedded_thumbnails
 
     thumbnail = embedded_thumbnails(redact)
     paths = write_report_files(

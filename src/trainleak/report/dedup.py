@@ -8,20 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from trainleak.report import write_report_files
-from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
+from trainleak.report.html_parts import (
+    Thumbnail,
+    embedded_thumbnails,
+    escape,
+    img_tag,
+    page,
+    skipped_table,
+)
 
 #: Clusters shown in the gallery (all are in the JSON and CSV).
 GALLERY_CLUSTERS = 100
 
 
-def render_dedup_html(report: dict[str, Any], thumbnail: Any) -> str:
+def render_dedup_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:
     """Render the gallery; ``thumbnail=None`` embeds no images."""
     s, t = report["summary"], report["threshold"]
     head = (
         f"{s['images']} images: {s['clusters']} near-duplicate clusters holding "
         f"{s['in_clusters']} images; keeping one per cluster removes {s['removed']} and keeps "
-        f"{s['kept']}. Near-duplicate = {_e(report['encoder']['name'])} similarity above "
-        f"{t['value']:.4f} ({_e(t['method'])})."
+        f"{s['kept']}. Near-duplicate = {escape(report['encoder']['name'])} similarity above "
+        f"{t['value']:.4f} ({escape(t['method'])})."
     )
     blocks = []
     for c in report["clusters"][:GALLERY_CLUSTERS]:
@@ -31,9 +38,9 @@ def render_dedup_html(report: dict[str, Any], thumbnail: Any) -> str:
             style = "border:3px solid #009E73" if is_kept else "border:3px solid transparent"
             cells.append(
                 f'<figure style="display:inline-block;margin:4px;{style}">'
-                f"{_img(thumbnail, 'input', m['path'])}"
+                f"{img_tag(thumbnail, 'input', m['path'])}"
                 f'<figcaption class="note" style="max-width:120px;word-break:break-all">'
-                f"{'KEPT ' if is_kept else ''}{_e(m['path'])}<br>{m['similarity_to_kept']:.4f}"
+                f"{'KEPT ' if is_kept else ''}{escape(m['path'])}<br>{m['similarity_to_kept']:.4f}"
                 "</figcaption></figure>"
             )
         blocks.append(
@@ -41,17 +48,16 @@ def render_dedup_html(report: dict[str, Any], thumbnail: Any) -> str:
             f"<div>{''.join(cells)}</div>"
         )
     more = len(report["clusters"]) - GALLERY_CLUSTERS
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>trainleak dedup report</title><style>{_CSS}</style></head><body>"
+    return page(
+        "trainleak dedup report",
         f'<h1>trainleak dedup report</h1><p class="verdict">{head}</p>'
-        f'<p class="note">{_e(t["note"])}. Kept image outlined in green; the number is its '
+        f'<p class="note">{escape(t["note"])}. Kept image outlined in green; the number is its '
         "similarity to the kept image. Keep rule: "
-        f"{_e(s['keep_rule'])}.</p>"
+        f"{escape(s['keep_rule'])}.</p>"
         + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
         + "".join(blocks)
         + (f"<p>{more} more clusters in report.json and dedup.csv.</p>" if more > 0 else "")
-        + f"<h2>Skipped files</h2>{_skipped(report)}</body></html>"
+        + f"<h2>Skipped files</h2>{skipped_table(report)}",
     )
 
 

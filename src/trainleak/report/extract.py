@@ -6,29 +6,36 @@ import os
 from typing import Any
 
 from trainleak.report import write_report_files
-from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
+from trainleak.report.html_parts import (
+    Thumbnail,
+    embedded_thumbnails,
+    escape,
+    img_tag,
+    page,
+    skipped_table,
+)
 
 #: Clique members shown per candidate (all are in the JSON).
 SHOWN_MEMBERS = 8
 
 
-def render_extract_html(report: dict[str, Any], thumbnail: Any) -> str:
+def render_extract_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:
     """Render the candidates, extracted first; ``thumbnail=None`` embeds no images."""
     s = report["summary"]
     head = (
         f"{s['n_extracted']} training images extracted from {len(s['groups'])} group(s) of "
         f"generations; {s['candidates']} cliques of near-identical generations found. "
-        f"Criterion: {_e(s['criterion'])}."
+        f"Criterion: {escape(s['criterion'])}."
     )
     rows = []
     cands = sorted(report["candidates"], key=lambda c: (not c["extracted"], c["distance"]))
     for c in cands:
-        members = "".join(_img(thumbnail, "generated", m) for m in c["members"][:SHOWN_MEMBERS])
+        members = "".join(img_tag(thumbnail, "generated", m) for m in c["members"][:SHOWN_MEMBERS])
         rows.append(
-            f'<tr class="{"flagged" if c["extracted"] else ""}"><td>{_e(c["group"])}</td>'
+            f'<tr class="{"flagged" if c["extracted"] else ""}"><td>{escape(c["group"])}</td>'
             f"<td>{c['clique_size']}</td><td>{members}</td>"
-            f"<td>{_img(thumbnail, 'train', c['nearest_train'])}"
-            f'<div class="note">{_e(c["nearest_train"])}</div></td>'
+            f"<td>{img_tag(thumbnail, 'train', c['nearest_train'])}"
+            f'<div class="note">{escape(c["nearest_train"])}</div></td>'
             f"<td>{c['distance']:.4f}</td><td>{(c['relative_distance'] or 0):.3f}</td>"
             f"<td>{'EXTRACTED' if c['extracted'] else 'not confirmed'}</td></tr>"
         )
@@ -40,19 +47,18 @@ def render_extract_html(report: dict[str, Any], thumbnail: Any) -> str:
         else "<p>No clique of near-identical generations was found.</p>"
     )
     groups = "".join(
-        f"<tr><td>{_e(g['group'])}</td><td>{g['generations']}</td><td>{g['cliques']}</td>"
+        f"<tr><td>{escape(g['group'])}</td><td>{g['generations']}</td><td>{g['cliques']}</td>"
         f"<td>{g['extracted']}</td></tr>"
         for g in s["groups"]
     )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>trainleak extract report</title><style>{_CSS}</style></head><body>"
+    return page(
+        "trainleak extract report",
         f'<h1>trainleak extract report</h1><p class="verdict leak">{head}</p>'
         + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
         + f"<h2>Candidates</h2>{table}"
         + "<h2>Groups</h2><table><tr><th>group</th><th>generations</th><th>cliques</th>"
         + f"<th>extracted</th></tr>{groups}</table>"
-        + f"<h2>Skipped files</h2>{_skipped(report)}</body></html>"
+        + f"<h2>Skipped files</h2>{skipped_table(report)}",
     )
 
 

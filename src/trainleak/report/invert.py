@@ -7,8 +7,6 @@ with ``redact``), and the leakage-against-depth curve as inline SVG.
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import os
 import shlex
@@ -19,19 +17,16 @@ import torch
 from PIL import Image
 
 from trainleak.report import write_report_files
-from trainleak.report.html import _CSS, _skipped
+from trainleak.report.html_parts import data_uri, escape, number, page, skipped_table
 from trainleak.report.plots import PALETTE
 
 #: Images shown in the grid (the report holds metrics for all of them).
 GRID_IMAGES = 8
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
 def _num(x: Any, digits: int = 3) -> str:
-    return "n/a" if not isinstance(x, (int, float)) else f"{x:.{digits}f}"
+    # This page's numbers (SSIM, similarities) read best with three decimals.
+    return number(x, digits)
 
 
 def png_data_uri(image: torch.Tensor, scale: int = 3) -> str:
@@ -47,7 +42,7 @@ def png_data_uri(image: torch.Tensor, scale: int = 3) -> str:
     im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return data_uri(buf.getvalue())
 
 
 def svg_curve(
@@ -85,14 +80,15 @@ def svg_curve(
         return top + ph - (v - y_lo) / (y_hi - y_lo) * ph
 
     parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{_e(title)}">',
-        f'<text x="{left}" y="18" font-size="14" font-weight="600">{_e(title)}</text>',
+        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'aria-label="{escape(title)}">',
+        f'<text x="{left}" y="18" font-size="14" font-weight="600">{escape(title)}</text>',
         f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>',
         f'<text x="{left + pw / 2}" y="{height - 6}" font-size="12" text-anchor="middle">'
-        f"{_e(x_label)}</text>",
+        f"{escape(x_label)}</text>",
         f'<text x="14" y="{top + ph / 2}" font-size="12" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + ph / 2})">{_e(y_label)}</text>',
+        f'transform="rotate(-90 14 {top + ph / 2})">{escape(y_label)}</text>',
     ]
     for tick in np.linspace(y_lo, y_hi, 5):
         parts.append(
@@ -121,7 +117,7 @@ def svg_curve(
         )
         parts.append(
             f'<text x="{left + pw + 6}" y="{top + 14 + 16 * n}" font-size="12" '
-            f'fill="{colour}">{_e(name)}</text>'
+            f'fill="{colour}">{escape(name)}</text>'
         )
     return "".join(parts) + "</svg>"
 
@@ -138,9 +134,9 @@ def _table(report: dict[str, Any]) -> str:
     rows = []
     for e in report["splits"]:
         row = (
-            f"<tr><td><code>{_e(e['split'])}</code></td><td>{e['depth']}</td>"
-            f"<td>{_e(e['method'])}</td><td>{_num(e['psnr'], 2)}</td><td>{_num(e['ssim'])}</td>"
-            f"<td>{_num(e['identity_similarity'])}</td><td>{_e(e.get('identity_compared'))}</td>"
+            f"<tr><td><code>{escape(e['split'])}</code></td><td>{e['depth']}</td>"
+            f"<td>{escape(e['method'])}</td><td>{_num(e['psnr'], 2)}</td><td>{_num(e['ssim'])}</td>"
+            f"<td>{_num(e['identity_similarity'])}</td><td>{escape(e.get('identity_compared'))}</td>"
             f"<td>{_num(e.get('seconds_per_image'), 3)}</td>"
         )
         d = e.get("defense")
@@ -157,16 +153,16 @@ def _table(report: dict[str, Any]) -> str:
 def _grid(originals: torch.Tensor, recons: dict[str, torch.Tensor], paths: list[str]) -> str:
     n = min(GRID_IMAGES, len(originals))
     head = "<tr><th>image</th><th>original</th>" + "".join(
-        f"<th><code>{_e(name)}</code></th>" for name in recons
+        f"<th><code>{escape(name)}</code></th>" for name in recons
     )
     rows = []
     for i in range(n):
         cells = "".join(
-            f'<td><img src="{png_data_uri(r[i])}" alt="{_e(name)}"></td>'
+            f'<td><img src="{png_data_uri(r[i])}" alt="{escape(name)}"></td>'
             for name, r in recons.items()
         )
         rows.append(
-            f'<tr><td class="path">{_e(paths[i])}</td>'
+            f'<tr><td class="path">{escape(paths[i])}</td>'
             f'<td><img src="{png_data_uri(originals[i])}" alt="original"></td>{cells}</tr>'
         )
     return f"<table>{head}</tr>{''.join(rows)}</table>"
@@ -179,8 +175,8 @@ def render_invert_html(
     s = report["summary"]
     best = max(report["splits"], key=lambda e: e["psnr"])
     verdict = (
-        f"From the features at <code>{_e(best['split'])}</code> (depth {best['depth']}), "
-        f"{_e(s['method'])} rebuilt the {s['n_images']} inputs at {_num(best['psnr'], 1)} dB "
+        f"From the features at <code>{escape(best['split'])}</code> (depth {best['depth']}), "
+        f"{escape(s['method'])} rebuilt the {s['n_images']} inputs at {_num(best['psnr'], 1)} dB "
         f"PSNR / SSIM {_num(best['ssim'])}, against {_num(s['baseline']['psnr'], 1)} dB / "
         f"{_num(s['baseline']['ssim'])} for the mean image (no information)."
     )
@@ -203,21 +199,20 @@ def render_invert_html(
         else _grid(originals, recons, [r["path"] for r in report["images"]])
     )
     argv = shlex.join(str(a) for a in report.get("argv") or [])
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>trainleak invert report</title><style>{_CSS}</style></head><body>"
+    return page(
+        "trainleak invert report",
         f'<h1>trainleak invert report</h1><p class="verdict">{verdict}</p>'
         f"<h2>Per split</h2>{_table(report)}"
-        f'<p class="note">{_e(s["identity_note"])}. {_e(s["baseline"]["note"])}.</p>'
+        f'<p class="note">{escape(s["identity_note"])}. {escape(s["baseline"]["note"])}.</p>'
         f"<h2>Leakage against depth</h2>{curves}"
         f"<h2>Originals and reconstructions (first {GRID_IMAGES})</h2>{grid}"
-        f"<h2>Skipped files</h2>{_skipped(report)}"
-        f"<h2>How it was run</h2><ul><li>trainleak {_e(report['version'])}, "
-        f"{_e(report['created'])}, device {_e(report['device'])}</li>"
-        f"<li>command: <code>{_e(argv)}</code></li>"
-        f"<li>model: <code>{_e(report['model'])}</code></li></ul>"
-        f"<details><summary>all settings</summary><pre>{_e(report['settings'])}</pre></details>"
-        "</body></html>"
+        f"<h2>Skipped files</h2>{skipped_table(report)}"
+        f"<h2>How it was run</h2><ul><li>trainleak {escape(report['version'])}, "
+        f"{escape(report['created'])}, device {escape(report['device'])}</li>"
+        f"<li>command: <code>{escape(argv)}</code></li>"
+        f"<li>model: <code>{escape(report['model'])}</code></li></ul>"
+        "<details><summary>all settings</summary>"
+        f"<pre>{escape(report['settings'])}</pre></details>",
     )
 
 

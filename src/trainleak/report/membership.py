@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from trainleak.report import write_report_files
-from trainleak.report.html import _CSS, _e, _img, _skipped, embedded_thumbnails
+from trainleak.report.html_parts import (
+    Thumbnail,
+    embedded_thumbnails,
+    escape,
+    img_tag,
+    page,
+    skipped_table,
+)
 from trainleak.report.plots import PALETTE, svg_histogram
 
 if TYPE_CHECKING:
@@ -73,7 +80,7 @@ def _cards(report: dict[str, Any]) -> str:
     s = report["summary"]
 
     def card(title: str, value: str) -> str:
-        return f'<div class="card">{_e(title)}<b>{_e(value)}</b></div>'
+        return f'<div class="card">{escape(title)}<b>{escape(value)}</b></div>'
 
     def ci(pair: Any) -> str:
         return "" if not pair else f" [{pair[0]:.2f}, {pair[1]:.2f}]"
@@ -91,7 +98,7 @@ def _cards(report: dict[str, Any]) -> str:
         + card("TPR @ 0.1% FPR", f"{t['0.001']:.2f}{ci(tc.get('0.001'))}")
         + card("members / non-members", f"{s['n_members']} / {s['n_nonmembers']}")
         + "</div>"
-        + f'<p class="note">{_e(s.get("fpr_note", ""))}</p>'
+        + f'<p class="note">{escape(s.get("fpr_note", ""))}</p>'
     )
 
 
@@ -120,7 +127,9 @@ def _plots(report: dict[str, Any]) -> str:
     )
 
 
-def _table(report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any) -> str:
+def _table(
+    report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Thumbnail | None
+) -> str:
     key, name_key = rows_key(report)
     out = []
     for i, r in enumerate(report[key]):
@@ -129,12 +138,12 @@ def _table(report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any)
         pics = ""
         if i < TOP_IDENTITIES and thumbnail is not None:
             own = photos.get(r[name_key], [r[name_key]] if key == "samples" else [])
-            pics = "".join(_img(thumbnail, "photo", p) for p in own[:SHOWN])
+            pics = "".join(img_tag(thumbnail, "photo", p) for p in own[:SHOWN])
             near = [n.get("path") for n in r.get("nearest", [])[:SHOWN]]
             if near:
-                pics += " &rarr; " + "".join(_img(thumbnail, "generated", p) for p in near if p)
+                pics += " &rarr; " + "".join(img_tag(thumbnail, "generated", p) for p in near if p)
         out.append(
-            f"<tr><td>{i + 1}</td><td>{_e(r[name_key])}</td><td>{r['score']:.4f}</td>"
+            f"<tr><td>{i + 1}</td><td>{escape(r[name_key])}</td><td>{r['score']:.4f}</td>"
             f"<td>{pv}</td><td>{member}</td><td>{pics}</td></tr>"
         )
     shown = "photos &rarr; closest generated samples" if key == "identities" else "image"
@@ -145,22 +154,22 @@ def _table(report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any)
 
 
 def render_membership_html(
-    report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Any
+    report: dict[str, Any], photos: dict[str, list[str]], thumbnail: Thumbnail | None
 ) -> str:
     """Render the page; ``thumbnail=None`` embeds no images (``--redact``)."""
     s = report["summary"]
     key, _ = rows_key(report)
     what = "identity membership" if key == "identities" else "sample membership (loss attack)"
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>trainleak membership report</title><style>{_CSS}</style></head><body>"
+    return page(
+        "trainleak membership report",
         f"<h1>trainleak {what} report</h1>"
-        f'<p class="verdict">{len(report[key])} {key} scored. {_e(s.get("score_note", ""))}.</p>'
+        f'<p class="verdict">{len(report[key])} {key} scored. '
+        f"{escape(s.get('score_note', ''))}.</p>"
         + ("" if thumbnail else '<p class="note">Thumbnails omitted (--redact).</p>')
         + f"<h2>Evaluation</h2>{_cards(report)}{_plots(report)}"
         + f"<h2>Ranked {key}</h2>{_table(report, photos, thumbnail)}"
-        + f"<h2>Skipped</h2>{_skipped(report)}"
-        + f"<h2>Command</h2><pre>{_e(' '.join(report.get('argv', [])))}</pre></body></html>"
+        + f"<h2>Skipped</h2>{skipped_table(report)}"
+        + f"<h2>Command</h2><pre>{escape(' '.join(report.get('argv', [])))}</pre>",
     )
 
 
