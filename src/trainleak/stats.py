@@ -7,7 +7,7 @@ tested against a slow obvious reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -339,3 +339,40 @@ def empirical_p_values(scores: np.ndarray, null_scores: np.ndarray) -> np.ndarra
     s = np.asarray(scores, np.float64)
     at_least = len(null) - np.searchsorted(null, s, side="left")
     return (1.0 + at_least) / (1.0 + len(null))
+
+
+def leave_one_out_p_values(
+    scores: np.ndarray,
+    names: Sequence[str],
+    null_scores: np.ndarray,
+    null_names: Sequence[str],
+) -> np.ndarray:
+    """Empirical p-values, each leaving the query's own entries out of the null scores.
+
+    A query that is also in the null set (the same name: a reference person
+    or image queried too) would otherwise be compared with itself, which
+    inflates its p-value; leaving it out keeps a null query's p-value uniform.
+
+    Args:
+        scores: ``(n,)`` query scores, higher = less null-like.
+        names: ``n`` query names.
+        null_scores: ``(m,)`` scores of the null set.
+        null_names: ``m`` names of the null set's entries.
+
+    Returns:
+        ``(n,)`` float64 p-values, as :func:`empirical_p_values` gives them.
+
+    Example:
+        >>> leave_one_out_p_values(
+        ...     np.array([3.0, 9.0]), ["a", "x"], np.array([3.0, 1.0, 2.0]), ["a", "b", "c"]
+        ... ).tolist()
+        [0.3333333333333333, 0.25]
+
+    """
+    null = np.asarray(null_scores, np.float64)
+    null_names = list(null_names)
+    out = np.empty(len(scores))
+    for i, name in enumerate(names):
+        keep = np.array([n != name for n in null_names], bool)
+        out[i] = empirical_p_values(np.asarray(scores[i : i + 1]), null[keep])[0]
+    return out

@@ -27,7 +27,7 @@ from trainleak.config import LossConfig as LossConfig  # re-exported: it lived h
 from trainleak.errors import AuditInputError
 from trainleak.generators import sample_seed
 from trainleak.images import ImageSkip, SkipRecord, list_records, load_image
-from trainleak.stats import empirical_p_values
+from trainleak.stats import leave_one_out_p_values
 
 
 def denoising_losses(
@@ -221,13 +221,7 @@ def loss_membership(
     scores = attack.score_losses(losses)
     p_values = None
     if attack.reference_scores_ is not None:
-        null = attack.reference_scores_
-        p_values = np.array(
-            [
-                empirical_p_values(scores[i : i + 1], null[[r != sid for r in ref_ids]])[0]
-                for i, sid in enumerate(ids)
-            ]
-        )
+        p_values = leave_one_out_p_values(scores, ids, attack.reference_scores_, ref_ids)
     flags: list[bool | None] = [None] * len(ids)
     unmatched: list[str] = []
     if members is not None:

@@ -51,7 +51,7 @@ from trainleak.result import Result
 from trainleak.stats import (
     auc_score,
     bootstrap_interval,
-    empirical_p_values,
+    leave_one_out_p_values,
     roc_curve,
     tpr_at_fpr,
 )
@@ -185,12 +185,9 @@ class IdentityMembership:
         if self.reference_ is None:
             raise RuntimeError("call fit(reference) before p_values()")
         null = self.reference_.headline(self.which)
-        scores = self.score(queries)
-        out = np.empty(len(scores))
-        for i, name in enumerate(queries):
-            keep = np.array([n != name for n in self.reference_.names], bool)
-            out[i] = empirical_p_values(scores[i : i + 1], null[keep])[0]
-        return out
+        return leave_one_out_p_values(
+            self.score(queries), list(queries), null, self.reference_.names
+        )
 
 
 def evaluate(
