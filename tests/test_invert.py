@@ -24,6 +24,7 @@ from trainleak.audits.inversion import (
 from trainleak.audits.inversion.audit import class_indices, read_images
 from trainleak.audits.inversion.nets import small_resnet
 from trainleak.cli import main
+from trainleak.report import report_header
 
 from conftest import link_orl
 
@@ -153,6 +154,12 @@ def test_cli_writes_contracted_report(trained: dict, orl: dict[str, Path], tmp_p
     argv += ["--defense", "noise:0.5", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    # The header every audit writes, with the command line and the device it ran on.
+    head = report_header("invert", ["trainleak", *argv], report["settings"], "cpu")
+    assert {k: report[k] for k in head if k != "created"} == {
+        k: v for k, v in head.items() if k != "created"
+    }
+    assert len(report["created"]) == len(head["created"]) and report["created"].endswith("Z")
     assert [e["split"] for e in report["splits"]] == ["stem", "layer2"]
     for e in report["splits"]:
         assert {"split", "depth", "method", "psnr", "ssim", "identity_similarity"} <= set(e)

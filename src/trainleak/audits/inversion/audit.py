@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
 from typing import Any, get_args
 
 import numpy as np
@@ -35,7 +34,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainleak._version import __version__
 from trainleak.audits.inversion.dci import DCIInverter
 from trainleak.audits.inversion.decoder import DecoderInverter
 from trainleak.audits.inversion.metrics import (
@@ -52,6 +50,7 @@ from trainleak.audits.inversion.split import SplitModel, load_model
 from trainleak.config import InvertConfig as InvertConfig  # re-exported: it lived here
 from trainleak.config import InvertMethod
 from trainleak.images import DEFAULT_MAX_PIXELS, ImageSkip, SkipRecord, list_records, load_image
+from trainleak.report import report_header
 from trainleak.result import Result
 
 Method = InvertMethod  # the name it had here
@@ -310,16 +309,14 @@ def invert(
                 "identity_compared": dm["identity_compared"],
                 "accuracy": acc,
                 "accuracy_clean": clean_accuracy,
-                "accuracy_cost": None if acc is None else clean_accuracy - acc,  # type: ignore[operator]
+                "accuracy_cost": (
+                    None if acc is None or clean_accuracy is None else clean_accuracy - acc
+                ),
             }
         entries.append(entry)
     report = {
-        "tool": "trainleak",
-        "version": __version__,
-        "command": "invert",
-        "argv": argv or [],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": "cpu",
+        # The inversion runs where the images are: the device of their tensor.
+        **report_header("invert", argv, config.to_dict(), str(x.device)),
         "model": {
             "spec": model if isinstance(model, str) else type(model).__name__,
             "weights": weights,
@@ -327,7 +324,6 @@ def invert(
             "mean": config.mean,
             "std": config.std,
         },
-        "settings": config.to_dict(),
         "inputs": {
             "images": {
                 "root": os.fspath(images),
