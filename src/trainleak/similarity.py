@@ -71,12 +71,23 @@ class Similarity:
         top-k lists (a row outside both has k rows above it in either), so
         merging them, keeping each row's better score, is exact.
         """
-        search = {"metric": self.metric, "tiles": self.tiles, "backend": backend, "device": device}
-        s1, i1 = knn(queries, database, k, exclude_self=exclude_self, **search)  # type: ignore[arg-type]
+
+        def search(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return knn(
+                rows,
+                database,
+                k,
+                metric=self.metric,
+                tiles=self.tiles,
+                backend=backend,
+                exclude_self=exclude_self,
+                device=device,
+            )
+
+        s1, i1 = search(queries)
         if self.mirror is None:
             return s1, i1
-        flipped = np.asarray(queries, np.float32)[:, self.mirror]
-        s2, i2 = knn(flipped, database, k, exclude_self=exclude_self, **search)  # type: ignore[arg-type]
+        s2, i2 = search(np.asarray(queries, np.float32)[:, self.mirror])
         return _merge_best(np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1), k)
 
 
