@@ -40,3 +40,14 @@ def orl_kde(n: int, seed: int) -> list[np.ndarray]:
         grey = np.clip(base + rng.normal(0.0, BANDWIDTH, base.shape), 0, 255)
         out.append(grey.astype(np.uint8))
     return out
+
+
+#: Set once a test's audit has finished: from then on ``sealed_orl_kde`` raises.
+SEALED = {"done": False}
+
+
+def sealed_orl_kde(n: int, seed: int) -> list[np.ndarray]:
+    """``orl_kde`` until ``SEALED["done"]``; then it raises, so writing a report cannot sample."""
+    if SEALED["done"]:
+        raise RuntimeError("the generator was called after the audit had finished")
+    return orl_kde(n, seed)

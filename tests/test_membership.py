@@ -101,6 +101,29 @@ def test_report_contract(kde_result, tmp_path):
     assert len(list((tmp_path / "out" / "closest").glob("*.png"))) > 0
 
 
+def test_report_writer_never_runs_the_generator(scene, tmp_path, cache_dir, monkeypatch):
+    import membership_gen
+
+    monkeypatch.setitem(membership_gen.SEALED, "done", False)
+    cfg = _config(cache_dir, n=40)
+    cfg.n_boot = 10
+    result = membership("python:membership_gen:sealed_orl_kde", scene["ids"], config=cfg)
+    membership_gen.SEALED["done"] = True  # the audit is over: sampling now raises
+    paths = result.write(tmp_path / "out")
+    saved = sorted((tmp_path / "out" / "closest").glob("*.png"))
+    top = result.report["identities"][0]
+    assert len(saved) >= len(top["nearest"][:4]) > 0
+    shown = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))["identities"][0]
+    assert all(Path(n["path"]).is_file() for n in shown["nearest"][:4])
+    # The saved image is the sample the audit scored: embedding it gives its similarity.
+    with Embedder("pixel", workers=1, cache=False) as emb:
+        closest = emb.embed(tmp_path / "out" / "closest", "closest")
+        photos = emb.embed(scene["ids"] / top["identity"], "photos").vectors
+    vec = closest.vectors[list(closest.paths).index(shown["nearest"][0]["path"])]
+    assert float((photos @ vec).max()) == pytest.approx(top["nearest"][0]["similarity"], abs=1e-4)
+    assert "data:image/jpeg;base64" in Path(paths["html"]).read_text(encoding="utf-8")
+
+
 def test_scores_are_exact_against_brute_force(kde_result, scene, cache_dir):
     rng = np.random.default_rng(1)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from trainleak.audits.membership import MembershipResult
+from trainleak.audits.membership_report import SCORE_NOTES, header, summary_block
 from trainleak.config import LossConfig as LossConfig  # re-exported: it lived here
 from trainleak.errors import AuditInputError
 from trainleak.generators import sample_seed
@@ -204,8 +205,6 @@ def loss_membership(
         A :class:`~trainleak.audits.membership.MembershipResult`.
 
     """
-    from trainleak.audits.membership_report import SCORE_NOTES, header, summary_block
-
     config = config or LossConfig()
     folder = model.partition(":")[2] if model.startswith("diffusers:") else model
     attack = LossAttack(folder, config)

@@ -11,15 +11,11 @@ known not to be in training turns scores into p-values, and
 when the members are known. The sample-level loss attack on diffusion models
 lives in :mod:`trainleak.audits.loss_attack`.
 
-The identity score (our choice; the paper inspects nearest neighbours): for
-each generated sample, its similarity to the person is the best over the
-person's photos; the ``max`` score is the highest of these, the ``topm`` score
-the mean of the ``top_m`` highest. ``topm`` is the headline by default, a
-choice made for robustness rather than measured superiority: one lucky sample
-decides ``max``, while a generator that learned a person makes several
-look-alikes. Measured: on the tests' pixel-space KDE of 10 ORL people (300
-samples, pixel encoder) the AUCs were 0.987 (``max``) and 0.967 (``topm``,
-m = 5); the ORL DDPM experiment reports both (README).
+The scores, the estimator and the evaluation are array-level and live in
+:mod:`trainleak.audits.membership_scores`; ``report.json`` is assembled in
+:mod:`trainleak.audits.membership_report`. This module embeds the photos,
+streams the generator's samples, runs the attack and keeps the few closest
+samples the report page shows, so that writing the report generates nothing.
 """
 
 from __future__ import annotations
@@ -27,18 +23,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from trainleak.audits.identity_inputs import load_identities, photos_paths
 from trainleak.audits.inputs import make_embedder
+from trainleak.audits.membership_report import (
+    SHOWN_IDENTITIES,
+    SHOWN_SAMPLES,
+    build_identity_report,
+)
+
+# The array-level attack, re-exported: it lived here and is this module's API.
+from trainleak.audits.membership_scores import FPRS as FPRS
+from trainleak.audits.membership_scores import IdentityMembership as IdentityMembership
+from trainleak.audits.membership_scores import IdentityScores as IdentityScores
+from trainleak.audits.membership_scores import evaluate as evaluate
+from trainleak.audits.membership_scores import identity_scores as identity_scores
 from trainleak.audits.sampling import (
     GeneratedSet,
     folder_as_generated,
     generator_fingerprint,
     sample_id,
+    sample_pngs,
     stream_embed,
 )
 from trainleak.config import Headline as Headline  # re-exported: it lived here
@@ -46,204 +52,9 @@ from trainleak.config import MembershipConfig as MembershipConfig  # re-exported
 from trainleak.embedding import Embedder
 from trainleak.errors import AuditInputError
 from trainleak.generators import Generator, get_generator, is_generator_spec
-from trainleak.neighbors import knn
 from trainleak.result import Result
-from trainleak.stats import (
-    auc_score,
-    bootstrap_interval,
-    leave_one_out_p_values,
-    roc_curve,
-    tpr_at_fpr,
-)
 
 log = logging.getLogger(__name__)
-
-#: False-positive rates reported, as the ``tpr_at_fpr`` keys of ``report.json``.
-FPRS = ("0.01", "0.001")
-
-
-@dataclass
-class IdentityScores:
-    """Scores of identities against generated samples, rows in ``names`` order."""
-
-    names: list[str]
-    max: np.ndarray  # (n_identities,)
-    topm: np.ndarray  # (n_identities,)
-    nearest: np.ndarray  # (n_identities, m) generated-row index, -1 past the end
-    nearest_sim: np.ndarray  # (n_identities, m)
-
-    def headline(self, which: Headline) -> np.ndarray:
-        """Return the ``max`` or ``topm`` scores."""
-        return self.max if which == "max" else self.topm
-
-
-def identity_scores(
-    photos: dict[str, np.ndarray], samples: np.ndarray, top_m: int = 5
-) -> IdentityScores:
-    """Score each identity by its photos' similarity to the nearest generated samples.
-
-    A sample's similarity to a person is its best cosine similarity over the
-    person's photos; ``max`` is the highest over samples, ``topm`` the mean of
-    the ``top_m`` highest (fewer when there are fewer samples).
-
-    Args:
-        photos: identity -> ``(k_i, dim)`` unit rows of that person's photos.
-        samples: ``(n, dim)`` unit rows of the generated samples.
-        top_m: how many nearest samples ``topm`` averages.
-
-    Returns:
-        :class:`IdentityScores`; ``nearest`` holds the ``top_m`` closest samples.
-
-    Example:
-        >>> g = np.eye(3, dtype=np.float32)
-        >>> s = identity_scores({"a": g[:1], "b": (g[1:2] + g[2:3]) / 2**0.5}, g, top_m=2)
-        >>> s.max.round(3).tolist(), s.topm.round(3).tolist()
-        ([1.0, 0.707], [0.5, 0.707])
-
-    """
-    if top_m < 1:
-        raise ValueError(f"top_m must be 1 or more, got {top_m}")
-    names = list(photos)
-    m = min(top_m, len(samples))
-    if m == 0:
-        raise AuditInputError("no generated sample could be embedded; nothing to compare with")
-    stacked = np.concatenate([photos[n] for n in names]).astype(np.float32)
-    _, idx = knn(stacked, samples, k=m)
-    maxes, topms = np.zeros(len(names)), np.zeros(len(names))
-    nearest = np.full((len(names), top_m), -1, np.int64)
-    nearest_sim = np.full((len(names), top_m), np.nan, np.float32)
-    start = 0
-    for row, name in enumerate(names):
-        k = len(photos[name])
-        # The global top-m by best-photo similarity is inside the union of the
-        # photos' top-m lists, so scoring that union exactly is enough.
-        cand = np.unique(idx[start : start + k])
-        cand = cand[cand >= 0]
-        best = (photos[name] @ samples[cand].T).max(axis=0)
-        order = np.argsort(-best, kind="stable")[:m]
-        maxes[row] = best[order[0]]
-        topms[row] = best[order].mean()
-        nearest[row, :m] = cand[order]
-        nearest_sim[row, :m] = best[order]
-        start += k
-    return IdentityScores(names, maxes, topms, nearest, nearest_sim)
-
-
-class IdentityMembership:
-    """Identity membership attack (Webster et al. 2021) as an estimator.
-
-    Args:
-        samples: ``(n, dim)`` unit embeddings of the generator's samples: the
-            target, as a model is for other attacks.
-        top_m: nearest samples averaged by the ``topm`` score.
-        score: which score :meth:`score` returns.
-
-    ``higher_is_better`` is True: a higher score means more likely a member.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-        >>> people = {f"p{i}": unit(rng.normal(size=(2, 8))) for i in range(6)}
-        >>> samples = unit(people["p0"] + 0.1)  # the generator learned p0
-        >>> attack = IdentityMembership(samples, top_m=1)
-        >>> attack = attack.fit({k: v for k, v in people.items() if k != "p0"})
-        >>> float(attack.p_values({"p0": people["p0"]})[0]) <= 1 / 6
-        True
-
-    """
-
-    higher_is_better = True
-
-    def __init__(self, samples: np.ndarray, *, top_m: int = 5, score: Headline = "topm") -> None:
-        self.samples = samples
-        self.top_m = top_m
-        self.which: Headline = score
-        self.reference_: IdentityScores | None = None
-
-    def fit(self, reference: dict[str, np.ndarray]) -> IdentityMembership:
-        """Score reference identities (known non-members): the null distribution."""
-        if not reference:
-            raise AuditInputError("the reference has no usable identity to calibrate p-values on")
-        self.reference_ = identity_scores(reference, self.samples, self.top_m)
-        return self
-
-    def details(self, queries: dict[str, np.ndarray]) -> IdentityScores:
-        """Return both scores and the nearest samples of each query identity."""
-        return identity_scores(queries, self.samples, self.top_m)
-
-    def score(self, queries: dict[str, np.ndarray]) -> np.ndarray:
-        """Return the headline score of each query identity, ``(n_queries,)`` float64."""
-        return self.details(queries).headline(self.which)
-
-    def p_values(self, queries: dict[str, np.ndarray]) -> np.ndarray:
-        """One-sided p-values against the reference scores.
-
-        A query identity with the same name as a reference identity is left
-        out of its own null distribution (leave-one-out), so the reference
-        people can be queried too.
-        """
-        if self.reference_ is None:
-            raise RuntimeError("call fit(reference) before p_values()")
-        null = self.reference_.headline(self.which)
-        return leave_one_out_p_values(
-            self.score(queries), list(queries), null, self.reference_.names
-        )
-
-
-def evaluate(
-    scores: np.ndarray, member: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> dict[str, Any]:
-    """ROC AUC and TPR at 1% / 0.1% FPR with bootstrap 95% intervals.
-
-    Args:
-        scores: ``(n,)`` attack scores, higher = more likely a member.
-        member: ``(n,)`` bool ground truth.
-        n_boot: bootstrap replicates (members and non-members resampled apart).
-        seed: seeds the bootstrap.
-
-    Returns:
-        The evaluation entries of a report's ``summary``.
-
-    Raises:
-        AuditInputError: when members or non-members are missing.
-
-    Example:
-        >>> out = evaluate(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 1, 0, 0], bool), 50)
-        >>> out["auc"], out["tpr_at_fpr"]["0.01"]
-        (1.0, 1.0)
-
-    """
-    member = np.asarray(member, bool)
-    pos, neg = scores[member], scores[~member]
-    if len(pos) == 0 or len(neg) == 0:
-        raise AuditInputError(
-            f"--members gives {len(pos)} members and {len(neg)} non-members among the queries; "
-            "evaluation needs both: list member names one per line, and query non-members too"
-        )
-    fpr, tpr = roc_curve(pos, neg)
-    rates, intervals = {}, {}
-    for key in FPRS:
-        rates[key] = tpr_at_fpr(pos, neg, float(key))
-        intervals[key] = list(
-            bootstrap_interval(pos, neg, _tpr_stat(float(key)), n_boot, seed=seed)
-        )
-    return {
-        "auc": auc_score(pos, neg),
-        "auc_ci95": list(bootstrap_interval(pos, neg, auc_score, n_boot, seed=seed)),
-        "tpr_at_fpr": rates,
-        "tpr_at_fpr_ci95": intervals,
-        "n_members": int(len(pos)),
-        "n_nonmembers": int(len(neg)),
-        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
-        "fpr_note": (
-            f"{len(neg)} non-members resolve false-positive rates down to 1/{len(neg)}; "
-            "at finer rates the threshold sits above every non-member score"
-        ),
-    }
-
-
-def _tpr_stat(rate: float) -> Any:
-    return lambda p, n: tpr_at_fpr(p, n, rate)
 
 
 def embed_generated(
@@ -317,8 +128,6 @@ def membership(
         (1.0, 'ann')
 
     """
-    from trainleak.audits.membership_report import build_identity_report
-
     config = config or MembershipConfig()
     with make_embedder(config.embed) as embedder:
         photos, query_set, bad = load_identities(embedder, identities, "identities")
@@ -341,7 +150,41 @@ def membership(
         sample_ids,
         argv if argv is not None else list(sys.argv),
     )
-    return MembershipResult(report, generator, config.seed, photos_paths(query_set))
+    closest = closest_samples(report, generator, gen, config.seed)
+    return MembershipResult(report, photos_paths(query_set), closest)
+
+
+def closest_samples(
+    report: dict[str, Any], generator: Generator | None, gen: GeneratedSet, seed: int
+) -> dict[str, bytes]:
+    """PNG images of the generated samples the report page shows, by sample id.
+
+    Streamed samples are not kept (that keeps memory flat however many are
+    drawn), so the few the page shows, the closest samples of the top
+    identities, are drawn again here from their seeds while the audit still
+    holds the generator. A folder's generated images are files already: none.
+
+    Args:
+        report: the identity report, rows highest score first.
+        generator: the generator, or ``None`` for a folder of images.
+        gen: the embedded samples (their indices).
+        seed: the run's seed.
+
+    Returns:
+        Sample id -> PNG bytes, for the ``SHOWN_SAMPLES`` nearest samples of
+        the ``SHOWN_IDENTITIES`` top identities.
+
+    """
+    if generator is None:
+        return {}
+    index = {sample_id(seed, int(i)): int(i) for i in gen.indices}
+    wanted = {
+        n["sample"]
+        for row in report["identities"][:SHOWN_IDENTITIES]
+        for n in row["nearest"][:SHOWN_SAMPLES]
+    }
+    pngs = sample_pngs(generator, sorted(index[w] for w in wanted), seed)
+    return {sample_id(seed, i): png for i, png in pngs.items()}
 
 
 class MembershipResult(Result):
@@ -362,14 +205,15 @@ class MembershipResult(Result):
     def __init__(
         self,
         report: dict[str, Any],
-        generator: Generator | None = None,
-        seed: int = 0,
         photos: dict[str, list[str]] | None = None,
+        closest: dict[str, bytes] | None = None,
     ) -> None:
         super().__init__(report)
-        self.generator = generator
-        self.seed = seed
+        # What the page shows besides the report: each identity's photo paths,
+        # and the closest generated samples as PNG bytes by sample id (kept by
+        # the audit, so writing the report never runs the generator).
         self.photos = photos or {}
+        self.closest = closest or {}
 
     def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
         """Write ``report.json`` and ``report.html`` (and closest samples as PNG) into ``out``."""

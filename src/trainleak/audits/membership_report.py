@@ -14,19 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.membership import (
-    FPRS,
-    IdentityScores,
-    MembershipConfig,
-    evaluate,
-)
+from trainleak.audits.membership_scores import FPRS, IdentityScores, evaluate
 from trainleak.audits.sampling import GeneratedSet
+from trainleak.config import MembershipConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import SkipRecord
 from trainleak.report import report_header
 
 #: Below this p-value a query is counted in ``n_p_below`` (uncorrected).
 ALPHA = 0.05
+
+#: Identities the page shows with their photos and closest generated samples;
+#: the audit keeps those samples' images for exactly these.
+SHOWN_IDENTITIES = 10
+#: Photos and closest generated samples shown per identity.
+SHOWN_SAMPLES = 4
 
 SCORE_NOTES = {
     "max": (

@@ -167,6 +167,20 @@ def sample_images(generator: Generator, indices: list[int], seed: int) -> list[n
     return [generator.sample(1, sample_seed(seed, i))[0] for i in indices]
 
 
+def sample_pngs(generator: Generator, indices: list[int], seed: int) -> dict[int, bytes]:
+    """Return samples ``indices`` of the run seeded ``seed``, each encoded as PNG.
+
+    Example:
+        >>> from trainleak.generators import PythonGenerator
+        >>> pngs = sample_pngs(PythonGenerator("trainleak.audits.sampling:_grey_squares"), [3], 0)
+        >>> list(pngs), pngs[3][1:4]
+        ([3], b'PNG')
+
+    """
+    images = sample_images(generator, indices, seed)
+    return {i: _png(image) for i, image in zip(indices, images, strict=True)}
+
+
 def _key(fingerprint: str, seed: int, index: int) -> str:
     return hashlib.blake2b(f"{fingerprint}:{seed}:{index}".encode(), digest_size=16).hexdigest()
 

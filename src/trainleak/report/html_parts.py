@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps
 
 #: ``thumbnail(role, path)`` -> a ``data:`` URI, or ``None`` for an unreadable file.
@@ -87,19 +86,6 @@ def page(title: str, body: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
     )
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8 image as PNG.
-
-    Example:
-        >>> png_bytes(np.zeros((2, 2), np.uint8))[1:4]
-        b'PNG'
-
-    """
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:

@@ -2,10 +2,9 @@
 
 The page shows the ROC curve and the score distributions of members and
 non-members (when ``--members`` was given), and for the top identities their
-photos beside their closest generated samples. Generated samples of a
-generator are not kept on disk during the run; the few shown are generated
-again from their seeds (sample ``i`` depends only on the seed and ``i``) and
-saved under ``out/closest/``.
+photos beside their closest generated samples. The audit keeps those few
+samples' images (a generator's samples are not kept otherwise); the writer
+saves them under ``out/closest/`` and renders, it never generates.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
+from trainleak.audits.membership_report import SHOWN_IDENTITIES, SHOWN_SAMPLES
 from trainleak.report import write_report_files
 from trainleak.report.html_parts import (
     Thumbnail,
@@ -30,11 +28,6 @@ from trainleak.report.plots import PALETTE, svg_histogram
 
 if TYPE_CHECKING:
     from trainleak.audits.membership import MembershipResult
-
-#: Identities shown with their photos and closest samples.
-TOP_IDENTITIES = 10
-#: Photos and closest samples shown per identity.
-SHOWN = 4
 
 
 def svg_roc(fpr: list[float], tpr: list[float], auc: float | None, size: int = 320) -> str:
@@ -136,10 +129,10 @@ def _table(
         member = {True: "member", False: "non-member", None: ""}[r["member"]]
         pv = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
         pics = ""
-        if i < TOP_IDENTITIES and thumbnail is not None:
+        if i < SHOWN_IDENTITIES and thumbnail is not None:
             own = photos.get(r[name_key], [r[name_key]] if key == "samples" else [])
-            pics = "".join(img_tag(thumbnail, "photo", p) for p in own[:SHOWN])
-            near = [n.get("path") for n in r.get("nearest", [])[:SHOWN]]
+            pics = "".join(img_tag(thumbnail, "photo", p) for p in own[:SHOWN_SAMPLES])
+            near = [n.get("path") for n in r.get("nearest", [])[:SHOWN_SAMPLES]]
             if near:
                 pics += " &rarr; " + "".join(img_tag(thumbnail, "generated", p) for p in near if p)
         out.append(
@@ -149,7 +142,7 @@ def _table(
     shown = "photos &rarr; closest generated samples" if key == "identities" else "image"
     return (
         f"<table><tr><th>#</th><th>{name_key}</th><th>score</th><th>p-value</th>"
-        f"<th>truth</th><th>{shown} (top {TOP_IDENTITIES})</th></tr>" + "".join(out) + "</table>"
+        f"<th>truth</th><th>{shown} (top {SHOWN_IDENTITIES})</th></tr>" + "".join(out) + "</table>"
     )
 
 
@@ -173,31 +166,33 @@ def render_membership_html(
     )
 
 
-def _save_closest(result: MembershipResult, folder: Path) -> None:
-    """Give the shown identities' closest samples a ``path``, generating them again."""
-    report = result.report
-    rows = report.get("identities", [])[:TOP_IDENTITIES]
-    wanted = sorted(
-        {
-            int(n["sample"].rsplit(":", 1)[1])
-            for r in rows
-            for n in r["nearest"][:SHOWN]
-            if n["sample"].startswith("sample:")
-        }
-    )
-    paths: dict[str, str] = {}
-    if wanted and result.generator is not None:
-        from trainleak.audits.sampling import sample_id, sample_images
+def _with_closest(result: MembershipResult, folder: Path) -> dict[str, Any]:
+    """Save the audit's closest samples into ``folder``; return the report with their paths.
 
-        folder.mkdir(parents=True, exist_ok=True)
-        images = sample_images(result.generator, wanted, result.seed)
-        for i, image in zip(wanted, images, strict=True):
-            path = folder / f"{i:06d}.png"
-            Image.fromarray(image).save(path)
-            paths[sample_id(result.seed, i)] = str(path)
-    for r in rows:
-        for n in r["nearest"][:SHOWN]:
-            n["path"] = paths.get(n["sample"], n["sample"] if os.path.exists(n["sample"]) else None)
+    The shown identities' nearest entries get a ``path``: the saved PNG, or for
+    samples from a folder the file itself. ``result.report`` is left as it is.
+    """
+    report = dict(result.report)
+    if "identities" not in report:
+        return report
+    rows = [dict(r) for r in report["identities"]]
+    for row in rows[:SHOWN_IDENTITIES]:
+        row["nearest"] = [dict(n) for n in row["nearest"]]
+        for n in row["nearest"][:SHOWN_SAMPLES]:
+            n["path"] = _closest_path(n["sample"], result.closest, folder)
+    report["identities"] = rows
+    return report
+
+
+def _closest_path(sample: str, closest: dict[str, bytes], folder: Path) -> str | None:
+    png = closest.get(sample)
+    if png is None:
+        # A folder's generated images are files already: the id is the path.
+        return sample if os.path.exists(sample) else None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sample.replace(':', '-')}.png"
+    path.write_bytes(png)
+    return str(path)
 
 
 def write_membership_report(
@@ -215,11 +210,10 @@ def write_membership_report(
         The written paths by kind.
 
     """
-    if not redact:
-        _save_closest(result, Path(out) / "closest")
+    report = result.report if redact else _with_closest(result, Path(out) / "closest")
     thumbnail = embedded_thumbnails(redact)
     return write_report_files(
-        result.report,
+        report,
         out,
         lambda clean: render_membership_html(clean, result.photos, thumbnail),
         redact,
