@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from trainleak.audits.inputs import drop_training_copies, embed_nonempty, make_embedder
-from trainleak.audits.scoring import Neighbours, identity_scores, nearest
+from trainleak.audits.scoring import Neighbours, match_identities, nearest
 from trainleak.config import AuditConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
@@ -59,7 +59,7 @@ def score_against(
     nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device)
     nn_sim = nb.sims[:, 0].astype(np.float32)
     if mode == "identity":
-        ids = identity_scores(
+        ids = match_identities(
             queries.vectors,
             train.vectors,
             [str(lab) for lab in train.labels],

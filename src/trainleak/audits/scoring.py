@@ -50,8 +50,14 @@ def nearest(
 
 
 @dataclass(frozen=True)
-class IdentityScores:
-    """Per query: the identity score, the best identity and its nearest photo."""
+class IdentityMatches:
+    """Per query: the training identity it matches best, that match's score and nearest photo.
+
+    One row per query sample (a synthetic image asking "whom do I look
+    like?"), unlike :class:`trainleak.audits.membership_scores.IdentityScores`,
+    which has one row per person asking "how close do generated samples come
+    to me?".
+    """
 
     score: np.ndarray
     identity: list[str]
@@ -59,14 +65,14 @@ class IdentityScores:
     similarity: np.ndarray
 
 
-def identity_scores(
+def match_identities(
     queries: np.ndarray,
     train: np.ndarray,
     labels: list[str],
     weight: float = 0.5,
     backend: Backend = "auto",
     device: str = "cpu",
-) -> IdentityScores:
+) -> IdentityMatches:
     """Score queries against labelled training identities (cosine embeddings).
 
     For each candidate identity ``c`` the score is
@@ -85,7 +91,7 @@ def identity_scores(
 
     Example:
         >>> t = np.eye(3, dtype=np.float32)
-        >>> s = identity_scores(t[:1], t, ["a", "a", "b"])
+        >>> s = match_identities(t[:1], t, ["a", "a", "b"])
         >>> s.identity, s.train_index.tolist()
         (['a'], [0])
 
@@ -113,7 +119,7 @@ def identity_scores(
             if s > score[i]:
                 score[i], best_id[i] = s, c
                 best_photo[i], best_sim[i] = members[c][j], sims[j]
-    return IdentityScores(
+    return IdentityMatches(
         score.astype(np.float32),
         [names[c] for c in best_id],
         best_photo,
