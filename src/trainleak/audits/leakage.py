@@ -13,92 +13,32 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from trainleak.audits.inputs import drop_training_copies, embed_nonempty, make_embedder
-from trainleak.audits.scoring import Neighbours, match_identities, nearest
+from trainleak.audits.leak_scores import (
+    Scored,
+    choose_threshold,
+    resolve_score_mode,
+    score_against,
+)
 from trainleak.config import AuditConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
 from trainleak.result import Result
-from trainleak.similarity import Similarity
 from trainleak.stats import (
     Threshold,
     auc_score,
     meehan_ct,
     summarise,
-    threshold_at_fpr,
     wilson_interval,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scored:
-    """Leak scores of one query set against the training set."""
-
-    score: np.ndarray  # (n,) the verdict score
-    best: np.ndarray  # (n,) training index the verdict points at
-    best_sim: np.ndarray  # (n,) similarity of that training sample
-    nn_sim: np.ndarray  # (n,) nearest training similarity
-    neighbours: Neighbours  # (n, k)
-
-
-def score_against(
-    queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
-) -> Scored:
-    """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
-    backend = config.search_backend
-    sim = Similarity.of(train.info)
-    nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device)
-    nn_sim = nb.sims[:, 0].astype(np.float32)
-    if mode == "identity":
-        ids = match_identities(
-            queries.vectors,
-            train.vectors,
-            [str(lab) for lab in train.labels],
-            config.identity_weight,
-            backend,
-            device,
-        )
-        return Scored(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
-    return Scored(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)
-
-
-def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
-    """Turn ``auto`` into ``identity`` or ``nn``; reject impossible choices."""
-    if config.score == "identity":
-        if not train.has_labels:
-            raise AuditInputError(
-                "--score identity needs identity labels on every training sample: "
-                "put each person's images in their own sub-folder, or give a CSV "
-                "with an 'identity' column"
-            )
-        if train.info.metric != "cosine":
-            raise AuditInputError("--score identity needs a cosine encoder (not 'tiled')")
-        return "identity"
-    if config.score == "auto":
-        usable = train.has_labels and train.info.metric == "cosine"
-        return "identity" if usable and len(set(train.labels)) > 1 else "nn"
-    return "nn"
-
-
-def choose_threshold(
-    config: AuditConfig, holdout: Scored | None, default: float, default_note: str
-) -> tuple[Threshold, str]:
-    """Holdout calibration first, then a fixed value, then the encoder default."""
-    if holdout is not None:
-        return threshold_at_fpr(holdout.score, config.fpr), "holdout"
-    if config.threshold is not None:
-        note = "fixed by the user (--threshold); uncalibrated unless chosen from data"
-        return Threshold(float(config.threshold), None, None, note), "fixed"
-    return Threshold(default, None, None, default_note), "encoder-default"
 
 
 def audit(

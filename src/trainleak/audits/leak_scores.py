@@ -1,0 +1,83 @@
+"""How ``audit`` scores a query set against the training set, and picks its threshold.
+
+The set-level layer over :mod:`trainleak.audits.scoring` (which works on
+arrays): which score an audit uses (``nn`` or ``identity``), each query's
+score against the training set, and the threshold rule (holdout calibration,
+then a fixed value, then the encoder's default). :mod:`trainleak.audits.leakage`
+runs the audit and builds its report from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainleak.audits.scoring import Neighbours, match_identities, nearest
+from trainleak.config import AuditConfig
+from trainleak.embedding import EmbeddingSet
+from trainleak.errors import AuditInputError
+from trainleak.similarity import Similarity
+from trainleak.stats import Threshold, threshold_at_fpr
+
+
+@dataclass
+class Scored:
+    """Leak scores of one query set against the training set."""
+
+    score: np.ndarray  # (n,) the verdict score
+    best: np.ndarray  # (n,) training index the verdict points at
+    best_sim: np.ndarray  # (n,) similarity of that training sample
+    nn_sim: np.ndarray  # (n,) nearest training similarity
+    neighbours: Neighbours  # (n, k)
+
+
+def score_against(
+    queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
+) -> Scored:
+    """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
+    backend = config.search_backend
+    sim = Similarity.of(train.info)
+    nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device)
+    nn_sim = nb.sims[:, 0].astype(np.float32)
+    if mode == "identity":
+        ids = match_identities(
+            queries.vectors,
+            train.vectors,
+            [str(lab) for lab in train.labels],
+            config.identity_weight,
+            backend,
+            device,
+        )
+        return Scored(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
+    return Scored(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)
+
+
+def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
+    """Turn ``auto`` into ``identity`` or ``nn``; reject impossible choices."""
+    if config.score == "identity":
+        if not train.has_labels:
+            raise AuditInputError(
+                "--score identity needs identity labels on every training sample: "
+                "put each person's images in their own sub-folder, or give a CSV "
+                "with an 'identity' column"
+            )
+        if train.info.metric != "cosine":
+            raise AuditInputError("--score identity needs a cosine encoder (not 'tiled')")
+        return "identity"
+    if config.score == "auto":
+        usable = train.has_labels and train.info.metric == "cosine"
+        return "identity" if usable and len(set(train.labels)) > 1 else "nn"
+    return "nn"
+
+
+def choose_threshold(
+    config: AuditConfig, holdout: Scored | None, default: float, default_note: str
+) -> tuple[Threshold, str]:
+    """Holdout calibration first, then a fixed value, then the encoder default."""
+    if holdout is not None:
+        return threshold_at_fpr(holdout.score, config.fpr), "holdout"
+    if config.threshold is not None:
+        note = "fixed by the user (--threshold); uncalibrated unless chosen from data"
+        return Threshold(float(config.threshold), None, None, note), "fixed"
+    return Threshold(default, None, None, default_note), "encoder-default"
