@@ -4,7 +4,9 @@ Only this package prints and sets exit codes: 0 the audit ran; 1 it ran with
 ``--fail-on-leak`` and flagged something; 2 a usage error or nothing readable
 (every :class:`~trainleak.errors.TrainleakError`, and the ``KeyError``,
 ``ValueError``, ``FileNotFoundError`` and ``ImportError`` the API raises with
-a message for the user); 130 interrupted.
+a message for the user); 3 an internal error (any other exception: a bug,
+reported in one line with the path of the traceback file, so a CI gate never
+mistakes a crash for a leak); 130 interrupted.
 
 Each command is a module with ``add_parser(sub)`` and ``run(args, argv)``;
 their option defaults are read from :mod:`trainleak.config`. Building the
@@ -15,26 +17,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from trainleak._version import __version__
-from trainleak.cli import audit, dedup, demo, extract, invert, membership
+from trainleak.cli import audit, check, dedup, demo, extract, index, invert, membership
 from trainleak.cli.common import (
+    EXIT_INTERNAL,
     EXIT_LEAK,
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
     add_embed_arguments,
+    check_output_paths,
     embed_config,
 )
 from trainleak.errors import SourceError, TrainleakError
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (audit, dedup, extract, invert, membership, demo)
+COMMANDS = (audit, dedup, extract, invert, membership, index, check, demo)
 
 __all__ = [
     "COMMANDS",
+    "EXIT_INTERNAL",
     "EXIT_LEAK",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -67,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_output_paths(args)
         return int(args.func(args, ["trainleak", *argv]))
     except (UsageError, SourceError, TrainleakError) as err:
         print(f"trainleak: error: {err}", file=sys.stderr)
@@ -81,3 +88,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trainleak: interrupted; finished batches are cached, re-run to resume", file=sys.stderr
         )
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: a bug must not read as a leak
+        where = _save_traceback()
+        print(
+            f"trainleak: internal error: {type(err).__name__}: {err} "
+            f"(traceback in {where}; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a new file in the temp folder."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="trainleak-crash-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
+        fh.write(f"trainleak {__version__}: {' '.join(sys.argv)}\n")
+        traceback.print_exc(file=fh)
+    return path

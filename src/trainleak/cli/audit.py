@@ -12,6 +12,7 @@ from trainleak.cli.common import (
     add_embed_arguments,
     add_output_arguments,
     embed_config,
+    finite_float,
     fraction,
     positive_int,
     print_skipped,
@@ -40,7 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--threshold",
-        type=float,
+        type=finite_float,
         default=defaults.threshold,
         help="fixed similarity threshold (no holdout)",
     )

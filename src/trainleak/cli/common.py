@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from trainleak.config import EmbedConfig
 
-EXIT_OK, EXIT_LEAK, EXIT_USAGE = 0, 1, 2
+#: 0 the command ran; 1 it ran, --fail-on-leak was given and something leaked
+#: (or ``check`` blocked an image); 2 a usage or input error; 3 an internal
+#: error (a bug: the traceback is written to a file and its path printed).
+EXIT_OK, EXIT_LEAK, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 #: Title of the argument group :func:`add_embed_arguments` adds; options in it
 #: take their defaults from the command config's ``embed`` field.
@@ -39,6 +45,37 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.01, got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Parse a finite number (``nan`` and ``inf`` are refused: they silently disable a test).
+
+    Example:
+        >>> finite_float("0.93")
+        0.93
+
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.9, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite number above 0 (a distance such as ``--delta``).
+
+    Example:
+        >>> positive_float("0.15")
+        0.15
+
+    """
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
     return value
 
 
@@ -167,6 +204,39 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
         max_pixels=args.max_pixels,
         progress=not args.quiet and sys.stderr.isatty(),
     )
+
+
+def writable_dir(path: str, flag: str) -> None:
+    """Fail now, before any work, if ``path`` cannot become a folder we write into.
+
+    A file in the way, a missing drive or a read-only folder used to surface
+    as a traceback after all the embedding was done.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder: give a folder path")
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {path}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {path} is not writable ({err.strerror}): choose a folder you can write to"
+        ) from None
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Check every folder a command will write (``--out``, ``--cache``, ``--copy-kept``)."""
+    if getattr(args, "out", None) and not getattr(args, "out_is_file", False):
+        writable_dir(args.out, "--out")
+    if getattr(args, "cache", None) and not getattr(args, "no_cache", False):
+        writable_dir(args.cache, "--cache")
+    if getattr(args, "copy_kept", None):
+        writable_dir(args.copy_kept, "--copy-kept")
 
 
 def print_skipped(report: dict[str, Any], what: str = "files") -> None:

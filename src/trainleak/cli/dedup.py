@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from trainleak.cli.common import (
     EXIT_OK,
+    UsageError,
     add_embed_arguments,
     add_output_arguments,
     embed_config,
+    finite_float,
     positive_int,
     print_skipped,
 )
@@ -33,7 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     u.add_argument("path", help="images: folder, glob or .txt/.csv list")
     u.add_argument(
         "--threshold",
-        type=float,
+        type=finite_float,
         default=defaults.threshold,
         help="similarity above which images are near-duplicates (default: the copy "
         "encoder's operating point; required for face/onnx/torchscript)",
@@ -56,6 +59,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.audits.dedup import dedup
 
     config = DedupConfig(embed=embed_config(args), threshold=args.threshold, k=args.k)
+    if args.copy_kept and Path(args.path).is_dir():
+        source, dest = Path(args.path).resolve(), Path(args.copy_kept).resolve()
+        if dest == source or source in dest.parents:
+            raise UsageError(
+                f"--copy-kept {args.copy_kept} is inside the input {args.path}: the copies "
+                "would mix with the images they came from; choose a folder outside it"
+            )
     result = dedup(args.path, config=config, argv=argv)
     paths = result.write(args.out, redact=args.redact)
     s, t = result.report["summary"], result.report["threshold"]

@@ -14,6 +14,7 @@ from trainleak.cli.common import (
     add_embed_arguments,
     add_output_arguments,
     embed_config,
+    positive_float,
     positive_int,
 )
 from trainleak.config import ExtractConfig
@@ -51,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     x.add_argument(
         "--delta",
-        type=float,
+        type=positive_float,
         default=defaults.delta,
         help="distance threshold (default: %(default)s, the paper's)",
     )
@@ -116,33 +117,36 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def generate(args: argparse.Namespace, seed: int) -> str:
-    """Materialise a generator's samples under ``--out/generated`` (resumable)."""
+    """Materialise a generator's samples under ``--out/generated`` (resumable, manifest-checked)."""
     from tqdm import tqdm
 
-    from trainleak.generators import get_generator, materialise
+    from trainleak.audits.generate import generate_groups
 
-    options = {"steps": args.steps} if args.generated.startswith("diffusers:") else {}
-    generator = get_generator(args.generated, **options)
-    prompts: list[str | None] = [None]
+    prompts: list[str] | None = None
     if args.prompts:
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
         prompts = [ln.strip() for ln in lines if ln.strip()]
         if not prompts:
             raise UsageError(f"{args.prompts} has no prompts (one per line)")
-    root = Path(args.out) / "generated"
-    for g, prompt in enumerate(prompts):
-        folder = root / f"prompt_{g:04d}"
-        if prompt is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder.parent / f"prompt_{g:04d}.txt").write_text(prompt, encoding="utf-8")
-        bar = tqdm(
-            total=args.samples_per_prompt,
-            desc=f"generate {folder.name}",
-            disable=args.quiet or not sys.stderr.isatty(),
-            leave=False,
+    bars: dict[str, tqdm] = {}
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    def progress(group: str, done: int, total: int) -> None:
+        bar = bars.setdefault(
+            group, tqdm(total=total, desc=f"generate {group}", disable=quiet, leave=False)
         )
-        for done in materialise(generator, folder, args.samples_per_prompt, seed, prompt):
-            bar.n = done
-            bar.refresh()
+        bar.n = done
+        bar.refresh()
+
+    root = generate_groups(
+        args.generated,
+        Path(args.out) / "generated",
+        samples_per_prompt=args.samples_per_prompt,
+        seed=seed,
+        prompts=prompts,
+        steps=args.steps,
+        progress=progress,
+    )
+    for bar in bars.values():
         bar.close()
     return str(root)

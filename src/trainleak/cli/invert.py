@@ -9,6 +9,8 @@ from trainleak.cli.common import (
     EXIT_OK,
     UsageError,
     add_output_arguments,
+    finite_float,
+    positive_float,
     positive_int,
     print_skipped,
 )
@@ -52,13 +54,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     v.add_argument(
         "--mean",
-        type=float,
+        type=finite_float,
         default=defaults.mean,
         help="input normalisation mean (default: %(default)s)",
     )
     v.add_argument(
         "--std",
-        type=float,
+        type=positive_float,
         default=defaults.std,
         help="input normalisation divisor (default: %(default)s)",
     )

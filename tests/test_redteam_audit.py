@@ -1,0 +1,178 @@
+"""Red team, audit side (issue 11): careless or hostile input must never give a wrong answer.
+
+One test per item, on real files made here. The lower half (sources,
+encoders, store, workers) has its own module, ``test_redteam_inputs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainleak.cli import main
+
+from conftest import ORL
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def orl_sets(tmp_path):
+    """Train: s1-s3 photos 1-5; synthetic: 3 byte copies of training photos + 3 others."""
+    train, synth, hold = (tmp_path / n for n in ("train", "synth", "hold"))
+    for d in (train, synth, hold):
+        d.mkdir()
+    for s in range(1, 4):
+        for p in range(1, 6):
+            shutil.copy(ORL / f"s{s}" / f"{p}.pgm", train / f"s{s}_{p}.pgm")
+        shutil.copy(ORL / f"s{s}" / "1.pgm", synth / f"copy_s{s}.pgm")
+        shutil.copy(ORL / f"s{s + 10}" / "1.pgm", synth / f"new_s{s + 10}.pgm")
+    for s in range(20, 41):
+        shutil.copy(ORL / f"s{s}" / "2.pgm", hold / f"s{s}_2.pgm")
+    return train, synth, hold
+
+
+def _audit(train: Path, synth: Path, hold: Path, out: Path) -> list[str]:
+    return [
+        "audit", "--train", str(train), "--synthetic", str(synth), "--holdout", str(hold),
+        "--encoder", "pixel", "--fpr", "0.05", "--no-cache", "--workers", "1", "-q",
+        "--out", str(out), "--fail-on-leak",
+    ]  # fmt: skip
+
+
+def test_item01_holdout_with_a_training_image_is_cleaned_and_said(orl_sets, tmp_path):
+    train, synth, hold = orl_sets
+    shutil.copy(train / "s2_3.pgm", hold / "leaked_in.pgm")
+    run = subprocess.run(
+        [sys.executable, "-m", "trainleak.cli", *_audit(train, synth, hold, tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    pair = {"holdout": str(hold / "leaked_in.pgm"), "train": str(train / "s2_3.pgm")}
+    assert report["contaminated"] == [pair]
+    assert "identical to training files" in run.stderr and report["warnings"]
+    assert report["threshold"]["value"] < 0.999
+    flagged = {Path(m["synthetic"]).name for m in report["matches"] if m["flagged"]}
+    assert {"copy_s1.pgm", "copy_s2.pgm", "copy_s3.pgm"} <= flagged  # before: none flagged
+    assert run.returncode == 1  # --fail-on-leak sees the leaks
+
+
+def test_item01_training_folder_as_holdout_is_an_error(orl_sets, tmp_path, capsys):
+    train, synth, _ = orl_sets
+    code, _, err = _run(capsys, *_audit(train, synth, train, tmp_path / "o"))
+    assert code == 2 and "byte-identical to training images" in err
+
+
+def test_item05_copy_kept_never_overwrites_same_names(tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{ORL / f's{s}' / '1.pgm'}\n" for s in (1, 2, 3)))
+    kept = tmp_path / "kept"
+    code, out, _ = _run(
+        capsys, "dedup", str(listing), "--no-cache", "--workers", "1", "-q",
+        "--out", str(tmp_path / "o"), "--copy-kept", str(kept),
+    )  # fmt: skip
+    assert code == 0 and "copied 3 kept images" in out
+    written = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+    assert written == ["s1/1.pgm", "s2/1.pgm", "s3/1.pgm"]
+    for s in (1, 2, 3):
+        assert (kept / f"s{s}" / "1.pgm").read_bytes() == (ORL / f"s{s}" / "1.pgm").read_bytes()
+
+
+def test_item05_copy_kept_into_the_input_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(ORL / "s1", data)
+    before = sorted(os.listdir(data))
+    code, _, err = _run(
+        capsys, "dedup", str(data), "--no-cache", "--workers", "1", "-q",
+        "--out", str(tmp_path / "o"), "--copy-kept", str(data / "dedup"),
+    )  # fmt: skip
+    assert code == 2 and "inside the input" in err
+    assert sorted(os.listdir(data)) == before
+
+
+def _gen_module(folder: Path, name: str, body: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text("import numpy as np\n" + body)
+
+
+def test_item02_resumed_generations_never_mix(tmp_path, capsys, monkeypatch):
+    mods = tmp_path / "mods"
+    monkeypatch.syspath_prepend(str(mods))
+    _gen_module(mods, "rt_gen", (
+        "from PIL import Image\n"
+        f"IMG = np.asarray(Image.open(r'{ORL / 's1' / '1.pgm'}').convert('RGB'))\n"
+        "def gen(n, seed, prompt=None):\n    return [IMG] * n\n"
+        "def noise(n, seed, prompt=None):\n"
+        "    rng = np.random.default_rng(seed)\n"
+        "    return [rng.integers(0, 255, (28, 23, 3), dtype=np.uint8) for _ in range(n)]\n"
+    ))  # fmt: skip
+    train = tmp_path / "train"
+    train.mkdir()
+    for p in (1, 2):
+        shutil.copy(ORL / "s1" / f"{p}.pgm", train / f"{p}.pgm")
+    out = tmp_path / "x"
+    base = ["extract", "--train", str(train), "--samples-per-prompt", "12", "--min-clique", "3",
+            "--no-cache", "--workers", "1", "-q", "--out", str(out)]  # fmt: skip
+    code, stdout, _ = _run(capsys, *base, "--generated", "python:rt_gen:gen")
+    assert code == 0 and "1 training images extracted" in stdout
+    code, _, err = _run(capsys, *base, "--generated", "python:rt_gen:noise")
+    assert code == 2 and "generator" in err and "new --out" in err
+    code, _, err = _run(capsys, *base, "--generated", "python:rt_gen:gen", "--seed", "7")
+    assert code == 2 and "seed" in err
+    code, stdout, _ = _run(
+        capsys, *base[:-1], str(tmp_path / "y"), "--generated", "python:rt_gen:noise"
+    )
+    assert code == 0 and "0 training images extracted" in stdout
+
+
+def test_item09_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    args = ["dedup", str(ORL / "s1"), "--workers", "1", "-q"]
+    code, _, err = _run(capsys, *args, "--out", str(a_file), "--no-cache")
+    assert code == 2 and "--out" in err and "is a file" in err
+    code, _, err = _run(capsys, *args, "--out", str(tmp_path / "o"), "--cache", str(a_file))
+    assert code == 2 and "--cache" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_item09_internal_errors_exit_3_with_a_traceback_file(tmp_path, capsys, monkeypatch):
+    mods = tmp_path / "mods"
+    monkeypatch.syspath_prepend(str(mods))
+    _gen_module(mods, "rt_bug", "def gen(n, seed, prompt=None):\n    return [None] * n\n")
+    code, _, err = _run(
+        capsys, "extract", "--generated", "python:rt_bug:gen", "--train", str(ORL / "s1"),
+        "--samples-per-prompt", "2", "--no-cache", "--workers", "1", "-q",
+        "--out", str(tmp_path / "x"), "--fail-on-leak",
+    )  # fmt: skip
+    assert code == 3 and "internal error" in err
+    trace = Path(err.split("traceback in ")[1].split(";")[0])
+    assert "Traceback" in trace.read_text()
+    trace.unlink()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["audit", "--train", "t", "--synthetic", "s", "--threshold", "nan"], "--threshold"),
+        (["dedup", "d", "--threshold", "nan"], "--threshold"),
+        (["dedup", "d", "--threshold", "inf"], "--threshold"),
+        (["extract", "--generated", "g", "--train", "t", "--delta", "nan"], "--delta"),
+        (["extract", "--generated", "g", "--train", "t", "--delta", "-1"], "--delta"),
+        (["audit", "--train", "t", "--synthetic", "s", "--fpr", "nan"], "--fpr"),
+    ],
+)
+def test_item12_numeric_options_are_validated(argv, flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
