@@ -6,6 +6,7 @@ encoders, store, workers) has its own module, ``test_redteam_inputs.py``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -176,3 +177,39 @@ def test_item12_numeric_options_are_validated(argv, flag, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_item11_csv_cells_never_run_as_formulas(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: cells start with the folder names
+    train, synth = Path("=cmd|' calc'!A0"), Path("@SUM(1+1)")
+    train.mkdir()
+    synth.mkdir()
+    shutil.copy(ORL / "s1" / "1.pgm", train / "a.pgm")
+    shutil.copy(ORL / "s1" / "1.pgm", synth / "b.pgm")
+    code, _, _ = _run(
+        capsys, "audit", "--train", str(train), "--synthetic", str(synth),
+        "--encoder", "pixel", "--no-cache", "--workers", "1", "-q", "--out", "o",
+    )  # fmt: skip
+    assert code == 0
+    code, _, _ = _run(
+        capsys, "dedup", str(synth), "--no-cache", "--workers", "1", "-q", "--out", "d"
+    )
+    assert code == 0
+    for path in (Path("o/matches.csv"), Path("d/dedup.csv")):
+        rows = list(csv.reader(path.open()))[1:]
+        assert rows
+        for row in rows:
+            assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row), (path, row)
+            assert row[0].startswith("'")
+
+
+def test_item16_headline_says_when_the_holdout_is_too_small(orl_sets, tmp_path, capsys):
+    train, synth, hold = orl_sets
+    code, _, _ = _run(
+        capsys, "audit", "--train", str(train), "--synthetic", str(synth), "--holdout", str(hold),
+        "--encoder", "pixel", "--fpr", "0.01", "--no-cache", "--workers", "1", "-q",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "too few to calibrate a 1.0% false-positive rate" in html
+    assert "calibrated on 21 holdout images for a 1.0%" not in html

@@ -56,8 +56,16 @@ def report_header(
     }
 
 
+#: How the writers encode text that UTF-8 cannot hold: file names that are not
+#: UTF-8 reach the report as Python's surrogate escapes (``b"\xff"`` ->
+#: ``"\udcff"``). In JSON they become the escape ``\udcff`` (what
+#: ``ensure_ascii`` would write), so ``os.fsencode(json.load(...)["path"])``
+#: gives back the file's bytes; in CSV and HTML the same text is shown.
+ENCODING_ERRORS = "backslashreplace"
+
+
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write a report as UTF-8 JSON, atomically."""
+    """Write a report as UTF-8 JSON, atomically; see :data:`ENCODING_ERRORS` for odd names."""
     _write_clean_json(clean_json(report), path)
 
 
@@ -66,6 +74,7 @@ def _write_clean_json(clean: dict[str, Any], path: str | os.PathLike[str]) -> No
     tmp.write_text(
         json.dumps(clean, indent=2, allow_nan=False, ensure_ascii=False) + "\n",
         encoding="utf-8",
+        errors=ENCODING_ERRORS,
     )
     os.replace(tmp, path)
 
@@ -93,8 +102,27 @@ def write_report_files(
     paths = {"json": str(folder / "report.json"), "html": str(folder / "report.html")}
     clean = clean_json(dict(report, redacted=redact))
     _write_clean_json(clean, paths["json"])
-    Path(paths["html"]).write_text(render(clean), encoding="utf-8")
+    Path(paths["html"]).write_text(render(clean), encoding="utf-8", errors=ENCODING_ERRORS)
     return paths
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Return a CSV cell that no spreadsheet runs as a formula (file names are user data).
+
+    Example:
+        >>> csv_cell("=HYPERLINK(1)"), csv_cell("a.png"), csv_cell(-0.5), csv_cell(None)
+        ("'=HYPERLINK(1)", 'a.png', -0.5, '')
+
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "score", "flagged"]
@@ -102,11 +130,11 @@ MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "
 
 def write_matches_csv(matches: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write the match rows as CSV, one row per (synthetic, neighbour)."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
         writer = csv.DictWriter(fh, MATCH_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in matches:
-            writer.writerow(row)
+            writer.writerow({k: csv_cell(row.get(k)) for k in MATCH_COLUMNS})
 
 
 def write_audit_report(

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainleak.report import write_report_files
+from trainleak.report import ENCODING_ERRORS, csv_cell, write_report_files
 from trainleak.report.html_parts import (
     Thumbnail,
     embedded_thumbnails,
@@ -70,10 +70,10 @@ def write_dedup_report(
         report, out, lambda clean: render_dedup_html(clean, thumbnail), redact
     )
     paths["csv"] = str(Path(out) / "dedup.csv")
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
+    with open(paths["csv"], "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "cluster", "kept"])
         for row in report["rows"]:
             cluster = "" if row["cluster"] is None else row["cluster"]
-            writer.writerow([row["path"], cluster, int(row["kept"])])
+            writer.writerow([csv_cell(row["path"]), cluster, int(row["kept"])])
     return paths

@@ -39,6 +39,14 @@ def verdict_sentence(report: dict[str, Any]) -> str:
             f", at a threshold of {number(t['value'])} calibrated on {n_hold} holdout images "
             f"for a {percent(t['target_fpr'])} false-positive rate."
         )
+        resolvable = t.get("resolvable_fpr")
+        if resolvable is not None and t["target_fpr"] < resolvable:
+            how = (
+                f", at a threshold of {number(t['value'])}: the largest score of {n_hold} "
+                f"holdout images, which are too few to calibrate a {percent(t['target_fpr'])} "
+                f"false-positive rate (they resolve {percent(resolvable)} at best; the real "
+                "rate is unknown below that). Give a larger holdout."
+            )
     elif t["method"] == "fixed":
         how = (
             f", at a fixed threshold of {number(t['value'])} given by the user. It is not "
