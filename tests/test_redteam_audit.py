@@ -213,3 +213,30 @@ def test_item16_headline_says_when_the_holdout_is_too_small(orl_sets, tmp_path, 
     html = (tmp_path / "o" / "report.html").read_text()
     assert "too few to calibrate a 1.0% false-positive rate" in html
     assert "calibrated on 21 holdout images for a 1.0%" not in html
+
+
+def test_item17_help_and_hints_are_right(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["dedup", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: tiled)" in text and "face (default)" not in text
+    for command, flags in {
+        "extract": ("--samples-per-prompt", "--redact", "--batch-size"),
+        "audit": ("--batch-size",),
+    }.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for flag in flags:
+            line = text[text.index(f"  {flag}") :].split("\n  -")[0]
+            assert len(line.split()) > 2, f"{command} {flag} has no help"
+    from trainleak.encoders import get_encoder
+
+    assert "--holdout" not in get_encoder("tiled").info.threshold_note.split("(")[-1] or (
+        "--threshold" in get_encoder("tiled").info.threshold_note
+    )
+    code, _, err = _run(
+        capsys, "extract", "--generated", "python:no_such_module_here:gen", "--train",
+        str(ORL / "s1"), "--no-cache", "-q", "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert code == 2 and "PYTHONPATH" in err

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from trainleak._optional import require
+from trainleak.errors import TrainleakError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ def sample_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+class GeneratorSpecError(TrainleakError, ValueError):
+    """A generator spec that cannot be loaded; the message says how to fix it."""
+
+
 class PythonGenerator:
     """``python:module:function`` - the callable makes the images."""
 
@@ -85,7 +90,16 @@ class PythonGenerator:
         module_name, sep, func_name = target.rpartition(":")
         if not sep or not module_name:
             raise ValueError(f"expected python:module:function, got python:{target}")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module_name.startswith(err.name):
+                raise  # the module exists but imports something missing: show that
+            raise GeneratorSpecError(
+                f"cannot import {module_name!r} for python:{target}: put the folder that holds "
+                f"{module_name.replace('.', '/')}.py on PYTHONPATH (e.g. PYTHONPATH=. trainleak "
+                "...), or install its package"
+            ) from None
         func = getattr(module, func_name, None)
         if not callable(func):
             raise ValueError(f"{module_name} has no callable {func_name!r}")

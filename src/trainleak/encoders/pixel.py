@@ -61,7 +61,8 @@ TILED_THRESHOLD = 0.9376
 _HOW_CHOSEN = (
     "encoder default operating point {value} (trainleak's, chosen from data: half the "
     "distance of the closest pair of distinct photos in ORL at 23x28 and 92x112; "
-    "experiments/dedup_defaults.py); uncalibrated for your data - pass --holdout to calibrate"
+    "experiments/dedup_defaults.py); uncalibrated for your data: calibrate it with a holdout "
+    "(audit --holdout, index build --holdout) or set --threshold"
 )
 
 
@@ -233,7 +234,8 @@ class TiledEncoder(Encoder):
             default_threshold=0.85 if paper_form else TILED_THRESHOLD,
             threshold_note=(
                 "Carlini et al. 2023's delta = 0.15 on [0, 1] pixels (score = 1 - distance); "
-                "uncalibrated for your data - pass --holdout to calibrate"
+                "uncalibrated for your data: calibrate it with a holdout (audit --holdout, "
+                "index build --holdout) or set --threshold"
                 if paper_form
                 else _HOW_CHOSEN.format(value=TILED_THRESHOLD)
             ),
