@@ -232,9 +232,9 @@ def test_item17_help_and_hints_are_right(tmp_path, capsys):
             assert len(line.split()) > 2, f"{command} {flag} has no help"
     from trainleak.encoders import get_encoder
 
-    assert "--holdout" not in get_encoder("tiled").info.threshold_note.split("(")[-1] or (
-        "--threshold" in get_encoder("tiled").info.threshold_note
-    )
+    for name in ("tiled", "pixel"):
+        note = get_encoder(name).info.threshold_note
+        assert "--threshold" in note and "pass --holdout to calibrate" not in note
     code, _, err = _run(
         capsys, "extract", "--generated", "python:no_such_module_here:gen", "--train",
         str(ORL / "s1"), "--no-cache", "-q", "--out", str(tmp_path / "x"),
