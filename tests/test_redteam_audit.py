@@ -240,3 +240,15 @@ def test_item17_help_and_hints_are_right(tmp_path, capsys):
         str(ORL / "s1"), "--no-cache", "-q", "--out", str(tmp_path / "x"),
     )  # fmt: skip
     assert code == 2 and "PYTHONPATH" in err
+
+
+def test_exit_codes_are_in_every_help(capsys):
+    from trainleak.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    for name in ["", *commands]:
+        with pytest.raises(SystemExit):
+            main([name, "--help"] if name else ["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "3 internal error" in text and "2 usage or input error" in text, name

@@ -35,6 +35,13 @@ from trainleak.cli.common import (
 )
 from trainleak.errors import SourceError, TrainleakError
 
+#: Shown under every ``--help``.
+EXIT_CODES = (
+    "exit codes: 0 ran (whatever it found); 1 ran with --fail-on-leak and found a leak (check: "
+    "an image was blocked); 2 usage or input error; 3 internal error (traceback file named on "
+    "stderr)"
+)
+
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS = (audit, dedup, extract, invert, membership, index, check, demo)
 
@@ -63,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for command in COMMANDS:
         command.add_parser(sub)
+    parser.epilog = EXIT_CODES
+    for sub_parser in sub.choices.values():
+        sub_parser.epilog = EXIT_CODES
     return parser
 
 
