@@ -1,0 +1,296 @@
+"""``check``: one verdict per image against an index, and "is my face in there?".
+
+A verdict is ``block`` when the image's leak score is strictly above the
+index's threshold, the rule ``audit`` flags by, so an index built from a
+training set and holdout answers as ``audit`` does for the same sets and
+settings. ``release`` otherwise; ``skip`` (with the reason) for an input that
+cannot be read or embedded. A released verdict names no training image: the
+gate tells whoever asks only what they need to know.
+
+Identity answers (``identity=True``) aggregate several photos of one person:
+the person's answer is the best-scoring of their photos (the maximum over
+photos of the score against the training set), and it says how many of the
+photos point at the same training identity. A maximum over ``m`` photos
+falsely matches more often than one photo: at most ``m`` times the calibrated
+per-photo rate (a union bound), which the answer states in words.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from trainleak.config import CheckConfig
+from trainleak.embedding import EmbeddingSet
+from trainleak.errors import AuditInputError
+from trainleak.gate.index import Index
+from trainleak.gate.ingest import Item, embed_blobs, embed_items, iter_records
+
+VerdictName = Literal["release", "block", "skip"]
+PathLike = str | os.PathLike[str]
+#: What ``check`` accepts: paths (folders, globs, list files, files), vectors, or a set.
+Inputs = PathLike | Sequence[PathLike] | np.ndarray | EmbeddingSet
+
+#: Columns of verdicts.csv and keys of each ``--jsonl`` line, in order.
+COLUMNS = ("path", "verdict", "nearest", "similarity", "threshold", "identity", "reason")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's answer for one input (or, with ``identity=True``, one person).
+
+    Attributes:
+        path: the input as found (a file path, the upload's name, the row
+            number of a vector, or the person).
+        verdict: ``release``, ``block`` or ``skip``.
+        nearest: id of the training image the block points at (``None``
+            unless blocked).
+        similarity: the leak score compared with the threshold (the nearest
+            training image's similarity, or the identity score of an index
+            that scores by identity); ``None`` for a skip.
+        threshold: the index's threshold; blocked when ``similarity > threshold``.
+        identity: identity label of the matched training image, when blocked
+            and the training set has labels.
+        reason: one line saying why.
+
+    """
+
+    path: str
+    verdict: VerdictName
+    nearest: str | None = None
+    similarity: float | None = None
+    threshold: float | None = None
+    identity: str | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the verdict as a dict with the keys of :data:`COLUMNS`."""
+        return asdict(self)
+
+
+def check(
+    index: Index | PathLike,
+    images: Inputs,
+    *,
+    identity: bool = False,
+    config: CheckConfig | None = None,
+) -> list[Verdict]:
+    """Check images against an index before they are released.
+
+    Args:
+        index: an opened :class:`Index` or an index folder (opened and closed here).
+        images: folders, globs, list files or files; ``(n, dim)`` vectors
+            from the index's encoder; or an :class:`EmbeddingSet`.
+        identity: answer per person instead of per image ("is my face in
+            there?"): people are the first sub-folders under each folder
+            given (or each folder itself when it has none).
+        config: search and embedding settings when ``index`` is a folder.
+
+    Returns:
+        One :class:`Verdict` per input in input order (per person, sorted,
+        with ``identity=True``). Use :meth:`Index.iter_check` to stream.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> from trainleak.config import EmbedConfig, IndexConfig
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("train", "outbox"):
+        ...     (d / name).mkdir()
+        >>> Image.radial_gradient("L").save(d / "train" / "a.png")
+        >>> Image.radial_gradient("L").save(d / "outbox" / "copy.png")
+        >>> Image.linear_gradient("L").save(d / "outbox" / "new.png")
+        >>> cfg = IndexConfig(embed=EmbedConfig("pixel", workers=1, no_cache=True))
+        >>> Index.build(d / "idx", d / "train", config=cfg).close()
+        >>> [(pathlib.Path(v.path).name, v.verdict) for v in check(d / "idx", d / "outbox")]
+        [('copy.png', 'block'), ('new.png', 'release')]
+
+    """
+    if isinstance(index, Index):
+        return index.check_identity(images) if identity else index.check(images)
+    with Index.open(index, config=config) as opened:
+        return opened.check_identity(images) if identity else opened.check(images)
+
+
+def iter_verdicts(index: Index, inputs: Inputs) -> Iterator[Verdict]:
+    """Yield one verdict per input, reading images a batch at a time."""
+    for verdict, _ in _iter_with_person(index, inputs):
+        yield verdict
+
+
+def encoded_verdicts(index: Index, items: Sequence[tuple[str, bytes]]) -> list[Verdict]:
+    """Verdicts for in-memory encoded images ``(name, bytes)``, e.g. an HTTP upload."""
+    return [v for v, _ in _item_verdicts(index, embed_blobs(index.embedder(), items))]
+
+
+def _iter_with_person(index: Index, inputs: Inputs) -> Iterator[tuple[Verdict, str]]:
+    batch = max(1, index.config.batch)
+    if isinstance(inputs, np.ndarray):
+        vectors = np.asarray(inputs, np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        for b0 in range(0, len(vectors), batch):
+            names = [str(i) for i in range(b0, min(b0 + batch, len(vectors)))]
+            for v in _decide(index, names, vectors[b0 : b0 + batch]):
+                yield v, "vectors"
+        return
+    if isinstance(inputs, EmbeddingSet):
+        if inputs.info.cache_key() != index.encoder_info.cache_key():
+            raise AuditInputError(
+                f"the set was embedded with {inputs.info.cache_key()}, the index with "
+                f"{index.encoder_info.cache_key()}: embed it with the index's encoder"
+            )
+        for b0 in range(0, len(inputs), batch):
+            names = inputs.ids[b0 : b0 + batch]
+            persons = [lab or inputs.root for lab in inputs.labels[b0 : b0 + batch]]
+            verdicts = _decide(index, names, inputs.vectors[b0 : b0 + batch])
+            yield from zip(verdicts, persons, strict=True)
+        for s in inputs.skipped:
+            yield _skip(index, s.path, s.reason), inputs.root
+        return
+    for items in embed_items(index.embedder(), iter_records(inputs), batch):
+        yield from _item_verdicts(index, items)
+
+
+def _item_verdicts(index: Index, items: list[Item]) -> list[tuple[Verdict, str]]:
+    """Verdicts of embedded items; an image with several faces is judged by its best face."""
+    usable = [it for it in items if it.rows is not None]
+    best: dict[int, tuple[float, int, float, str | None]] = {}
+    if usable:
+        blocks = [it.rows for it in usable if it.rows is not None]
+        rows = np.concatenate(blocks)
+        owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
+        sc = index.score(rows)
+        for r, o in enumerate(owner):
+            cand = (float(sc.score[r]), int(sc.row[r]), float(sc.similarity[r]), sc.identity[r])
+            if int(o) not in best or cand[0] > best[int(o)][0]:
+                best[int(o)] = cand
+    out: list[tuple[Verdict, str]] = []
+    j = 0
+    for it in items:
+        if it.rows is None:
+            out.append((_skip(index, it.record.id, it.reason), it.person))
+            continue
+        score, row, _, ident = best[j]
+        j += 1
+        out.append((_verdict(index, it.record.id, score, row, ident), it.person))
+    return out
+
+
+def _decide(index: Index, names: Sequence[str], vectors: np.ndarray) -> list[Verdict]:
+    sc = index.score(vectors)
+    return [
+        _verdict(index, name, float(sc.score[i]), int(sc.row[i]), sc.identity[i])
+        for i, name in enumerate(names)
+    ]
+
+
+def _skip(index: Index, path: str, reason: str) -> Verdict:
+    return Verdict(path, "skip", None, None, index.threshold, None, reason)
+
+
+def _verdict(index: Index, path: str, score: float, row: int, identity: str | None) -> Verdict:
+    t = index.threshold
+    if row < 0 or not math.isfinite(score):
+        return Verdict(path, "release", None, None, t, None, "the index has no training rows")
+    if score > t:
+        rec = index.rows([row])[0] or {}
+        return Verdict(
+            path,
+            "block",
+            str(rec.get("id")),
+            score,
+            t,
+            identity,
+            f"resembles a training image: {score:.4f} > threshold {t:.4f}",
+        )
+    return Verdict(path, "release", None, score, t, None, f"{score:.4f} <= threshold {t:.4f}")
+
+
+def identity_verdicts(index: Index, inputs: Inputs) -> list[Verdict]:
+    """Answer per person whether their face is in the training set."""
+    people: dict[str, dict[str, Any]] = {}
+    for v, person in _iter_with_person(index, inputs):
+        p = people.setdefault(person, {"photos": 0, "skipped": 0, "best": None, "keys": {}})
+        if v.verdict == "skip":
+            p["skipped"] += 1
+            continue
+        p["photos"] += 1
+        if p["best"] is None or (v.similarity or -math.inf) > (p["best"].similarity or -math.inf):
+            p["best"] = v
+        if v.verdict == "block":
+            key = v.identity or v.nearest or ""
+            p["keys"][key] = p["keys"].get(key, 0) + 1
+    return [_person_verdict(index, name, p) for name, p in sorted(people.items())]
+
+
+def _person_verdict(index: Index, name: str, p: dict[str, Any]) -> Verdict:
+    t = index.threshold
+    best: Verdict | None = p["best"]
+    if best is None:
+        reason = f"no usable photo ({p['skipped']} skipped)"
+        return Verdict(name, "skip", None, None, t, None, reason)
+    m = p["photos"]
+    rate = false_match_words(index.manifest["threshold"], m)
+    if best.verdict != "block":
+        shown = "n/a" if best.similarity is None else f"{best.similarity:.4f}"
+        reason = f"not found: none of {m} photo(s) passes the threshold {t:.4f} (best {shown}); "
+        return Verdict(name, "release", None, best.similarity, t, None, reason + rate)
+    key = best.identity or best.nearest or ""
+    who = f"identity {best.identity}" if best.identity else f"training image {best.nearest}"
+    reason = (
+        f"likely in the training set: {p['keys'].get(key, 0)} of {m} photo(s) match {who} "
+        f"(best {best.similarity:.4f} > threshold {t:.4f}); "
+    )
+    return Verdict(name, "block", best.nearest, best.similarity, t, best.identity, reason + rate)
+
+
+def false_match_rate(threshold: dict[str, Any], photos: int = 1) -> float | None:
+    """Upper bound on the chance that ``photos`` photos of a stranger pass the threshold.
+
+    ``None`` when the threshold was not calibrated on a holdout. A holdout in
+    which no score passed counts as ``3 / n`` (the 95% "rule of three").
+
+    Example:
+        >>> false_match_rate({"calibrated": True, "achieved_fpr": 0.01, "resolvable_fpr": 0.001}, 3)
+        0.03
+
+    """
+    if not threshold.get("calibrated"):
+        return None
+    per = float(threshold["achieved_fpr"]) or 3 * float(threshold["resolvable_fpr"])
+    return min(1.0, photos * per)
+
+
+def false_match_words(threshold: dict[str, Any], photos: int = 1) -> str:
+    """Say the calibrated false-match rate in words, for ``photos`` photos of one person.
+
+    Example:
+        >>> t = {"calibrated": True, "achieved_fpr": 0.01, "resolvable_fpr": 0.001}
+        >>> false_match_words(t, 2)
+        'a stranger is falsely matched with at most 2.0% chance for 2 photos (1.0% per photo: 10 of 1000 holdout photos of people not in the index pass the threshold)'
+
+    """  # noqa: E501
+    if not threshold.get("calibrated"):
+        return (
+            f"the threshold is {threshold.get('method', 'fixed')}, not calibrated on a holdout, "
+            "so the false-match rate is unknown (build the index with --holdout to know it)"
+        )
+    n = round(1 / float(threshold["resolvable_fpr"]))
+    achieved = float(threshold["achieved_fpr"])
+    per_photo = false_match_rate(threshold, 1) or 0.0
+    # With none passing, the per-photo rate is the 95% bound 3/n (rule of three).
+    passed = f"{round(achieved * n)} of {n}" if achieved > 0 else f"none of {n}"
+    evidence = f"{passed} holdout photos of people not in the index pass the threshold"
+    if photos == 1:
+        return f"a stranger is falsely matched with at most {per_photo:.1%} chance ({evidence})"
+    bound = false_match_rate(threshold, photos) or 0.0
+    return (
+        f"a stranger is falsely matched with at most {bound:.1%} chance for {photos} photos "
+        f"({per_photo:.1%} per photo: {evidence})"
+    )

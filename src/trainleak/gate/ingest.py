@@ -1,0 +1,148 @@
+"""Stream images into an index's encoder in batches, with bounded memory.
+
+``check`` and ``index add`` read folders that may hold millions of files, so
+nothing here lists a whole tree first: folders are walked lazily (each folder's
+names sorted, hidden ones left out, the first sub-folder under the root as the
+identity label, as :func:`trainleak.images.list_records` does), files are read,
+hashed and embedded a batch at a time through the embedding cache, and a file
+that cannot be used becomes a skip with its one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainleak.embedding import Embedder
+from trainleak.images import ImageSkip, Record, list_records, read_bytes
+from trainleak.store import content_hash
+
+#: Bytes of encoded images held at once, whatever the batch size.
+BATCH_BYTES = 256 * 2**20
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: the record, the person it belongs to, and what embedding gave.
+
+    ``rows`` is ``(m, dim)`` float32 (one row per face found) or ``None`` with
+    the skip ``reason``; ``digest`` is the file's content hash (``None`` when
+    the file could not be read).
+    """
+
+    record: Record
+    person: str
+    digest: str | None
+    rows: np.ndarray | None
+    reason: str
+
+
+def iter_records(sources: PathLike | Sequence[PathLike]) -> Iterator[tuple[Record, str]]:
+    """Yield ``(record, person)`` for every file of the sources, folders walked lazily.
+
+    ``person`` is the record's identity label (its first sub-folder under the
+    root) or, without one, the source as given: a folder of one person's
+    photos is that person.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "bob").mkdir(); _ = (root / "bob" / "1.png").write_bytes(b"")
+        >>> [(r.label, p) for r, p in iter_records(root)]
+        [('bob', 'bob')]
+
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    for source in sources:
+        text = os.fspath(source)
+        if os.path.isdir(text):
+            for rec in _walk(text):
+                yield rec, rec.label or text
+        else:
+            for rec in list_records(text):
+                yield rec, rec.label or text
+
+
+def _walk(root: str) -> Iterator[Record]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, root)
+        label = None if rel_dir == "." else Path(rel_dir).parts[0]
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                full = os.path.join(dirpath, name)
+                yield Record(full, Path(full), label)
+
+
+def embed_items(
+    embedder: Embedder,
+    records: Iterable[tuple[Record, str]],
+    batch: int,
+    drop: Callable[[str], bool] | None = None,
+) -> Iterator[list[Item]]:
+    """Read, hash and embed records a batch at a time; yield each batch's items in order.
+
+    Args:
+        embedder: embeds through its cache and workers.
+        records: ``(record, person)`` pairs, e.g. from :func:`iter_records`.
+        batch: records per batch (also capped by :data:`BATCH_BYTES`).
+        drop: called with each readable file's content hash; files for which it
+            returns ``True`` are not embedded and not yielded (``index add``
+            leaves out content already in the index this way).
+
+    """
+    pending: list[tuple[Record, str, str | None, bytes | str]] = []
+    size = 0
+    for rec, person in records:
+        try:
+            data = read_bytes(rec.path, embedder.max_file_mb)
+        except ImageSkip as skip:
+            pending.append((rec, person, None, str(skip)))
+        else:
+            digest = content_hash(data)
+            if drop is not None and drop(digest):
+                continue
+            pending.append((rec, person, digest, data))
+            size += len(data)
+        if len(pending) >= batch or size >= BATCH_BYTES:
+            yield _embed(embedder, pending)
+            pending, size = [], 0
+    if pending:
+        yield _embed(embedder, pending)
+
+
+def _embed(
+    embedder: Embedder, pending: list[tuple[Record, str, str | None, bytes | str]]
+) -> list[Item]:
+    blobs = {d: data for _, _, d, data in pending if d is not None and isinstance(data, bytes)}
+    results = embedder.embed_encoded(blobs) if blobs else {}
+    items = []
+    for rec, person, digest, data in pending:
+        if digest is None:
+            items.append(Item(rec, person, None, None, str(data)))
+            continue
+        res = results[digest]
+        if isinstance(res, str):
+            items.append(Item(rec, person, digest, None, res))
+        else:
+            items.append(Item(rec, person, digest, np.asarray(res, np.float32), ""))
+    return items
+
+
+def embed_blobs(embedder: Embedder, named: Sequence[tuple[str, bytes]]) -> list[Item]:
+    """Embed in-memory encoded images ``(name, bytes)`` (uploads); one item each, in order."""
+    pending: list[tuple[Record, str, str | None, bytes | str]] = []
+    for name, data in named:
+        rec = Record(name, Path(name), None)
+        if not data:
+            pending.append((rec, name, None, "empty file (0 bytes)"))
+        else:
+            pending.append((rec, name, content_hash(data), data))
+    return _embed(embedder, pending) if pending else []

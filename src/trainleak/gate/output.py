@@ -1,0 +1,72 @@
+"""Write verdicts as they come: ``verdicts.csv`` or JSON lines, one row per input.
+
+CSV cells go through the reports' :func:`trainleak.report.csv_cell`: text
+that a spreadsheet would run as a formula (beginning with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return; file names are chosen by whoever made the
+files) gets a leading single quote, as OWASP's "CSV injection" guidance
+advises. Numbers are written as numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from typing import IO, Literal
+
+from trainleak.gate.check import COLUMNS, Verdict
+from trainleak.report import ENCODING_ERRORS, csv_cell
+
+__all__ = ["VerdictWriter", "csv_cell", "printable"]
+
+
+def printable(text: str) -> str:
+    r"""Return ``text`` writable to any UTF-8 stream: undecodable file-name bytes as escapes.
+
+    File names that are not UTF-8 reach Python as surrogate escapes; as in the
+    reports (:data:`trainleak.report.ENCODING_ERRORS`) they are written as
+    ``\udcff``, which inside a JSON string is the escape of the same character.
+
+    Example:
+        >>> printable("a\udcff.png")
+        'a\\udcff.png'
+
+    """
+    return text.encode("utf-8", ENCODING_ERRORS).decode("utf-8")
+
+
+class VerdictWriter:
+    """Write verdicts to an open text stream, one row (or JSON line) at a time.
+
+    Args:
+        stream: a text file opened with ``newline=""`` (CSV) or stdout.
+        fmt: ``csv`` (header first) or ``jsonl``.
+
+    Example:
+        >>> import io
+        >>> buf = io.StringIO()
+        >>> VerdictWriter(buf, "csv").write(Verdict("=x.png", "release", similarity=0.5))
+        >>> buf.getvalue().splitlines()
+        ['path,verdict,nearest,similarity,threshold,identity,reason', "'=x.png,release,,0.5,,,"]
+
+    """
+
+    def __init__(self, stream: IO[str], fmt: Literal["csv", "jsonl"] = "csv") -> None:
+        self.stream = stream
+        self.fmt = fmt
+        self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(COLUMNS)
+
+    def write(self, verdict: Verdict) -> None:
+        """Write one verdict."""
+        row = verdict.to_dict()
+        if self._csv is not None:
+            cells = [csv_cell(row[c]) for c in COLUMNS]
+            self._csv.writerow([printable(c) if isinstance(c, str) else c for c in cells])
+            return
+        clean = {
+            c: None if isinstance(row[c], float) and not math.isfinite(row[c]) else row[c]
+            for c in COLUMNS
+        }
+        self.stream.write(printable(json.dumps(clean, ensure_ascii=False)) + "\n")
