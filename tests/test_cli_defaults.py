@@ -18,8 +18,10 @@ from trainleak.cli.common import EMBEDDING_GROUP
 from trainleak.cli.membership import parse_timesteps
 from trainleak.config import (
     AuditConfig,
+    CheckConfig,
     DedupConfig,
     ExtractConfig,
+    IndexConfig,
     InvertConfig,
     LossConfig,
     MembershipConfig,
@@ -33,6 +35,13 @@ CONFIGS: dict[str, tuple[Any, ...]] = {
     "extract": (ExtractConfig(),),
     "invert": (InvertConfig(),),
     "membership": (MembershipConfig(), LossConfig()),
+    "index": (),
+    "index build": (IndexConfig(),),
+    "index add": (CheckConfig(),),
+    "index remove": (),
+    "index info": (),
+    "index compact": (),
+    "check": (CheckConfig(),),
     "demo": (),
 }
 

@@ -34,6 +34,8 @@ _EXPORTS = {
     "invert": "trainleak.audits.inversion.audit",
     "Result": "trainleak.result",
     "TrainleakError": "trainleak.errors",
+    "check": "trainleak.gate.check",
+    "Index": "trainleak.gate.index",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -42,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from trainleak.audits.loss_attack import loss_membership
     from trainleak.embedding import Embedder, EmbeddingSet, embed
     from trainleak.errors import TrainleakError
+    from trainleak.gate.check import check
+    from trainleak.gate.index import Index
     from trainleak.neighbors import knn
     from trainleak.result import Result
 
@@ -62,10 +66,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "Embedder",
     "EmbeddingSet",
+    "Index",
     "Result",
     "TrainleakError",
     "__version__",
     "audit",
+    "check",
     "dedup",
     "embed",
     "embeddings",

@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 #: Default decompression-bomb limit: 100 megapixels (a 10000 x 10000 image).
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Default cap on one input file's size, in megabytes: larger files are skipped
+#: before they are read (a 6 GB sparse file named ``x.png`` must not be read whole).
+DEFAULT_MAX_FILE_MB = 256
 
 ScoreMode = Literal["auto", "nn", "identity"]
 SearchBackend = Literal["auto", "torch", "numpy", "faiss"]
@@ -20,6 +23,8 @@ SearchBackend = Literal["auto", "torch", "numpy", "faiss"]
 Headline = Literal["max", "topm"]
 #: How ``invert`` rebuilds inputs from features.
 InvertMethod = Literal["optimize", "dci", "decoder"]
+#: Which search answers ``check``: faiss when it can, the exact search, or faiss only.
+IndexSearch = Literal["auto", "exact", "faiss"]
 
 #: Options that make the ``tiled`` encoder Carlini et al.'s tiled l2 exactly.
 PAPER_TILED: dict[str, Any] = {"flip_invariant": False, "normalise": False, "blur": 0.0}
@@ -36,6 +41,7 @@ class EmbedConfig:
     cache: str | None = None
     no_cache: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
     progress: bool = False
 
     def cache_arg(self) -> str | bool:
@@ -82,6 +88,62 @@ class AuditConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
         return asdict(self)
+
+
+@dataclass
+class IndexConfig:
+    """Settings of ``index build``; the resolved values are written into the manifest.
+
+    The threshold is chosen as ``audit`` chooses it, so an index answers as
+    ``audit`` would for the same training set, holdout and settings.
+
+    Attributes:
+        embed: how training (and holdout) images are embedded; the encoder and
+            its options become the index's encoder.
+        fpr: target false-positive rate when calibrating on a holdout.
+        threshold: a fixed threshold, used when no holdout is given.
+        score: ``nn``, ``identity`` or ``auto``, as in :class:`AuditConfig`.
+        identity_weight: weight of the nearest photo in the identity score.
+        shard_rows: rows per vector shard file.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    fpr: float = 0.001
+    threshold: float | None = None
+    score: ScoreMode = "auto"
+    identity_weight: float = 0.5
+    shard_rows: int = 1_000_000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into ``manifest.json``."""
+        return asdict(self)
+
+
+@dataclass
+class CheckConfig:
+    """Settings of ``check`` and of an opened index.
+
+    Attributes:
+        embed: workers, batch size, cache and limits for embedding the images
+            checked; the encoder and its options always come from the index.
+        batch: images read and embedded at a time (memory is bounded by it).
+        k: neighbours searched per image (the verdict uses the nearest).
+        search: ``auto`` = faiss when installed, the encoder is cosine without
+            a mirror rule and the live vectors fit ``faiss_max_bytes``; else
+            the exact search over the memory-mapped shards. Both give the same
+            verdicts.
+        search_backend: backend of the exact search (see :func:`trainleak.knn`).
+        faiss_max_bytes: largest index copied into faiss's memory under ``auto``.
+
+    """
+
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    batch: int = 256
+    k: int = 5
+    search: IndexSearch = "auto"
+    search_backend: SearchBackend = "auto"
+    faiss_max_bytes: int = 4 * 2**30
 
 
 @dataclass

@@ -31,8 +31,23 @@ class SourceError(TrainleakError, ValueError):
     """A source path is missing or malformed; the message says how to fix it."""
 
 
+class IndexFormatError(TrainleakError, ValueError):
+    """A folder is not a readable trainleak index (missing, newer format, or damaged).
+
+    Raised instead of answering from an index whose files do not match its
+    manifest: a truncated or corrupted shard, or a format written by a newer
+    trainleak.
+    """
+
+
+class EncoderMismatchError(TrainleakError, ValueError):
+    """An index is used with an encoder other than the one that built it."""
+
+
 __all__ = [
     "AuditInputError",
+    "EncoderMismatchError",
+    "IndexFormatError",
     "MissingExtraError",
     "SourceError",
     "TrainleakError",
