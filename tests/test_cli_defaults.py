@@ -25,6 +25,7 @@ from trainleak.config import (
     InvertConfig,
     LossConfig,
     MembershipConfig,
+    ServeConfig,
 )
 
 #: Each subcommand's configs; a new subcommand must be added here, a nested
@@ -42,6 +43,7 @@ CONFIGS: dict[str, tuple[Any, ...]] = {
     "index info": (),
     "index compact": (),
     "check": (CheckConfig(),),
+    "serve": (ServeConfig(), ServeConfig().check),
     "demo": (),
 }
 

@@ -146,6 +146,50 @@ class CheckConfig:
     faiss_max_bytes: int = 4 * 2**30
 
 
+def _serve_check() -> CheckConfig:
+    # Uploads are other people's photos: their embeddings are not cached on disk
+    # unless the operator names a cache folder.
+    return CheckConfig(embed=EmbedConfig(no_cache=True))
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``serve``, the HTTP service over an index.
+
+    Attributes:
+        check: search and embedding settings of the opened index (no
+            embedding cache by default: uploads are not kept).
+        host: address to bind; loopback unless a token is set.
+        port: TCP port.
+        max_upload_mb: request body limit, counted while the body streams in.
+        rate_limit: requests per second per token (or per address without
+            auth), as a token bucket with one second of burst; 0 = off.
+        max_batch: images embedded together by the micro-batcher.
+        max_wait_ms: how long the batcher waits for more requests to fill a batch.
+        queue_size: requests waiting for the encoder; more are answered 503.
+        queue_mb: megabytes of uploads waiting for the encoder; more are answered 503.
+        request_timeout: seconds a request waits for its verdicts (503 after).
+        max_connections: concurrent connections; more are answered 503.
+        graceful_timeout: seconds a shutdown waits for requests in flight.
+        access_log: log every request (with the client's address) on stderr.
+
+    """
+
+    check: CheckConfig = field(default_factory=_serve_check)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 20.0
+    rate_limit: float = 0.0
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    queue_size: int = 64
+    queue_mb: float = 256.0
+    request_timeout: float = 60.0
+    max_connections: int = 256
+    graceful_timeout: float = 30.0
+    access_log: bool = False
+
+
 @dataclass
 class DedupConfig:
     """Settings of ``dedup``.
@@ -300,6 +344,30 @@ class InvertConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
         return asdict(self)
+
+
+@dataclass
+class ReviewConfig:
+    """Settings of ``review``, the browser page where a person judges candidates.
+
+    Attributes:
+        host: address to bind; loopback unless a token is set.
+        port: TCP port.
+        reviewer: name recorded with each decision; ``None`` = the login name.
+        image_size: longest side, in pixels, of the images the page is sent.
+        max_file_mb: image files larger than this are not read (nor shown).
+        max_pixels: decompression-bomb limit for the images shown.
+        max_body_kb: largest request body (a decision and its note).
+
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    reviewer: str | None = None
+    image_size: int = 512
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_body_kb: int = 16
 
 
 @dataclass(frozen=True)

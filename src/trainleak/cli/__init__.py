@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from trainleak._version import __version__
-from trainleak.cli import audit, check, dedup, demo, extract, index, invert, membership
+from trainleak.cli import audit, check, dedup, demo, extract, index, invert, membership, serve
 from trainleak.cli.common import (
     EXIT_INTERNAL,
     EXIT_LEAK,
@@ -43,7 +43,7 @@ EXIT_CODES = (
 )
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (audit, dedup, extract, invert, membership, index, check, demo)
+COMMANDS = (audit, dedup, extract, invert, membership, index, check, serve, demo)
 
 __all__ = [
     "COMMANDS",

@@ -1,0 +1,224 @@
+"""``trainleak serve``: answer ``check`` over HTTP, with auth, limits and micro-batching."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any, get_args
+
+from trainleak.cli.common import EMBEDDING_GROUP, EXIT_OK, UsageError, positive_int
+from trainleak.config import CheckConfig, EmbedConfig, IndexSearch, ServeConfig
+
+#: Environment variables holding the check and admin tokens.
+TOKEN_ENV, ADMIN_TOKEN_ENV = "TRAINLEAK_TOKEN", "TRAINLEAK_ADMIN_TOKEN"
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
+    return value
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``serve`` to the subcommands ``sub``; defaults come from :class:`ServeConfig`."""
+    d = ServeConfig()
+    s: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="answer 'check' over HTTP (POST /v1/check)",
+        description="Serve an index over HTTP: POST /v1/check (multipart 'file'), GET /healthz, "
+        "GET /v1/index, GET /metrics, POST /v1/index/add (admin token). A bearer token is "
+        f"required: {TOKEN_ENV} or --token-file (--no-auth only on a loopback address). "
+        "Stop with Ctrl-C or SIGTERM: requests in flight are answered first.",
+    )
+    s.add_argument("--index", required=True, help="the index folder ('trainleak index build')")
+    s.add_argument("--host", default=d.host, help="address to bind (default: %(default)s)")
+    s.add_argument("--port", type=_port, default=d.port, help="TCP port (default: %(default)s)")
+    a = s.add_argument_group("security")
+    a.add_argument("--token-file", help=f"file holding the bearer token (else ${TOKEN_ENV})")
+    a.add_argument(
+        "--admin-token-file",
+        help=f"file holding the admin token for POST /v1/index/add (else ${ADMIN_TOKEN_ENV}); "
+        "without one that route is off",
+    )
+    a.add_argument(
+        "--no-auth", action="store_true", help="no token for checks (loopback addresses only)"
+    )
+    a.add_argument(
+        "--max-upload-mb",
+        type=_positive,
+        default=d.max_upload_mb,
+        help="request body limit, counted while it streams in (default: %(default)s)",
+    )
+    a.add_argument(
+        "--rate-limit",
+        type=_non_negative,
+        default=d.rate_limit,
+        help="requests per second per token (per address without auth); 0 = off "
+        "(default: %(default)s)",
+    )
+    q = s.add_argument_group("batching and queue")
+    q.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=d.max_batch,
+        help="images embedded together; 1 = no micro-batching (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-wait-ms",
+        type=_non_negative,
+        default=d.max_wait_ms,
+        help="wait this long for more requests to fill a batch (default: %(default)s)",
+    )
+    q.add_argument(
+        "--queue-size",
+        type=positive_int,
+        default=d.queue_size,
+        help="requests waiting for the encoder; more get 503 (default: %(default)s)",
+    )
+    q.add_argument(
+        "--queue-mb",
+        type=_positive,
+        default=d.queue_mb,
+        help="megabytes of uploads waiting; more get 503 (default: %(default)s)",
+    )
+    q.add_argument(
+        "--request-timeout",
+        type=_positive,
+        default=d.request_timeout,
+        help="seconds a request waits for its verdicts (default: %(default)s)",
+    )
+    q.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=d.max_connections,
+        help="concurrent connections; more get 503 (default: %(default)s)",
+    )
+    q.add_argument(
+        "--graceful-timeout",
+        type=_positive,
+        default=d.graceful_timeout,
+        help="seconds a shutdown waits for requests in flight (default: %(default)s)",
+    )
+    s.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    s.add_argument(
+        "--search",
+        choices=get_args(IndexSearch),
+        default=d.check.search,
+        help="faiss, exact, or auto (default: %(default)s); same verdicts",
+    )
+    _add_embedding(s, d.check.embed)
+    s.set_defaults(func=run)
+    return s
+
+
+def _add_embedding(s: argparse.ArgumentParser, d: EmbedConfig) -> None:
+    g = s.add_argument_group(EMBEDDING_GROUP)
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        default=d.workers,
+        help="embedding processes (default: CPU cores)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="images per embedding task (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cache",
+        default=d.cache,
+        help="keep upload embeddings in this cache folder (default: none, uploads are not kept)",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=d.max_pixels,
+        help="refuse images with more pixels than this, 413 (default: %(default)s)",
+    )
+
+
+def read_token(path: str | None, env: str, what: str) -> str | None:
+    """Return the token from the file ``path`` or else the environment variable ``env``.
+
+    Raises:
+        UsageError: the file cannot be read or holds no token.
+
+    """
+    if path is None:
+        return os.environ.get(env) or None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read the {what} file {path}: {err}") from None
+    if not token:
+        raise UsageError(f"the {what} file {path} is empty")
+    return token
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``trainleak serve`` until stopped; return the exit code."""
+    from trainleak.service import require_serve
+
+    require_serve()
+    from trainleak.service.guard import Tokens, check_bind
+    from trainleak.service.serve import serve
+
+    token = read_token(args.token_file, TOKEN_ENV, "token")
+    admin = read_token(args.admin_token_file, ADMIN_TOKEN_ENV, "admin token")
+    if args.no_auth and token:
+        raise UsageError("--no-auth with a token: give one or the other")
+    if not args.no_auth and not token:
+        raise UsageError(
+            f"a token is required: set {TOKEN_ENV} or pass --token-file "
+            "(or --no-auth on a loopback address)"
+        )
+    try:
+        tokens = Tokens(token, admin)
+        check_bind(args.host, tokens)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    embed = EmbedConfig(
+        workers=args.workers,
+        batch_size=args.batch_size,
+        cache=args.cache,
+        no_cache=args.cache is None,
+        max_pixels=args.max_pixels,
+    )
+    config = ServeConfig(
+        check=CheckConfig(embed=embed, search=args.search),
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        rate_limit=args.rate_limit,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        queue_mb=args.queue_mb,
+        request_timeout=args.request_timeout,
+        max_connections=args.max_connections,
+        graceful_timeout=args.graceful_timeout,
+        access_log=args.access_log,
+    )
+    serve(args.index, config, tokens)
+    return EXIT_OK

@@ -1,0 +1,110 @@
+"""Uploaded images: refused early when they are not images or too large, and added to an index.
+
+:func:`refusal` looks at an upload's header only (no pixel is decoded) so the
+service answers 415 for content that is not an image, whatever its name or
+declared type, and 413 for an image over the decompression-bomb limit,
+before the request takes a place in the encoder's queue. Images that pass are
+decoded and embedded by the same code as ``trainleak check``; one that turns
+out truncated or corrupt gets a ``skip`` verdict with the reason, as there.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trainleak.embedding import EmbeddingSet
+from trainleak.images import SkipRecord
+
+if TYPE_CHECKING:
+    from trainleak.gate.index import Index
+
+#: ``set`` name of the skip records of uploads.
+UPLOAD_SET = "upload"
+
+
+def refusal(name: str, data: bytes, max_pixels: int) -> tuple[int, str] | None:
+    """Return ``(status, message)`` when an upload is refused before embedding, else ``None``.
+
+    415 when the bytes are not an image format trainleak reads (decided by
+    content, as everywhere in trainleak); 413 when the image has more than
+    ``max_pixels`` pixels.
+
+    Example:
+        >>> buf = io.BytesIO(); Image.new("L", (4, 3)).save(buf, "PNG")
+        >>> refusal("a.png", buf.getvalue(), 100) is None
+        True
+        >>> refusal("a.png", b"hello", 100)[0], refusal("a.png", buf.getvalue(), 11)[0]
+        (415, 413)
+
+    """
+    if not data:
+        return 415, f"{name!r} is empty (0 bytes), not an image"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except UnidentifiedImageError:
+        return 415, f"{name!r} is not an image (unrecognised format)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return 413, f"{name!r} has too many pixels (decompression-bomb limit {max_pixels:,})"
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return None  # a known format with a damaged header: the embedder says why (skip)
+    if width * height > max_pixels:
+        return 413, (
+            f"{name!r} has too many pixels: {width}x{height} exceeds the limit of {max_pixels:,}"
+        )
+    return None
+
+
+def upload_set(index: Index, items: Sequence[tuple[str, bytes]], label: str | None) -> EmbeddingSet:
+    """Embed uploads ``(name, bytes)`` with the index's encoder into a set for :meth:`Index.add`.
+
+    Row ids are the upload names (``name#k`` for the k-th face when an image
+    has several, as ``index add`` names them); every row gets ``label``. An
+    upload whose content repeats an earlier one of the same request, or that
+    cannot be embedded, becomes a skip record.
+    """
+    from trainleak.gate.ingest import embed_blobs
+
+    embedder = index.embedder()
+    many = bool(index.encoder_info.options.get("all_faces"))
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    paths: list[str] = []
+    digests: list[str] = []
+    skipped: list[SkipRecord] = []
+    first: dict[str, str] = {}
+    for item in embed_blobs(embedder, items):
+        name = item.record.id
+        if item.rows is None or item.digest is None:
+            skipped.append(SkipRecord(UPLOAD_SET, name, item.reason))
+            continue
+        if item.digest in first:
+            reason = f"duplicate upload: the same content as {first[item.digest]}"
+            skipped.append(SkipRecord(UPLOAD_SET, name, reason))
+            continue
+        first[item.digest] = name
+        for k, row in enumerate(item.rows, 1):
+            ids.append(f"{name}#{k}" if many or len(item.rows) > 1 else name)
+            vectors.append(np.asarray(row, np.float32))
+            paths.append(name)
+            digests.append(item.digest)
+    dim = embedder.info.dim
+    return EmbeddingSet(
+        ids=ids,
+        labels=[label] * len(ids),
+        vectors=np.stack(vectors) if vectors else np.zeros((0, dim), np.float32),
+        skipped=skipped,
+        files=len(items),
+        info=embedder.info,
+        root=UPLOAD_SET,
+        paths=paths,
+        digests=digests,
+    )
