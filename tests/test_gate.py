@@ -169,6 +169,7 @@ def test_faiss_and_exact_search_give_identical_verdicts(coil, cache_dir, tmp_pat
         config = CheckConfig(embed=emb, search=search)
         with Index.open(tmp_path / "idx", config=config) as index:
             assert index.search_kind() == search
+            assert index.warm() is index  # what a service does at start-up
             answers[search] = index.check(coil / "synthetic")
     assert answers["faiss"] == answers["exact"]
     blocked = {os.path.basename(v.path) for v in answers["faiss"] if v.verdict == "block"}

@@ -84,9 +84,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             if not jsonl_stdout and (args.identity or v.verdict != "release"):
                 print(printable(f"{v.verdict}\t{v.path}\t{v.reason}"), file=say)
         t = index.manifest["threshold"]
-    what = "people" if args.identity else "inputs"
+    n = sum(counts.values())
+    what = ("person" if n == 1 else "people") if args.identity else "inputs"
     print(
-        f"checked {sum(counts.values())} {what}: {counts['release']} released, "
+        f"checked {n} {what}: {counts['release']} released, "
         f"{counts['block']} blocked, {counts['skip']} skipped "
         f"(threshold {t['value']:.4f}, {t['method']})",
         file=say,

@@ -43,6 +43,7 @@ hashed whenever they are read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -337,6 +338,17 @@ class Index:
             self._expect_encoder(embedder.info)
             self._embedder = embedder
         return self._embedder
+
+    def warm(self) -> Index:
+        """Build the search structure and start the encoder now rather than on first use.
+
+        A service calls this once at start-up, so that no request pays for
+        loading faiss or the model, and no two threads build them at once.
+        """
+        self.knn(np.zeros((1, self.encoder_info.dim), np.float32), 1)
+        with contextlib.suppress(EncoderMismatchError):  # built from vectors: checks vectors
+            self.embedder()
+        return self
 
     def check(self, inputs: Inputs) -> list[Verdict]:
         """One verdict per input; see :func:`trainleak.gate.check.check`."""

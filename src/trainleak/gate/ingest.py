@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from trainleak.embedding import Embedder
 from trainleak.images import ImageSkip, Record, list_records, read_bytes
@@ -100,22 +101,26 @@ def embed_items(
     """
     pending: list[tuple[Record, str, str | None, bytes | str]] = []
     size = 0
-    for rec, person in records:
-        try:
-            data = read_bytes(rec.path, embedder.max_file_mb)
-        except ImageSkip as skip:
-            pending.append((rec, person, None, str(skip)))
-        else:
-            digest = content_hash(data)
-            if drop is not None and drop(digest):
-                continue
-            pending.append((rec, person, digest, data))
-            size += len(data)
-        if len(pending) >= batch or size >= BATCH_BYTES:
+    # The total is unknown while a folder is walked lazily: the bar counts and times.
+    bar = tqdm(desc="check", unit="img", disable=not embedder.progress, mininterval=0.5)
+    with bar:
+        for rec, person in records:
+            bar.update(1)
+            try:
+                data = read_bytes(rec.path, embedder.max_file_mb)
+            except ImageSkip as skip:
+                pending.append((rec, person, None, str(skip)))
+            else:
+                digest = content_hash(data)
+                if drop is not None and drop(digest):
+                    continue
+                pending.append((rec, person, digest, data))
+                size += len(data)
+            if len(pending) >= batch or size >= BATCH_BYTES:
+                yield _embed(embedder, pending)
+                pending, size = [], 0
+        if pending:
             yield _embed(embedder, pending)
-            pending, size = [], 0
-    if pending:
-        yield _embed(embedder, pending)
 
 
 def _embed(
