@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from trainleak.encoders import EncoderInfo, get_encoder
 from trainleak.images import (
+    DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_PIXELS,
     ImageSkip,
     Record,
@@ -45,8 +46,9 @@ class EmbeddingSet:
             k-th face when an encoder returns several per image).
         labels: identity label per row, or ``None``.
         vectors: ``(n, dim)`` float32 (unit rows for cosine encoders).
-        skipped: files (or faces) left out, with reasons.
-        files: how many files the source listed.
+        skipped: files (or faces) left out, with reasons; a list-file entry
+            that names a file listed already is one (``duplicate entry: ...``).
+        files: how many files (or list-file entries) the source listed.
         info: the encoder that made the vectors.
         root: the source as the user gave it.
         paths: the file behind each row.
@@ -73,13 +75,37 @@ class EmbeddingSet:
         """Whether every row carries an identity label."""
         return bool(self.labels) and all(lab is not None for lab in self.labels)
 
+    def repeated_content(self) -> list[list[str]]:
+        """Return groups of ids whose files have the same bytes under different paths.
+
+        Such files are separate records (that is the data as given) but are one
+        image; an audit may count them. Faces of one file (``path#k``) count once.
+
+        Returns:
+            Groups of two or more ids, each sorted, in order of their first id.
+
+        """
+        by_digest: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for ident, path, digest in zip(self.ids, self.paths, self.digests, strict=True):
+            if path not in seen:
+                seen.add(path)
+                by_digest.setdefault(digest, []).append(ident)
+        return sorted(sorted(g) for g in by_digest.values() if len(g) > 1)
+
     def counts(self) -> dict[str, Any]:
-        """Return the ``inputs`` entry of a report."""
+        """Return the ``inputs`` entry of a report.
+
+        ``repeated_content`` is the number of embedded files whose bytes repeat
+        another embedded file of the set (see :meth:`repeated_content`).
+        """
+        groups = self.repeated_content() if self.paths and self.digests else []
         return {
             "root": self.root,
             "files": self.files,
             "embedded": len(self.ids),
             "skipped": len(self.skipped),
+            "repeated_content": sum(len(g) - 1 for g in groups),
         }
 
 
@@ -100,7 +126,9 @@ class Embedder:
         batch_size: images per worker task and per cache shard.
         cache: a cache folder, ``True`` for the default folder, ``False``/``None``
             for none.
-        max_pixels: decompression-bomb limit.
+        max_pixels: decompression-bomb limit; it also bounds the image an
+            encoder works on (the face detector's padded, upsampled image).
+        max_file_mb: files larger than this are skipped unread.
         progress: show a progress bar on stderr.
 
     """
@@ -114,6 +142,7 @@ class Embedder:
         batch_size: int = 16,
         cache: str | os.PathLike[str] | None | bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_file_mb: float = DEFAULT_MAX_FILE_MB,
         progress: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -128,6 +157,9 @@ class Embedder:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        if not max_file_mb > 0:
+            raise ValueError(f"max_file_mb must be positive, got {max_file_mb}")
+        self.max_file_mb = max_file_mb
         self.progress = progress
         self._pool: WorkerPool | None = None
         if self.workers > 1:
@@ -161,7 +193,10 @@ class Embedder:
         """
         records = list_records(source)
         results: dict[str, np.ndarray | str] = {}
-        skipped: list[SkipRecord] = []
+        skipped = [
+            SkipRecord(set_name, repeat, f"duplicate entry: the same file as {kept}")
+            for repeat, kept in records.duplicates
+        ]
         digests: list[str | None] = []
         bar = tqdm(
             total=len(records),
@@ -171,9 +206,11 @@ class Embedder:
             mininterval=0.5,
             leave=False,
         )
-        misses = _scan(records, self.store, set_name, skipped, digests, results, bar)
+        misses = _scan(
+            records, self.store, set_name, skipped, digests, results, bar, self.max_file_mb
+        )
         pending: dict[str, np.ndarray | str] = {}
-        for done in self._run(_chunks(misses, self.batch_size)):
+        for done in self._run(_chunks(misses, self.batch_size, self.max_file_mb)):
             for digest, res in done:
                 results[digest] = res
                 if not (isinstance(res, str) and res.startswith("!")):
@@ -184,7 +221,9 @@ class Embedder:
                 pending = {}
         self.store.put(pending)
         bar.close()
-        return _assemble(records, digests, results, skipped, set_name, self.info, os.fspath(source))
+        emb = _assemble(records, digests, results, skipped, set_name, self.info, os.fspath(source))
+        emb.files += len(records.duplicates)
+        return emb
 
     def embed_encoded(self, items: dict[str, bytes]) -> dict[str, np.ndarray | str]:
         """Embed in-memory encoded images (e.g. PNG bytes), through the cache.
@@ -246,6 +285,7 @@ def embed(
     batch_size: int = 16,
     cache: str | os.PathLike[str] | None | bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
     progress: bool = False,
 ) -> EmbeddingSet:
     """Embed every image of one source; see :class:`Embedder` for the arguments.
@@ -268,6 +308,7 @@ def embed(
         batch_size=batch_size,
         cache=cache,
         max_pixels=max_pixels,
+        max_file_mb=max_file_mb,
         progress=progress,
     ) as embedder:
         return embedder.embed(source, set_name)
@@ -281,12 +322,13 @@ def _scan(
     digests: list[str | None],
     results: dict[str, np.ndarray | str],
     bar: Any,
+    max_file_mb: float,
 ) -> Iterator[tuple[str, Path]]:
     """Yield ``(digest, path)`` of files to embed; fill cache hits and read errors."""
     queued: set[str] = set()
     for rec in records:
         try:
-            digest = content_hash(read_bytes(rec.path))
+            digest = content_hash(read_bytes(rec.path, max_file_mb))
         except ImageSkip as skip:
             skipped.append(SkipRecord(set_name, rec.id, str(skip)))
             digests.append(None)
@@ -305,13 +347,13 @@ def _scan(
 
 
 def _chunks(
-    misses: Iterator[tuple[str, Path]], size: int
+    misses: Iterator[tuple[str, Path]], size: int, max_file_mb: float
 ) -> Iterator[tuple[list[str], list[bytes]]]:
     digests: list[str] = []
     blobs: list[bytes] = []
     for digest, path in misses:
         try:
-            data = read_bytes(path)
+            data = read_bytes(path, max_file_mb)
         except ImageSkip as skip:
             data = b""
             log.warning("%s changed while reading: %s", path, skip)
@@ -354,6 +396,4 @@ def _assemble(
             rows.append(row)
     vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, info.dim), np.float32)
     skipped.sort(key=lambda s: s.path)
-    return EmbeddingSet(
-        ids, labels, vectors, skipped, len(records), info, root, paths, row_digests
-    )
+    return EmbeddingSet(ids, labels, vectors, skipped, len(records), info, root, paths, row_digests)

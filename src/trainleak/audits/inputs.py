@@ -22,6 +22,7 @@ def make_embedder(e: EmbedConfig) -> Embedder:
         batch_size=e.batch_size,
         cache=e.cache_arg(),
         max_pixels=e.max_pixels,
+        max_file_mb=e.max_file_mb,
         progress=e.progress,
     )
 
