@@ -8,8 +8,11 @@ again and the file may be fixed.
 
 A shard is written to a temporary name, flushed to disk and renamed into place,
 so a shard is either whole or absent, whatever interrupts the run (Ctrl-C,
-``kill -9``, power loss). A shard that fails to load or whose arrays disagree
-is logged and ignored, never trusted.
+``kill -9``, power loss). A shard whose content is bad (a flipped byte fails
+the zip CRC, arrays that disagree) is never trusted: it is logged once and
+deleted, so its entries are recomputed and written to a new shard and the next
+run is silent and warm. A shard that cannot be read for another reason (an
+I/O or permission error) is ignored and left in place.
 """
 
 from __future__ import annotations
@@ -136,14 +139,21 @@ class EmbeddingStore:
             valid = (
                 len(hashes) == len(counts) == len(reasons)
                 and vectors.ndim == 2
-                and vectors.shape[1] == self.dim
                 and int(counts.sum()) == len(vectors)
             )
-        except Exception as err:  # noqa: BLE001 - any unreadable shard is ignored
+        except OSError as err:  # the disk, not the shard: it may read next time
             log.warning("ignoring unreadable cache shard %s: %s", shard, err)
             return
+        except Exception as err:  # noqa: BLE001 - bad zip, CRC, format or missing array
+            self._drop(shard, f"corrupt ({err})")
+            return
         if not valid:
-            log.warning("ignoring inconsistent cache shard %s", shard)
+            self._drop(shard, "inconsistent (its arrays disagree)")
+            return
+        if vectors.shape[1] != self.dim:  # whole, but not this encoder's: not ours to delete
+            log.warning(
+                "ignoring cache shard %s: %d-d vectors, not %d-d", shard, vectors.shape[1], self.dim
+            )
             return
         start = 0
         for digest, count, reason in zip(hashes, counts, reasons, strict=True):
@@ -152,6 +162,15 @@ class EmbeddingStore:
             else:
                 self._entries[digest] = vectors[start : start + count]
                 start += int(count)
+
+    def _drop(self, shard: Path, why: str) -> None:
+        """Delete a shard whose content is bad; its entries are recomputed by this run."""
+        try:
+            shard.unlink(missing_ok=True)  # another run may have dropped it already
+        except OSError as err:
+            log.warning("ignoring %s cache shard %s (cannot delete it: %s)", why, shard, err)
+            return
+        log.warning("deleted %s cache shard %s; its entries will be recomputed", why, shard)
 
     def _compact(self, shards: list[Path]) -> None:
         assert self.folder is not None
