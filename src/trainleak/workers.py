@@ -18,6 +18,13 @@ back as a skip with the reason ``encoder process crashed (signal N)`` (or
 embedded in between, or :data:`MAX_FAILED_STARTS` workers in a row that die
 before taking work, raise :class:`~trainleak.errors.WorkerCrashError`.
 
+A worker never outlives the process that started it (``kill -9`` of a run
+must not leave workers computing for nobody): one waiting for work sees the end
+of file on its socket; on Linux the kernel sends it ``SIGKILL`` when its parent
+dies (``PR_SET_PDEATHSIG``), even in the middle of a long native call; and
+everywhere a watchdog thread checks every :data:`PARENT_POLL` seconds that its
+parent is still the process that started it.
+
 Not available on Windows (no descriptor passing): :func:`unavailable_reason`
 says so and the embedder runs in-process.
 """
@@ -32,6 +39,8 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -53,6 +62,8 @@ MAX_CONSECUTIVE_CRASHES = 8
 MAX_FAILED_STARTS = 3
 #: Seconds a worker gets to exit after being asked to.
 EXIT_TIMEOUT = 5.0
+#: Seconds between a worker's checks that its parent is alive.
+PARENT_POLL = 0.5
 
 #: A chunk: cache keys and the encoded image bytes, one each per image.
 Chunk = tuple[list[str], list[bytes]]
@@ -68,7 +79,7 @@ _BOOT = (
     "conn = Connection(int(sys.argv[1]))\n"
     "sys.path[:] = conn.recv()\n"
     "from trainleak.workers import serve\n"
-    "serve(conn)\n"
+    "serve(conn, int(sys.argv[2]), sys.argv[3] == '1')\n"
 )
 
 # One thread per process: the parallelism is across processes. Set before the
@@ -81,7 +92,8 @@ def encode_chunk(items: list[bytes], max_pixels: int, encoder: Encoder) -> list[
 
     Returns:
         Per image, the ``(m, dim)`` rows, the encoder's skip reason, or
-        ``"!" + reason`` for an image that could not be decoded.
+        ``"!" + reason`` for an image that could not be decoded or whose skip
+        is not to be cached.
 
     """
     images: list[np.ndarray] = []
@@ -92,6 +104,7 @@ def encode_chunk(items: list[bytes], max_pixels: int, encoder: Encoder) -> list[
             out.append(None)
         except ImageSkip as skip:
             out.append("!" + str(skip))
+    encoder.max_pixels = max_pixels  # bounds what the encoder makes of an image, too
     results = iter(encoder.encode_batch(images))
     final: list[np.ndarray | str] = []
     for slot in out:
@@ -99,7 +112,10 @@ def encode_chunk(items: list[bytes], max_pixels: int, encoder: Encoder) -> list[
             final.append(slot)
             continue
         res = next(results)
-        final.append(str(res) if isinstance(res, EncodeSkip) else res)
+        if isinstance(res, EncodeSkip):
+            final.append(("" if res.cache else "!") + str(res))
+        else:
+            final.append(res)
     return final
 
 
@@ -135,10 +151,13 @@ class _Worker:
 
     def __init__(self, spec: str, options: dict[str, Any], modules: list[str]) -> None:
         env = dict(os.environ, **{var: "1" for var in _THREAD_VARS})
+        # The kernel's parent-death signal fires when the *thread* that started
+        # the child ends: only safe when that thread lives as long as the process.
+        deathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
         ours, theirs = Pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno())],
+                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), deathsig],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -344,10 +363,46 @@ class WorkerPool:
             )
 
 
-def serve(conn: Connection) -> None:
-    """Run in a worker process: build the encoder, then embed chunks until told to stop."""
+def _exit_with_parent(parent: int, deathsig: bool) -> None:
+    """Make this process end when ``parent`` does, whatever it is doing then."""
+    if deathsig and sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)  # reparented: the parent has gone (no cleanup to do)
+
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="trainleak-parent-watch", daemon=True).start()
+
+
+def serve(conn: Connection, parent: int | None = None, deathsig: bool = False) -> None:
+    """Run in a worker process: build the encoder, then embed chunks until told to stop.
+
+    Args:
+        conn: the socket to the parent.
+        parent: the parent's process id; the worker exits when that process ends.
+        deathsig: also ask the kernel to kill the worker when the parent ends
+            (Linux; only when the parent started it from its main thread).
+
+    """
     # Ctrl-C reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        _exit_with_parent(parent, deathsig)
+    try:
+        _serve(conn)
+    except (EOFError, OSError):  # BrokenPipeError: the parent has gone; nobody to tell
+        return
+
+
+def _serve(conn: Connection) -> None:
     spec, options, modules = conn.recv()
     try:
         for module in modules:

@@ -15,14 +15,23 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from trainleak.config import DEFAULT_MAX_PIXELS
+
 Metric = Literal["cosine", "tiled_l2"]
 
 
 class EncodeSkip(Exception):
     """Raised by an encoder for an image it cannot embed (e.g. no face in it).
 
-    The message becomes the skip record's one-line reason.
+    The message becomes the skip record's one-line reason. The reason is cached
+    with the file's content unless ``cache`` is false: a skip that depends on
+    a run's settings (such as ``max_pixels``) must be found again by a run
+    with other settings.
     """
+
+    def __init__(self, reason: str, *, cache: bool = True) -> None:
+        super().__init__(reason)
+        self.cache = cache
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,12 @@ class Encoder:
     info: EncoderInfo
     #: Options a user may set, with their defaults; unknown options are rejected.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: The most pixels an encoder may make of one image while working on it
+    #: (padding, upsampling); over it the image is an :class:`EncodeSkip`, not
+    #: an out-of-memory. The pipeline sets it to its decoding limit
+    #: (``--max-pixels``). Not part of the identity: it changes which images
+    #: are embedded, never a vector.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """Embed one image; see the class docstring for shapes."""

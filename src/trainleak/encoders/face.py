@@ -20,6 +20,18 @@ Choices that are ours, not dlib's (each is an option and part of the cache key):
   at 1% holdout FPR from 0.82 to 0.90 (nearest-photo score).
 
 Descriptors are L2-normalised and compared by cosine similarity.
+
+Memory: the padding grows with the longer side, so a thin image costs far
+more than its pixels (a 112-byte PNG of 30000 x 1 pads to 18001 x 48000). The
+image a detector works on (padded and upsampled for HOG, upsampled for the
+CNN) may hold at most ``max_pixels`` pixels (``--max-pixels``, the decoding
+limit); an image over it is skipped with the sizes in the reason, before any
+work. dlib's HOG detector needs about 30 bytes per working pixel, so the
+default limit (100 megapixels) bounds it at about 3 GB. An image more than
+:data:`MAX_ASPECT` times longer than it is wide (or the reverse) is a strip,
+not a photo, and is skipped too: under that bound the working image is at most
+about 21 times the image itself (2.6 times for a square), so no small file
+costs much memory.
 """
 
 from __future__ import annotations
@@ -45,6 +57,10 @@ _MODEL_FILES = {
     "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
     "cnn": "mmod_human_face_detector.dat",
 }
+
+
+#: The most elongated image (longer side / shorter side) the detector is run on.
+MAX_ASPECT = 20
 
 
 def model_dir() -> Path:
@@ -126,7 +142,8 @@ class FaceEncoder(Encoder):
             default_threshold=0.93,
             threshold_note=(
                 "encoder default operating point (cosine 0.93, chosen by trainleak on ORL faces); "
-                "uncalibrated for your data - pass --holdout to calibrate"
+                "uncalibrated for your data: calibrate it with a holdout (audit --holdout, "
+                "index build --holdout) or set --threshold"
             ),
             options=opts,
             weights_sha256=weights,
@@ -149,23 +166,44 @@ class FaceEncoder(Encoder):
         return self._loaded
 
     def _detect(self, image: np.ndarray) -> list[Any]:
-        dlib, detector = self._models()[:2]
         height, width = image.shape[:2]
         if self.opts["aligned"]:
+            dlib = self._models()[0]
             return [dlib.rectangle(0, 0, width - 1, height - 1)]
+        if max(height, width) > MAX_ASPECT * min(height, width):
+            raise EncodeSkip(
+                f"too elongated for face detection: {width}x{height} is more than "
+                f"{MAX_ASPECT}:1 (crop it to the part with the face)"
+            )
         pad = int(round(self.opts["pad"] * max(height, width)))
-        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
         up = self.opts["upsample"]
         if up == "auto":
-            up = _upsample_for(min(padded.shape[:2]), self.opts["min_side"])
+            up = _upsample_for(min(height, width) + 2 * pad, self.opts["min_side"])
+        # Checked before any work (or model loading): over the limit is a skip.
+        self._check_work("padded and upsampled", height + 2 * pad, width + 2 * pad, up)
+        cnn_up = _upsample_for(min(height, width), 300)
+        if self.opts["cnn_fallback"]:
+            self._check_work("upsampled (CNN detector)", height, width, cnn_up)
+        dlib, detector = self._models()[:2]
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
         boxes = [_shift(dlib, r, -pad) for r in detector(padded, up)]
         if not boxes and self.opts["cnn_fallback"]:
             if self._cnn is None:
                 self._cnn = dlib.cnn_face_detection_model_v1(str(model_dir() / _MODEL_FILES["cnn"]))
-            cnn_up = _upsample_for(min(height, width), 300)
             boxes = [d.rect for d in self._cnn(np.ascontiguousarray(image), cnn_up)]
         # Largest first; position breaks ties so the order is deterministic.
         return sorted(boxes, key=lambda r: (-r.area(), r.top(), r.left()))
+
+    def _check_work(self, how: str, height: int, width: int, up: int) -> None:
+        """Skip an image whose detector input would exceed ``max_pixels``."""
+        h, w = height << up, width << up
+        if h * w > self.max_pixels:
+            raise EncodeSkip(
+                f"too many pixels for face detection: {how} it is {w}x{h}, over the limit "
+                f"of {self.max_pixels:,} (crop the image, or raise --max-pixels if the file "
+                "is trusted and memory allows)",
+                cache=False,  # depends on --max-pixels, not on the file alone
+            )
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """Return ``(m, 128)`` unit descriptors, largest face first."""

@@ -28,6 +28,10 @@ Usual settings:
 
 The defaults (112, 0.5/0.5, RGB, NCHW) suit face backbones trained on RGB.
 
+The fingerprint in the cache key (``weights_sha256``) covers every file the
+model loads: for ONNX, the external-data files its tensors name (see
+:mod:`trainleak.encoders.onnx_files`), which must lie inside the model's folder.
+
 Loading never executes code from the file: ONNX goes through onnxruntime on
 the CPU execution provider, TorchScript through ``torch.jit.load`` (a
 TorchScript archive is read by torch's own restricted loader, not by Python's
@@ -53,6 +57,7 @@ from trainleak.encoders.base import (
     l2_normalise,
     resolve_options,
 )
+from trainleak.encoders.onnx_files import onnx_fingerprint
 
 _DEFAULTS: dict[str, Any] = {
     "path": None,
@@ -123,6 +128,8 @@ class _ModelEncoder(Encoder):
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {opts['path']}")
         self.opts = opts
+        # Before loading: a model that names files outside its folder is refused unread.
+        weights = self._fingerprint(path)
         self._load(path)
         height, width = _side(opts["size"])
         probe = self._run(self.preprocess([np.zeros((height, width, 3), np.uint8)]))
@@ -134,9 +141,13 @@ class _ModelEncoder(Encoder):
             default_threshold=0.5,
             threshold_note=_THRESHOLD_NOTE,
             options={k: v for k, v in opts.items() if k not in _EXECUTION_ONLY},
-            weights_sha256=file_sha256(path),
+            weights_sha256=weights,
             paper="user-supplied model",
         )
+
+    def _fingerprint(self, path: Path) -> str:
+        """Return the SHA-256 of every file the model loads (here: the file itself)."""
+        return file_sha256(path)
 
     def _load(self, path: Path) -> None:
         raise NotImplementedError
@@ -216,6 +227,10 @@ class OnnxEncoder(_ModelEncoder):
     """
 
     kind: ClassVar[str] = "onnx"
+
+    def _fingerprint(self, path: Path) -> str:
+        """Cover the external-data files too: changed weights must change the cache key."""
+        return onnx_fingerprint(path)
 
     def _load(self, path: Path) -> None:
         ort = require("onnxruntime", extra="onnx", needed_for="the onnx encoder")
