@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from typing import Any, get_args
@@ -220,5 +221,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         graceful_timeout=args.graceful_timeout,
         access_log=args.access_log,
     )
-    serve(args.index, config, tokens)
+    # uvicorn re-raises the Ctrl-C it handled after a graceful stop: a clean end.
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.index, config, tokens)
     return EXIT_OK

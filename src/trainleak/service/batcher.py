@@ -98,6 +98,7 @@ class Batcher(Generic[T, R]):
         self.lock = threading.Lock()
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._bytes = 0
+        self._pending = 0
         self._count = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
@@ -108,6 +109,10 @@ class Batcher(Generic[T, R]):
     def depth(self) -> int:
         """Return how many requests wait (not yet taken by the worker)."""
         return self._queue.qsize()
+
+    def pending(self) -> int:
+        """Return how many accepted requests are not answered yet (waiting or running)."""
+        return self._pending
 
     def alive(self) -> bool:
         """Whether the worker thread is running."""
@@ -159,7 +164,13 @@ class Batcher(Generic[T, R]):
             except queue.Full:
                 raise QueueFull("too many requests are waiting for the encoder") from None
             self._bytes += job.nbytes
+            self._pending += 1
+        job.future.add_done_callback(self._answered)
         return job.future
+
+    def _answered(self, _: Future[Any]) -> None:
+        with self._count:
+            self._pending -= 1
 
     # -- worker side ---------------------------------------------------------------
 

@@ -126,7 +126,8 @@ class Service:
         return result
 
     def start(self) -> None:
-        """Start the encoder worker."""
+        """Load the search and the encoder, then start the worker: no request pays for loading."""
+        self.index.warm()
         self.batcher.start()
 
     def stop(self) -> None:
