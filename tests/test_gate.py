@@ -338,11 +338,13 @@ def test_check_streams_a_folder_a_batch_at_a_time(coil, coil_index, cache_dir, t
     for v in range(6):
         shutil.copy(COIL / f"obj1__{v}.png", folder / f"{v}.png")
     with Index.open(coil_index, config=_checks(cache_dir, batch=2)) as index:
+        held = len(index.embedder().store)
         stream = index.iter_check(folder)
         first = next(stream)
         for v in range(2, 6):  # not read yet: they were never listed in memory as images
             (folder / f"{v}.png").unlink()
         rest = list(stream)
+        assert len(index.embedder().store) == held  # new embeddings went to disk, not memory
     assert first.path.endswith("0.png") and first.verdict == "block"
     assert [v.verdict for v in rest] == ["block"] + ["skip"] * 4
     assert {v.reason for v in rest[1:]} == {"file not found"}

@@ -225,7 +225,9 @@ class Embedder:
         emb.files += len(records.duplicates)
         return emb
 
-    def embed_encoded(self, items: dict[str, bytes]) -> dict[str, np.ndarray | str]:
+    def embed_encoded(
+        self, items: dict[str, bytes], *, remember: bool = True
+    ) -> dict[str, np.ndarray | str]:
         """Embed in-memory encoded images (e.g. PNG bytes), through the cache.
 
         For images that never touch the disk, such as a generator's samples
@@ -234,6 +236,9 @@ class Embedder:
         Args:
             items: cache key (any 32-hex-digit string, e.g. a content hash) ->
                 encoded image bytes. Keys already in the cache are not embedded again.
+            remember: keep new embeddings in memory as well as in the cache
+                folder; ``False`` bounds memory when streaming (see
+                :meth:`EmbeddingStore.put <trainleak.store.EmbeddingStore.put>`).
 
         Returns:
             key -> ``(m, dim)`` float32 rows, or the skip reason (a string).
@@ -261,7 +266,7 @@ class Embedder:
                     results[key] = res[1:]  # a decoding failure: not cached
                 else:
                     results[key] = fresh[key] = res
-        self.store.put(fresh)
+        self.store.put(fresh, remember=remember)
         return results
 
     def _run(self, chunks: Iterator[Chunk]) -> Iterator[Results]:

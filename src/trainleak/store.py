@@ -95,11 +95,17 @@ class EmbeddingStore:
         """Return the cached ``(m, dim)`` rows, the cached skip reason, or ``None``."""
         return self._entries.get(digest)
 
-    def put(self, entries: dict[str, CacheEntry]) -> None:
-        """Add entries and write them as one new shard (atomically)."""
+    def put(self, entries: dict[str, CacheEntry], *, remember: bool = True) -> None:
+        """Add entries and write them as one new shard (atomically).
+
+        With ``remember=False`` they are written to disk (when there is a
+        folder) but not kept in memory: a stream of millions of new images
+        (``trainleak check``) then holds one batch at a time.
+        """
         if not entries:
             return
-        self._entries.update(entries)
+        if remember:
+            self._entries.update(entries)
         if self.folder is not None:
             self._write(self.folder / f"shard-{uuid.uuid4().hex}.npz", entries)
 

@@ -127,7 +127,9 @@ def _embed(
     embedder: Embedder, pending: list[tuple[Record, str, str | None, bytes | str]]
 ) -> list[Item]:
     blobs = {d: data for _, _, d, data in pending if d is not None and isinstance(data, bytes)}
-    results = embedder.embed_encoded(blobs) if blobs else {}
+    # remember=False: new embeddings go to the cache folder, not into memory, so a
+    # stream of a million files holds one batch at a time.
+    results = embedder.embed_encoded(blobs, remember=False) if blobs else {}
     items = []
     for rec, person, digest, data in pending:
         if digest is None:
