@@ -163,10 +163,10 @@ import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from trainleak.embedding import embed
 out = {}
-for encoder in ("face", "pixel", "tiled"):
+for encoder in ("face", "pixel", "tiled", "onnx:" + sys.argv[2]):
     start = time.time()
     emb = embed(sys.argv[1], encoder, workers=1, cache=False)
-    out[encoder] = {
+    out[encoder.partition(":")[0]] = {
         "embedded": sorted(emb.ids),
         "skipped": {s.path: s.reason for s in emb.skipped},
         "seconds": time.time() - start,
@@ -182,16 +182,23 @@ def test_item06_thin_image_is_a_skip_in_bounded_memory(tmp_path):
     folder.mkdir()
     Image.new("RGB", (30000, 1), (120, 50, 20)).save(folder / "thin.png")
     assert (folder / "thin.png").stat().st_size < 300
+    # 12 kB: the dense area weights of pixel/tiled took 4.5 GB and 30-50 s.
+    Image.new("RGB", (4_000_000, 1), (120, 50, 20)).save(folder / "strip.png")
     shutil.copy(ORL / "s1" / "1.pgm", folder / "face.pgm")
-    run = _python(_THIN, str(folder), timeout=300)
+    from models import TinyNet, save_onnx
+
+    save_onnx(tmp_path / "tiny.onnx", TinyNet())
+    run = _python(_THIN, str(folder), str(tmp_path / "tiny.onnx"), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)
-    thin = str(folder / "thin.png")
+    thin, strip = str(folder / "thin.png"), str(folder / "strip.png")
     assert out["face"]["embedded"] == [str(folder / "face.pgm")]
     assert out["face"]["skipped"][thin].startswith("too elongated for face detection: 30000x1")
+    assert out["face"]["skipped"][strip].startswith("too elongated for face detection")
     assert out["face"]["seconds"] < 30
-    for encoder in ("pixel", "tiled"):  # their resizes are bounded by the image itself
-        assert thin in out[encoder]["embedded"] and out[encoder]["seconds"] < 10
+    for encoder in ("pixel", "tiled", "onnx"):  # their resizes are bounded by the image
+        assert {thin, strip} <= set(out[encoder]["embedded"]), out[encoder]["skipped"]
+        assert out[encoder]["seconds"] < 10
     assert out["max_rss_mb"] < 1500
 
     # The padded and upsampled detector input is bounded by max_pixels too; that

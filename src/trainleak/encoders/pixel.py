@@ -73,6 +73,13 @@ def _thumbnail(image: np.ndarray, size: int, grey: bool, blur: float) -> np.ndar
     return gaussian_blur(a, blur) if blur > 0 else a
 
 
+#: Most weights (output bins x input pixels) held at once; above it an axis is
+#: averaged bin by bin and a strip's long side goes first, so a tiny PNG of
+#: 4,000,000 x 1 pixels costs megabytes, not gigabytes. Every image with sides
+#: under 131,072 pixels takes the dense path, whose numbers are unchanged.
+_DENSE_WEIGHTS = 1 << 22
+
+
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` weights: how much of each input pixel falls in each output bin."""
     edges = np.linspace(0.0, n_in, n_out + 1)
@@ -80,6 +87,22 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     hi = np.clip(edges[1:, None] - np.arange(n_in)[None], 0.0, 1.0)
     w = hi - lo
     return (w / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Area-average ``x`` along ``axis`` into ``size`` bins; other axes are kept."""
+    n_in = x.shape[axis]
+    if n_in * size <= _DENSE_WEIGHTS:
+        return np.moveaxis(np.tensordot(_area_weights(n_in, size), x, axes=(1, axis)), 0, axis)
+    edges = np.linspace(0.0, n_in, size + 1)
+    bins = []
+    for e0, e1 in zip(edges[:-1], edges[1:], strict=True):
+        first, stop = int(np.floor(e0)), min(n_in, int(np.ceil(e1)))
+        pixels = np.arange(first, stop)
+        w = np.clip(e1 - pixels, 0.0, 1.0) - np.clip(e0 - pixels, 0.0, 1.0)
+        part = np.take(x, pixels, axis=axis)
+        bins.append(np.tensordot((w / w.sum()).astype(np.float32), part, axes=(0, axis)))
+    return np.stack(bins, axis=axis)
 
 
 def area_resize(a: np.ndarray, size: int) -> np.ndarray:
@@ -97,11 +120,11 @@ def area_resize(a: np.ndarray, size: int) -> np.ndarray:
 
     """
     h, w = a.shape[:2]
-    rows, cols = _area_weights(h, size), _area_weights(w, size)
     x = np.asarray(a, np.float32)
-    out = np.tensordot(rows, x, axes=(1, 0))  # (size, W[, C])
-    out = np.tensordot(cols, out, axes=(1, 1))  # (size_w, size_h[, C])
-    return np.ascontiguousarray(np.swapaxes(out, 0, 1))
+    # Height first; width first only for a strip so wide that the intermediate
+    # (size x width) would be large. Either way the same bin averages.
+    first, second = (1, 0) if w > h and size * w > _DENSE_WEIGHTS else (0, 1)
+    return np.ascontiguousarray(_resize_axis(_resize_axis(x, first, size), second, size))
 
 
 def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
