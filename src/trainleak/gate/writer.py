@@ -141,16 +141,15 @@ def add_to_index(
         rows: list[dict[str, Any]] = []
         number = max((int(s["number"]) for s in manifest["shards"]), default=-1) + 1
         step = int(manifest["settings"]["shard_rows"])
-        for row, vec in _new_rows(index, source, live, counts, skipped):
-            rows.append(row)
-            vectors.append(vec)
-            if len(rows) == step:
-                shard = files.write_shard(index.path, number, np.stack(vectors), rows)
+        for block_rows, block in _new_blocks(index, source, live, counts, skipped):
+            rows.extend(block_rows)
+            if block is not _END:
+                vectors.append(block)
+            while len(rows) >= step or (rows and block is _END):
+                stacked = np.concatenate(vectors)
+                shard = files.write_shard(index.path, number, stacked[:step], rows[:step])
                 manifest["shards"].append(shard)
-                number, vectors, rows = number + 1, [], []
-        if rows:
-            shard = files.write_shard(index.path, number, np.stack(vectors), rows)
-            manifest["shards"].append(shard)
+                number, rows, vectors = number + 1, rows[step:], [stacked[step:]]
         counts["added"] = sum(int(s["rows"]) for s in manifest["shards"]) - index.rows_total
         if counts["added"]:
             commit_change(index.path, manifest, _kept_threshold(manifest), live)
@@ -160,17 +159,25 @@ def add_to_index(
         return counts
 
 
-def _new_rows(
+#: The last block :func:`_new_blocks` yields: no rows; flushes what is pending.
+_END = np.zeros((0, 0), np.float32)
+
+
+def _new_blocks(
     index: Index,
     source: PathLike | Sequence[PathLike] | EmbeddingSet,
     live: set[str],
     counts: dict[str, Any],
     skipped: list[dict[str, str]],
-) -> Iterable[tuple[dict[str, Any], np.ndarray]]:
-    """Yield ``(row record, vector)`` for content of ``source`` not in ``live`` (updated)."""
+) -> Iterable[tuple[list[dict[str, Any]], np.ndarray]]:
+    """Yield ``(row records, (n, dim) vectors)`` of content not in ``live`` (which grows).
+
+    The last block is :data:`_END`.
+    """
     from trainleak.gate.ingest import embed_items, iter_records
 
     identity = index.score_mode == "identity"
+    dim = index.encoder_info.dim
 
     def labelled(ident: str, label: str | None) -> None:
         if identity and label is None:
@@ -178,6 +185,15 @@ def _new_rows(
                 "this index scores by identity, so every image needs an identity label; "
                 f"{ident} has none: put each person's photos in their own sub-folder"
             )
+
+    def new(digest: str | None) -> bool:
+        if digest is None:
+            return True
+        if digest in live:
+            counts["present"] += 1
+            return False
+        live.add(digest)
+        return True
 
     if isinstance(source, EmbeddingSet):
         if source.info.cache_key() != index.encoder_info.cache_key():
@@ -188,23 +204,14 @@ def _new_rows(
         counts["files"] = source.files
         counts["skipped"] = len(source.skipped)
         skipped.extend({"path": s.path, "reason": s.reason} for s in source.skipped)
-        for j in range(len(source)):
-            digest = digest_of(source, j)
-            if digest is not None and digest in live:
-                counts["present"] += 1
-                continue
-            labelled(source.ids[j], source.labels[j])
-            yield row_record(source.ids[j], source.labels[j], digest), source.vectors[j]
-        if source.digests:
-            live.update(source.digests)
+        for s0 in range(0, len(source), 65536):
+            keep = [j for j in range(s0, min(s0 + 65536, len(source))) if new(digest_of(source, j))]
+            for j in keep:
+                labelled(source.ids[j], source.labels[j])
+            rows = [row_record(source.ids[j], source.labels[j], digest_of(source, j)) for j in keep]
+            yield rows, np.asarray(source.vectors[keep], np.float32).reshape(-1, dim)
+        yield [], _END
         return
-
-    def drop(digest: str) -> bool:
-        if digest in live:
-            counts["present"] += 1
-            return True
-        live.add(digest)
-        return False
 
     def count(records: Iterable[Any]) -> Iterable[Any]:
         for rec in records:
@@ -212,8 +219,14 @@ def _new_rows(
             yield rec
 
     many = bool(index.encoder_info.options.get("all_faces"))
-    batches = embed_items(index.embedder(), count(iter_records(source)), index.config.batch, drop)
-    for batch in batches:
+
+    def drop(digest: str) -> bool:
+        return not new(digest)
+
+    for batch in embed_items(
+        index.embedder(), count(iter_records(source)), index.config.batch, drop
+    ):
+        rows, vecs = [], []
         for item in batch:
             if item.rows is None:
                 counts["skipped"] += 1
@@ -222,7 +235,10 @@ def _new_rows(
             labelled(item.record.id, item.record.label)
             for k, vec in enumerate(item.rows, 1):
                 ident = f"{item.record.id}#{k}" if many or len(item.rows) > 1 else item.record.id
-                yield row_record(ident, item.record.label, item.digest), vec
+                rows.append(row_record(ident, item.record.label, item.digest))
+                vecs.append(vec)
+        yield rows, np.asarray(vecs, np.float32).reshape(-1, dim)
+    yield [], _END
 
 
 def _kept_threshold(manifest: dict[str, Any]) -> dict[str, Any] | None:
