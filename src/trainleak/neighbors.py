@@ -188,10 +188,11 @@ def knn(
     return _tie_order(_rescore(queries, database, idx, metric, tiles), idx)
 
 
-def _db_block(database: np.ndarray, d0: int, block: int) -> np.ndarray:
+def _db_block(database: np.ndarray, d0: int, block: int, writeable: bool = False) -> np.ndarray:
     part = np.ascontiguousarray(database[d0 : d0 + block], np.float32)
-    # torch.from_numpy warns on read-only arrays such as a read-only memmap.
-    return part if part.flags.writeable else part.copy()
+    # torch.from_numpy warns on read-only arrays such as a read-only memmap;
+    # numpy and faiss read a read-only block in place (no copy per block).
+    return part.copy() if writeable and not part.flags.writeable else part
 
 
 def _self_cells(q0: int | None, n: int, d0: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +266,8 @@ def _knn_torch(
         kth = best_s[:, 0].clone()
         out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
         for d0 in range(0, len(db), block):
-            part = torch.from_numpy(_db_block(db, d0, block)).to(dev, non_blocking=True)
+            part = torch.from_numpy(_db_block(db, d0, block, writeable=True))
+            part = part.to(dev, non_blocking=True)
             if qn is None:
                 s = torch.mm(qt, part.T, out=out[:, : len(part)])
             else:
