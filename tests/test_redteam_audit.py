@@ -18,7 +18,7 @@ import pytest
 
 from trainleak.cli import main
 
-from conftest import ORL
+from conftest import DATA, ORL
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -252,3 +252,19 @@ def test_exit_codes_are_in_every_help(capsys):
             main([name, "--help"] if name else ["--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "3 internal error" in text and "2 usage or input error" in text, name
+
+
+def test_large_photos_are_searched_for_faces_at_a_bounded_size(tmp_path, capsys):
+    """A 24-megapixel photo is embedded (detection on a 2048-px copy), not skipped."""
+    from PIL import Image
+
+    big = tmp_path / "big"
+    big.mkdir()
+    face = Image.open(DATA / "orl_faces_92x112" / "s1" / "1.pgm").convert("RGB")
+    face.resize((4400, 5360), Image.Resampling.BICUBIC).save(big / "large.png")
+    code, _, _ = _run(
+        capsys, "dedup", str(big), "--encoder", "face", "--threshold", "0.93", "--no-cache",
+        "--workers", "1", "-q", "--out", str(tmp_path / "o"), "--max-file-mb", "64",
+    )  # fmt: skip
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert code == 0 and report["inputs"]["input"]["embedded"] == 1, report["skipped"]

@@ -184,6 +184,12 @@ def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> No
         default=defaults.max_pixels,
         help="skip images with more pixels than this, decompression bombs (default: %(default)s)",
     )
+    g.add_argument(
+        "--max-file-mb",
+        type=positive_int,
+        default=defaults.max_file_mb,
+        help="skip files larger than this many MB before reading them (default: %(default)s)",
+    )
 
 
 def embed_config(args: argparse.Namespace) -> EmbedConfig:
@@ -202,6 +208,7 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
         cache=args.cache,
         no_cache=args.no_cache,
         max_pixels=args.max_pixels,
+        max_file_mb=args.max_file_mb,
         progress=not args.quiet and sys.stderr.isatty(),
     )
 

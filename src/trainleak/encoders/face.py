@@ -62,6 +62,11 @@ _MODEL_FILES = {
 #: The most elongated image (longer side / shorter side) the detector is run on.
 MAX_ASPECT = 20
 
+#: Faces are looked for in a copy whose long side is at most this many pixels
+#: (ours): a 48-megapixel photo would otherwise need a 138-megapixel padded
+#: detector input. Landmarks and descriptors still use the full image.
+DETECT_MAX_SIDE = 2048
+
 
 def model_dir() -> Path:
     """Return the ``models`` folder of the installed ``face-recognition-models``."""
@@ -136,7 +141,7 @@ class FaceEncoder(Encoder):
         )
         self.info = EncoderInfo(
             name="face",
-            version=1,
+            version=2,
             dim=128,
             metric="cosine",
             default_threshold=0.93,
@@ -175,6 +180,16 @@ class FaceEncoder(Encoder):
                 f"too elongated for face detection: {width}x{height} is more than "
                 f"{MAX_ASPECT}:1 (crop it to the part with the face)"
             )
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        if scale < 1.0:
+            from PIL import Image
+
+            small = Image.fromarray(image).resize(
+                (max(1, round(width * scale)), max(1, round(height * scale))),
+                Image.Resampling.BOX,
+            )
+            dlib = self._models()[0]
+            return [_scale(dlib, box, 1.0 / scale) for box in self._detect(np.asarray(small))]
         pad = int(round(self.opts["pad"] * max(height, width)))
         up = self.opts["upsample"]
         if up == "auto":
@@ -225,6 +240,15 @@ class FaceEncoder(Encoder):
                 vec = vec + np.asarray(flipped)
             rows.append(vec)
         return l2_normalise(np.stack(rows))
+
+
+def _scale(dlib: Any, rect: Any, factor: float) -> Any:
+    return dlib.rectangle(
+        int(round(rect.left() * factor)),
+        int(round(rect.top() * factor)),
+        int(round(rect.right() * factor)),
+        int(round(rect.bottom() * factor)),
+    )
 
 
 def _shift(dlib: Any, rect: Any, offset: int) -> Any:
