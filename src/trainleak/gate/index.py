@@ -85,6 +85,12 @@ class Index:
         >>> with Index.build(d / "idx", d / "train", config=cfg) as index:
         ...     [v.verdict for v in index.check(d / "train")]
         ['block']
+        >>> (d / "more").mkdir(); Image.linear_gradient("L").save(d / "more" / "b.png")
+        >>> index = Index.open(d / "idx", config=CheckConfig(embed=cfg.embed))
+        >>> index.add(d / "more")["added"], len(index)
+        (1, 2)
+        >>> index.remove([str(d / "more" / "b.png")])["removed"], index.info()["counts"]["live"]
+        (1, 1)
 
     """
 
