@@ -268,3 +268,43 @@ def test_large_photos_are_searched_for_faces_at_a_bounded_size(tmp_path, capsys)
     )  # fmt: skip
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert code == 0 and report["inputs"]["input"]["embedded"] == 1, report["skipped"]
+
+
+def test_item15_nested_identity_folders_warn_and_depth_is_chosen(tmp_path, capsys):
+    train = tmp_path / "train"
+    for batch, people in (("batch1", (1, 2)), ("batch2", (3, 4))):
+        for s in people:
+            (train / batch / f"s{s}").mkdir(parents=True)
+            for p in (1, 2, 3):
+                shutil.copy(ORL / f"s{s}" / f"{p}.pgm", train / batch / f"s{s}" / f"{p}.pgm")
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    shutil.copy(ORL / "s3" / "5.pgm", synth / "a.pgm")
+    base = [sys.executable, "-m", "trainleak.cli", "audit", "--train", str(train), "--synthetic",
+            str(synth), "--encoder", "pixel", "--threshold", "0.5", "--no-cache", "--workers", "1",
+            "-q"]  # fmt: skip
+    run = subprocess.run([*base, "--out", str(tmp_path / "o1")], capture_output=True, text=True)
+    assert run.returncode == 0 and "--identity-depth" in run.stderr  # merged people: warned
+    one = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert one["summary"]["identities_in_train"] == 2  # batch1, batch2: what the warning is about
+    run = subprocess.run(
+        [*base, "--identity-depth", "2", "--out", str(tmp_path / "o2")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and "--identity-depth" not in run.stderr
+    two = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert two["summary"]["identities_in_train"] == 4
+
+
+def test_item15_missing_identity_cells_warn(tmp_path):
+    listing = tmp_path / "train.csv"
+    rows = [f"{ORL / 's1' / f'{p}.pgm'},s1" for p in (1, 2)] + [f"{ORL / 's2' / '1.pgm'},"]
+    listing.write_text("path,identity\n" + "\n".join(rows) + "\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "trainleak.cli", "audit", "--train", str(listing), "--synthetic",
+         str(ORL / "s1" / "3.pgm"), "--encoder", "pixel", "--threshold", "0.5", "--no-cache",
+         "--workers", "1", "-q", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0 and "1 of 3 training samples have no identity label" in run.stderr

@@ -42,6 +42,7 @@ class EmbedConfig:
     no_cache: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_mb: int = DEFAULT_MAX_FILE_MB
+    identity_depth: int = 1
     progress: bool = False
 
     def cache_arg(self) -> str | bool:

@@ -129,6 +129,8 @@ class Embedder:
         max_pixels: decompression-bomb limit; it also bounds the image an
             encoder works on (the face detector's padded, upsampled image).
         max_file_mb: files larger than this are skipped unread.
+        identity_depth: the folder level that names the person (see
+            :func:`trainleak.images.list_records`).
         progress: show a progress bar on stderr.
 
     """
@@ -143,6 +145,7 @@ class Embedder:
         cache: str | os.PathLike[str] | None | bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_mb: float = DEFAULT_MAX_FILE_MB,
+        identity_depth: int = 1,
         progress: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -160,6 +163,7 @@ class Embedder:
         if not max_file_mb > 0:
             raise ValueError(f"max_file_mb must be positive, got {max_file_mb}")
         self.max_file_mb = max_file_mb
+        self.identity_depth = identity_depth
         self.progress = progress
         self._pool: WorkerPool | None = None
         if self.workers > 1:
@@ -191,7 +195,7 @@ class Embedder:
             An :class:`EmbeddingSet` with rows in sorted-path order.
 
         """
-        records = list_records(source)
+        records = list_records(source, self.identity_depth)
         results: dict[str, np.ndarray | str] = {}
         skipped = [
             SkipRecord(set_name, repeat, f"duplicate entry: the same file as {kept}")

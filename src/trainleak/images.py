@@ -90,7 +90,7 @@ class Records(list[Record]):
         self.duplicates: list[tuple[str, str]] = list(duplicates or [])
 
 
-def list_records(source: str | os.PathLike[str]) -> Records:
+def list_records(source: str | os.PathLike[str], identity_depth: int = 1) -> Records:
     """Expand a folder, glob or list file into records, sorted by id.
 
     Hidden files and folders (names starting with ``.``) are not inputs and are
@@ -105,6 +105,11 @@ def list_records(source: str | os.PathLike[str]) -> Records:
     Args:
         source: a folder, a glob pattern (``*``, ``?``, ``[``), or a ``.txt`` /
             ``.csv`` list file.
+        identity_depth: in a folder, which level of sub-folders names the
+            person: 1 = the first (``root/alice/1.jpg``), 2 = the second
+            (``root/batch1/alice/1.jpg``), -1 = each image's own folder. Files
+            above that level have no label. When images sit deeper than the
+            chosen level a warning says so (people may be merged).
 
     Returns:
         Records sorted by id, so input order never changes results.
@@ -126,7 +131,7 @@ def list_records(source: str | os.PathLike[str]) -> Records:
     text = os.fspath(source)
     path = Path(text)
     if path.is_dir():
-        records = _folder_records(text)
+        records = _folder_records(text, identity_depth)
     elif path.is_file() and path.suffix.lower() in (".txt", ".csv", ".lst"):
         return _unique_files(_list_file_records(path), text)
     elif path.is_file():
@@ -171,17 +176,35 @@ def _unique_files(records: list[Record], source: str) -> Records:
     return Records(sorted(kept.values(), key=lambda r: r.id), sorted(duplicates))
 
 
-def _folder_records(root: str) -> list[Record]:
+def _folder_records(root: str, identity_depth: int = 1) -> list[Record]:
+    if identity_depth == 0 or identity_depth < -1:
+        raise SourceError(f"identity depth must be 1 or more, or -1, got {identity_depth}")
     records = []
+    deeper: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, root)
-        label = None if rel_dir == "." else Path(rel_dir).parts[0]
+        parts = () if rel_dir == "." else Path(rel_dir).parts
+        if identity_depth == -1:
+            label = parts[-1] if parts else None
+        else:
+            label = parts[identity_depth - 1] if len(parts) >= identity_depth else None
+            if len(parts) > identity_depth and filenames and not deeper:
+                deeper.append(os.path.join(rel_dir, sorted(filenames)[0]))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             full = os.path.join(dirpath, name)
             records.append(Record(full, Path(full), label))
+    if deeper and any(r.label for r in records):
+        log.warning(
+            "%s: identities are taken from sub-folder level %d, but images sit deeper "
+            "(e.g. %s), so people in different deeper folders may be merged; if the "
+            "person's folder is deeper, pass --identity-depth N (or -1 for each image's folder)",
+            root,
+            identity_depth,
+            deeper[0],
+        )
     return records
 
 

@@ -23,6 +23,7 @@ def make_embedder(e: EmbedConfig) -> Embedder:
         cache=e.cache_arg(),
         max_pixels=e.max_pixels,
         max_file_mb=e.max_file_mb,
+        identity_depth=e.identity_depth,
         progress=e.progress,
     )
 

@@ -9,6 +9,7 @@ runs the audit and builds its report from these.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.similarity import Similarity
 from trainleak.stats import Threshold, threshold_at_fpr
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,15 @@ def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
             raise AuditInputError("--score identity needs a cosine encoder (not 'tiled')")
         return "identity"
     if config.score == "auto":
+        missing = sum(lab is None or lab == "" for lab in train.labels)
+        if 0 < missing < len(train.labels):
+            log.warning(
+                "%d of %d training samples have no identity label (images directly in the "
+                "training folder, or empty 'identity' cells), so --score auto uses nn; label "
+                "every sample for the identity score, or pass --score nn",
+                missing,
+                len(train.labels),
+            )
         usable = train.has_labels and train.info.metric == "cosine"
         return "identity" if usable and len(set(train.labels)) > 1 else "nn"
     return "nn"

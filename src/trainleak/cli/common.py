@@ -185,6 +185,13 @@ def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> No
         help="skip images with more pixels than this, decompression bombs (default: %(default)s)",
     )
     g.add_argument(
+        "--identity-depth",
+        type=int,
+        default=defaults.identity_depth,
+        help="which sub-folder level names the person: 1 = root/alice/x.jpg, "
+        "2 = root/batch/alice/x.jpg, -1 = each image's own folder (default: %(default)s)",
+    )
+    g.add_argument(
         "--max-file-mb",
         type=positive_int,
         default=defaults.max_file_mb,
@@ -209,6 +216,7 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
         no_cache=args.no_cache,
         max_pixels=args.max_pixels,
         max_file_mb=args.max_file_mb,
+        identity_depth=args.identity_depth,
         progress=not args.quiet and sys.stderr.isatty(),
     )
 
