@@ -137,7 +137,7 @@ class Service:
             self.index.close()
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:
     """Dependency: the app's :class:`Service`."""
     service: Service = request.app.state.service
     return service
