@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-0.1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install chromium demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,19 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/trainleak demo --out demo-out
 
-test: install
+# The browser tests (tests/test_review_browser.py) drive Debian's Chromium through
+# Playwright: `playwright install` downloads from outside the package registries.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      || echo "make: could not install chromium: the browser tests will be skipped"; \
+	  else \
+	    echo "make: chromium is missing (install it as root: apt-get install chromium);" \
+	      "the browser tests will be skipped"; \
+	  fi; }
+
+test: install chromium
 	$(PY) -m pytest -q
 
 lint: install

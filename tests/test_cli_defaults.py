@@ -25,6 +25,7 @@ from trainleak.config import (
     InvertConfig,
     LossConfig,
     MembershipConfig,
+    ReviewConfig,
     ServeConfig,
 )
 
@@ -44,6 +45,7 @@ CONFIGS: dict[str, tuple[Any, ...]] = {
     "index compact": (),
     "check": (CheckConfig(),),
     "serve": (ServeConfig(), ServeConfig().check),
+    "review": (ReviewConfig(),),
     "demo": (),
 }
 

@@ -24,12 +24,14 @@ from trainleak.audits.leak_scores import (
     resolve_score_mode,
     score_against,
 )
+from trainleak.audits.reviewed import Reviews, find_reviews
 from trainleak.config import AuditConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
 from trainleak.result import Result
+from trainleak.service.decisions import Decisions
 from trainleak.stats import (
     Threshold,
     auc_score,
@@ -48,6 +50,7 @@ def audit(
     *,
     config: AuditConfig | None = None,
     argv: list[str] | None = None,
+    decisions: Decisions | str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Find synthetic samples that copy or re-identify training samples.
 
@@ -58,6 +61,10 @@ def audit(
             threshold is calibrated on them when given.
         config: settings (defaults from :class:`~trainleak.config.AuditConfig`).
         argv: the command line, recorded in the report.
+        decisions: reviewers' decisions (``trainleak review``'s
+            ``decisions.sqlite``, its export, or loaded ones): a pair marked
+            ``not a leak`` is released, one marked ``leak`` flagged even below
+            the threshold (see :mod:`trainleak.audits.reviewed`).
 
     Returns:
         An :class:`AuditResult`; ``result.write(dir)`` writes the reports.
@@ -85,7 +92,9 @@ def audit(
         train_set = embed_nonempty(embedder, train, "train")
         synth_set = embed_nonempty(embedder, synthetic, "synthetic")
         hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
-    return audit_embeddings(train_set, synth_set, hold_set, config=config, argv=argv)
+    return audit_embeddings(
+        train_set, synth_set, hold_set, config=config, argv=argv, decisions=decisions
+    )
 
 
 def _device(config: AuditConfig) -> str:
@@ -102,6 +111,7 @@ def audit_embeddings(
     *,
     config: AuditConfig | None = None,
     argv: list[str] | None = None,
+    decisions: Decisions | str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Audit sets already embedded: the array-level core of :func:`audit`, same verdicts.
 
@@ -132,9 +142,11 @@ def audit_embeddings(
     threshold, method = choose_threshold(
         config, hold, train_set.info.default_threshold, train_set.info.threshold_note
     )
+    reviews = None if decisions is None else find_reviews(decisions, train_set, synth_set, synth)
     report = build_report(
-        config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device
-    )
+        config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device,
+        reviews,
+    )  # fmt: skip
     report["contaminated"] = contaminated
     if contaminated:
         report.setdefault("warnings", []).append(
@@ -156,9 +168,12 @@ def build_report(
     mode: str,
     argv: list[str] | None,
     device: str = "cpu",
+    reviews: Reviews | None = None,
 ) -> dict[str, Any]:
     """Assemble ``report.json`` (the DESIGN.md contract plus extra keys)."""
     flagged = synth.score > threshold.value
+    if reviews is not None:
+        flagged, synth = reviews.apply(flagged, synth)
     n = len(flagged)
     n_flagged = int(flagged.sum())
     matches = _match_rows(train, synth_set, synth, flagged)
@@ -198,7 +213,7 @@ def build_report(
         ]
     sets = [es for es in (train, synth_set, hold_set) if es is not None]
     skipped = [s.to_dict() for es in sets for s in es.skipped]
-    return {
+    report = {
         **report_header("audit", argv, config.to_dict(), device),
         "encoder": train.info.to_dict(),
         "inputs": {
@@ -220,6 +235,9 @@ def build_report(
         "matches": matches,
         "skipped": skipped,
     }
+    if reviews is not None:
+        reviews.annotate(report, train, synth_set)
+    return report
 
 
 _SCORE_NOTES = {

@@ -22,7 +22,18 @@ import sys
 from collections.abc import Sequence
 
 from trainleak._version import __version__
-from trainleak.cli import audit, check, dedup, demo, extract, index, invert, membership, serve
+from trainleak.cli import (
+    audit,
+    check,
+    dedup,
+    demo,
+    extract,
+    index,
+    invert,
+    membership,
+    review,
+    serve,
+)
 from trainleak.cli.common import (
     EXIT_INTERNAL,
     EXIT_LEAK,
@@ -43,7 +54,7 @@ EXIT_CODES = (
 )
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (audit, dedup, extract, invert, membership, index, check, serve, demo)
+COMMANDS = (audit, dedup, extract, invert, membership, index, check, serve, review, demo)
 
 __all__ = [
     "COMMANDS",

@@ -66,6 +66,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="where the neighbour search runs: auto (a CUDA GPU if torch sees one), cpu, "
         "cuda or cuda:N (default: %(default)s)",
     )
+    a.add_argument(
+        "--decisions",
+        metavar="FILE",
+        help="reviewers' decisions (decisions.sqlite of trainleak review, its report folder, or "
+        "its --export CSV): 'not a leak' pairs are released, 'leak' pairs flagged even below "
+        "the threshold",
+    )
     add_output_arguments(a, OUT)
     a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
     add_embed_arguments(a, defaults.embed)
@@ -87,7 +94,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         score=args.score,
         search_device=args.search_device,
     )
-    result = audit(args.train, args.synthetic, args.holdout, config=config, argv=argv)
+    decisions = None
+    if args.decisions is not None:
+        from trainleak.service.decisions import load_decisions
+
+        decisions = load_decisions(args.decisions)  # a bad file fails before any embedding
+    result = audit(
+        args.train, args.synthetic, args.holdout, config=config, argv=argv, decisions=decisions
+    )
     paths = result.write(args.out, redact=args.redact)
     print_summary(result.report, paths)
     flagged = result.report["summary"]["flagged"]
@@ -108,5 +122,13 @@ def print_summary(report: dict[str, Any], paths: dict[str, str]) -> None:
         more = len(s["leaked_identities"]) - 10
         print(f"leaked identities: {names}" + (f" and {more} more" if more > 0 else ""))
     print(f"threshold: {t['note']}")
+    review = s.get("review")
+    if review:
+        print(
+            f"reviewed: {review['reviewed']} of {review['candidates']} candidates "
+            f"({len(review['released'])} released as not a leak, "
+            f"{len(review['flagged_by_reviewer'])} flagged by a reviewer below the threshold); "
+            f"{review['unreviewed']} unreviewed"
+        )
     print_skipped(report)
     print(f"report: {paths['html']}")

@@ -36,8 +36,9 @@ def render_dedup_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
         for m in c["members"]:
             is_kept = m["path"] == c["kept"]
             style = "border:3px solid #009E73" if is_kept else "border:3px solid transparent"
+            review = "" if is_kept else f' data-review="{escape(m["path"])}"'
             cells.append(
-                f'<figure style="display:inline-block;margin:4px;{style}">'
+                f'<figure style="display:inline-block;margin:4px;{style}"{review}>'
                 f"{img_tag(thumbnail, 'input', m['path'])}"
                 f'<figcaption class="note" style="max-width:120px;word-break:break-all">'
                 f"{'KEPT ' if is_kept else ''}{escape(m['path'])}<br>{m['similarity_to_kept']:.4f}"

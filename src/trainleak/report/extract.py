@@ -32,12 +32,14 @@ def render_extract_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> 
     for c in cands:
         members = "".join(img_tag(thumbnail, "generated", m) for m in c["members"][:SHOWN_MEMBERS])
         rows.append(
-            f'<tr class="{"flagged" if c["extracted"] else ""}"><td>{escape(c["group"])}</td>'
+            f'<tr class="{"flagged" if c["extracted"] else ""}" '
+            f'data-review="{escape(c["representative"])}"><td>{escape(c["group"])}</td>'
             f"<td>{c['clique_size']}</td><td>{members}</td>"
             f"<td>{img_tag(thumbnail, 'train', c['nearest_train'])}"
             f'<div class="note">{escape(c["nearest_train"])}</div></td>'
             f"<td>{c['distance']:.4f}</td><td>{(c['relative_distance'] or 0):.3f}</td>"
-            f"<td>{'EXTRACTED' if c['extracted'] else 'not confirmed'}</td></tr>"
+            f'<td class="review-cell">{"EXTRACTED" if c["extracted"] else "not confirmed"} </td>'
+            "</tr>"
         )
     table = (
         "<table><tr><th>group</th><th>clique</th><th>generations (first "

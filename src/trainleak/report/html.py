@@ -100,7 +100,8 @@ def _per_sample(report: dict[str, Any]) -> list[dict[str, Any]]:
         if (
             cur is None
             or (m["flagged"] and not cur["flagged"])
-            or (not cur["flagged"] and m["rank"] < cur["rank"])
+            or (not cur["flagged"] and m.get("reviewed") and not cur.get("reviewed"))
+            or (not cur["flagged"] and m["rank"] < cur["rank"] and not cur.get("reviewed"))
         ):
             chosen[m["synthetic"]] = m
     return sorted(chosen.values(), key=lambda m: (not m["flagged"], -(m["score"] or 0.0)))
@@ -123,13 +124,24 @@ def _pairs(rows: list[dict[str, Any]], thumbnail: Thumbnail | None) -> str:
                 f"<td>{img_tag(thumbnail, 'train', m['train'])}</td>"
             )
         body.append(
-            f'<tr class="{"flagged" if m["flagged"] else ""}"><td>{i}</td>{imgs}'
+            f'<tr class="{"flagged" if m["flagged"] else ""}" '
+            f'data-review="{escape(m["synthetic"])}"><td>{i}</td>{imgs}'
             f'<td class="path">{escape(m["synthetic"])}</td>'
             f'<td class="path">{escape(m["train"])}</td>'
             f"<td>{escape(m.get('train_identity') or '')}</td><td>{number(m['similarity'])}</td>"
-            f"<td>{number(m['score'])}</td><td>{'FLAGGED' if m['flagged'] else 'ok'}</td></tr>"
+            f'<td>{number(m["score"])}</td><td class="review-cell">{_verdict(m)}</td></tr>'
         )
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _verdict(m: dict[str, Any]) -> str:
+    """Return the verdict cell: the threshold's, or what a reviewer decided (who and when)."""
+    text = "FLAGGED" if m["flagged"] else "ok"
+    r = m.get("reviewed")
+    if r:
+        who = f"{escape(r['reviewer'])}, {escape(r['decided_at'])}"
+        text += f'<br><span class="note">reviewed: {escape(r["decision"])} ({who})</span>'
+    return text
 
 
 def _identities(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:

@@ -136,7 +136,8 @@ def _table(
             if near:
                 pics += " &rarr; " + "".join(img_tag(thumbnail, "generated", p) for p in near if p)
         out.append(
-            f"<tr><td>{i + 1}</td><td>{escape(r[name_key])}</td><td>{r['score']:.4f}</td>"
+            f'<tr data-review="{escape(r[name_key])}"><td>{i + 1}</td>'
+            f'<td class="review-cell">{escape(r[name_key])} </td><td>{r["score"]:.4f}</td>'
             f"<td>{pv}</td><td>{member}</td><td>{pics}</td></tr>"
         )
     shown = "photos &rarr; closest generated samples" if key == "identities" else "image"
