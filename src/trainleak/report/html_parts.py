@@ -36,6 +36,11 @@ tr.flagged{background:#fdeee6}td.path{word-break:break-all;max-width:260px}
 img.thumb{width:88px;height:88px;object-fit:contain;background:#eee;border-radius:3px}
 code,pre{background:#f4f4f4;padding:.1rem .3rem;border-radius:3px;font-size:.85rem}
 pre{padding:.6rem;white-space:pre-wrap;word-break:break-all}
+svg{max-width:100%;height:auto}code{overflow-wrap:anywhere}a.review-link{margin-left:.3rem}
+@media (max-width:700px){body{margin:1rem auto;padding:0 .6rem}
+.card{flex:1 1 40%;min-width:0}
+table{display:block;overflow-x:auto;max-width:100%}td.path{min-width:9rem}
+img.thumb{width:64px;height:64px}}
 @media print{body{margin:0}.card{break-inside:avoid}tr{break-inside:avoid}}
 """
 

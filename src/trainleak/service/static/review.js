@@ -103,13 +103,19 @@ function drawProgress() {
   $("progress-bar").value = decided;
 }
 
+function shortName(path) {
+  // The end of a path tells candidates apart; its shared start does not.
+  const parts = String(path).split("/").filter(Boolean);
+  return parts.length > 2 ? "…/" + parts.slice(-2).join("/") : String(path);
+}
+
 function drawList() {
   const list = $("list");
   list.replaceChildren();
   for (const c of visible()) {
     const li = el("li", { "data-id": c.id, "data-decision": decisionOf(c.id) || "", title: c.ref },
       el("span", { class: "dot" }),
-      el("span", { class: "name", text: c.ref }),
+      el("span", { class: "name", text: shortName(c.ref) }),
       el("span", { class: "score", text: fmt(c.score, 3) }));
     if (c.id === S.current) li.classList.add("current");
     li.addEventListener("click", () => select(c.id));
