@@ -20,6 +20,7 @@ PACKAGES: dict[str, str] = {
     "onnxruntime": "onnxruntime",
     "faiss": "faiss-cpu",
     "diffusers": "diffusers",
+    "pyarrow": "pyarrow",
 }
 
 

@@ -11,28 +11,28 @@ first cache miss, so a warm re-run loads none.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from trainleak.archives import Read, is_archive, iter_inputs
 from trainleak.encoders import EncoderInfo, get_encoder
 from trainleak.images import (
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_PIXELS,
-    ImageSkip,
     Record,
     SkipRecord,
     list_records,
-    read_bytes,
 )
+from trainleak.prefetch import encode_overlapped
 from trainleak.store import EmbeddingStore, content_hash, default_cache_dir
-from trainleak.workers import Chunk, Results, WorkerPool, encode_chunk, unavailable_reason
+from trainleak.workers import Chunk, Results, WorkerPool, unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,10 @@ class Embedder:
         self.identity_depth = identity_depth
         self.progress = progress
         self._pool: WorkerPool | None = None
+        if self.workers > 1 and self.local.device != "cpu":
+            # CUDA is initialised only by the process that owns the device.
+            log.info("embedding in-process on %s, decoding in a thread", self.local.device)
+            self.workers = 1
         if self.workers > 1:
             reason = unavailable_reason(encoder)
             if reason is not None:
@@ -202,19 +206,19 @@ class Embedder:
             for repeat, kept in records.duplicates
         ]
         digests: list[str | None] = []
+        inputs: list[Record] = []  # files, and the members of shards as they are read
         bar = tqdm(
-            total=len(records),
+            total=None if any(is_archive(r.path) for r in records) else len(records),
             desc=f"embed {set_name}",
             unit="img",
             disable=not self.progress,
             mininterval=0.5,
             leave=False,
         )
-        misses = _scan(
-            records, self.store, set_name, skipped, digests, results, bar, self.max_file_mb
-        )
+        reads = iter_inputs(records, self.max_file_mb)
+        misses = _scan(reads, self.store, set_name, skipped, inputs, digests, results, bar)
         pending: dict[str, np.ndarray | str] = {}
-        for done in self._run(_chunks(misses, self.batch_size, self.max_file_mb)):
+        for done in self._run(_chunks(misses, self.batch_size)):
             for digest, res in done:
                 results[digest] = res
                 if not (isinstance(res, str) and res.startswith("!")):
@@ -225,7 +229,12 @@ class Embedder:
                 pending = {}
         self.store.put(pending)
         bar.close()
-        emb = _assemble(records, digests, results, skipped, set_name, self.info, os.fspath(source))
+        order = sorted(range(len(inputs)), key=lambda j: inputs[j].id)
+        emb = _assemble(
+            [inputs[j] for j in order],
+            [digests[j] for j in order],
+            results, skipped, set_name, self.info, os.fspath(source),
+        )  # fmt: skip
         emb.files += len(records.duplicates)
         return emb
 
@@ -275,9 +284,8 @@ class Embedder:
 
     def _run(self, chunks: Iterator[Chunk]) -> Iterator[Results]:
         """Embed chunks in-process or in the worker pool; yield results as chunks finish."""
-        if self.workers == 1:
-            for keys, blobs in chunks:
-                yield list(zip(keys, encode_chunk(blobs, self.max_pixels, self.local), strict=True))
+        if self.workers == 1:  # the next chunk is decoded while this one is embedded
+            yield from encode_overlapped(chunks, self.max_pixels, self.local)
             return
         if self._pool is None:
             self._pool = WorkerPool(self.workers, self.spec, self.options)
@@ -324,25 +332,30 @@ def embed(
 
 
 def _scan(
-    records: list[Record],
+    reads: Iterator[Read],
     store: EmbeddingStore,
     set_name: str,
     skipped: list[SkipRecord],
+    inputs: list[Record],
     digests: list[str | None],
     results: dict[str, np.ndarray | str],
     bar: Any,
-    max_file_mb: float,
-) -> Iterator[tuple[str, Path]]:
-    """Yield ``(digest, path)`` of files to embed; fill cache hits and read errors."""
+) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(digest, bytes)`` of inputs to embed; fill cache hits and read errors.
+
+    Each input's record (without its bytes) is appended to ``inputs`` and its
+    digest, or ``None``, to ``digests``.
+    """
     queued: set[str] = set()
-    for rec in records:
-        try:
-            digest = content_hash(read_bytes(rec.path, max_file_mb))
-        except ImageSkip as skip:
-            skipped.append(SkipRecord(set_name, rec.id, str(skip)))
+    for rec, reason in reads:
+        data, rec = rec.data, replace(rec, data=None)
+        inputs.append(rec)
+        if reason is not None or data is None:
+            skipped.append(SkipRecord(set_name, rec.id, reason or "unreadable"))
             digests.append(None)
             bar.update(1)
             continue
+        digest = content_hash(data)
         digests.append(digest)
         hit = store.get(digest)
         if hit is not None:
@@ -352,27 +365,12 @@ def _scan(
             bar.update(1)
         else:
             queued.add(digest)
-            yield digest, rec.path
+            yield digest, data
 
 
-def _chunks(
-    misses: Iterator[tuple[str, Path]], size: int, max_file_mb: float
-) -> Iterator[tuple[list[str], list[bytes]]]:
-    digests: list[str] = []
-    blobs: list[bytes] = []
-    for digest, path in misses:
-        try:
-            data = read_bytes(path, max_file_mb)
-        except ImageSkip as skip:
-            data = b""
-            log.warning("%s changed while reading: %s", path, skip)
-        digests.append(digest)
-        blobs.append(data)
-        if len(digests) == size:
-            yield digests, blobs
-            digests, blobs = [], []
-    if digests:
-        yield digests, blobs
+def _chunks(misses: Iterator[tuple[str, bytes]], size: int) -> Iterator[Chunk]:
+    while batch := list(itertools.islice(misses, size)):
+        yield [digest for digest, _ in batch], [data for _, data in batch]
 
 
 def _assemble(

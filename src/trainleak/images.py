@@ -9,6 +9,9 @@ and the repeats are kept in :attr:`Records.duplicates`. A folder's entries are
 its names: symlinks in a folder stay records of their own (datasets are often
 assembled so), and files with the same content stay separate records.
 
+A listed file named ``*.tar`` or ``*.parquet`` is a shard whose members are the
+inputs: :func:`trainleak.archives.iter_inputs` streams them.
+
 In a folder whose images sit in sub-folders, the first sub-folder under the
 root is the identity label (``root/alice/1.jpg`` -> ``alice``), the layout face
 datasets use.
@@ -31,7 +34,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +56,17 @@ class ImageSkip(Exception):
 
 @dataclass(frozen=True)
 class Record:
-    """One input file: ``id`` is the path as found under the root the user gave."""
+    """One input: ``id`` is the path as found under the root the user gave.
+
+    A member of a tar shard or a row of a parquet file (see
+    :mod:`trainleak.archives`) has no file of its own: its ``id`` and ``path``
+    are ``<shard>/<key>`` and, once read, ``data`` carries its bytes.
+    """
 
     id: str
     path: Path
     label: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
