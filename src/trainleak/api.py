@@ -133,6 +133,7 @@ def audit(
     cache: str | os.PathLike[str] | bool = True,
     device: str = AuditConfig.search_device,
     config: AuditConfig | None = None,
+    decisions: str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Which synthetic samples copy or re-identify training samples (``trainleak audit``).
 
@@ -150,6 +151,9 @@ def audit(
         cache: the embedding cache folder, ``True`` (default folder) or ``False``.
         device: where the neighbour search runs (``auto``, ``cpu``, ``cuda[:N]``).
         config: all settings at once (the keywords above are then ignored).
+        decisions: reviewers' decisions from ``trainleak review`` (its
+            ``decisions.sqlite``, report folder or exported CSV): pairs marked
+            "not a leak" are released, pairs marked "leak" flagged.
 
     Example:
         >>> import trainleak as tl
@@ -175,7 +179,9 @@ def audit(
         raise AuditInputError(
             "vectors given as arrays have no operating point: pass holdout= or threshold="
         )
-    return audit_embeddings(train_set, synth_set, sets["holdout"], config=config)
+    return audit_embeddings(
+        train_set, synth_set, sets["holdout"], config=config, decisions=decisions
+    )
 
 
 def dedup(
