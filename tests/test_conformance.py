@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_ins import stand_in_folder
 
 from trainleak.encoders import ENCODERS, _load_builtin, get_encoder
 from trainleak.images import load_image
@@ -14,18 +15,25 @@ from models import save_onnx, save_torchscript
 _load_builtin()
 
 
+NAMED = ["arcface", "adaface", "sface", "sscd", "dinov2-s14"]
+
+
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     root = tmp_path_factory.mktemp("m")
     net = save_torchscript(root / "t.pt")
     save_onnx(root / "t.onnx", net)
-    return {
-        "face": "face",
-        "pixel": "pixel",
-        "tiled": "tiled",
-        "onnx": f"onnx:{root / 't.onnx'}",
-        "torchscript": f"torchscript:{root / 't.pt'}",
-    }
+    # The named models find stand-ins with their published signatures by file name.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAINLEAK_MODELS", str(stand_in_folder(root / "models")))
+        yield {
+            "face": "face",
+            "pixel": "pixel",
+            "tiled": "tiled",
+            "onnx": f"onnx:{root / 't.onnx'}",
+            "torchscript": f"torchscript:{root / 't.pt'}",
+            **{name: name for name in NAMED},
+        }
 
 
 def test_every_registered_encoder_is_covered(specs):
@@ -34,7 +42,7 @@ def test_every_registered_encoder_is_covered(specs):
     assert builtin == set(specs)
 
 
-@pytest.mark.parametrize("name", ["face", "pixel", "tiled", "onnx", "torchscript"])
+@pytest.mark.parametrize("name", ["face", "pixel", "tiled", "onnx", "torchscript", *NAMED])
 def test_encoder_contract(specs, name):
     enc = get_encoder(specs[name])
     info = enc.info

@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.encoders import Encoder, EncodeSkip, encoder_factory, get_encoder
+from trainleak.encoders import Encoder, encoder_factory, get_encoder
 from trainleak.errors import WorkerCrashError
-from trainleak.images import ImageSkip, decode_image
+from trainleak.prefetch import Chunk, Results, decode_chunk, embed_decoded
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ EXIT_TIMEOUT = 5.0
 #: Seconds between a worker's checks that its parent is alive.
 PARENT_POLL = 0.5
 
-#: A chunk: cache keys and the encoded image bytes, one each per image.
-Chunk = tuple[list[str], list[bytes]]
-#: ``(key, rows)`` per image, or ``(key, reason)``; a reason starting with
-#: ``!`` is not to be cached (decoding failures, crashes).
-Results = list[tuple[str, np.ndarray | str]]
 
 # Run by the child as ``python -c``: only the standard library is imported
 # before the parent's sys.path is in place.
@@ -96,27 +91,7 @@ def encode_chunk(items: list[bytes], max_pixels: int, encoder: Encoder) -> list[
         is not to be cached.
 
     """
-    images: list[np.ndarray] = []
-    out: list[np.ndarray | str | None] = []
-    for data in items:
-        try:
-            images.append(decode_image(data, max_pixels))
-            out.append(None)
-        except ImageSkip as skip:
-            out.append("!" + str(skip))
-    encoder.max_pixels = max_pixels  # bounds what the encoder makes of an image, too
-    results = iter(encoder.encode_batch(images))
-    final: list[np.ndarray | str] = []
-    for slot in out:
-        if slot is not None:
-            final.append(slot)
-            continue
-        res = next(results)
-        if isinstance(res, EncodeSkip):
-            final.append(("" if res.cache else "!") + str(res))
-        else:
-            final.append(res)
-    return final
+    return embed_decoded(decode_chunk(items, max_pixels), max_pixels, encoder)
 
 
 def unavailable_reason(spec: str) -> str | None:

@@ -48,6 +48,11 @@ class EncoderInfo:
     weights_sha256: str | None = None
     paper: str = ""
     licence: str = ""
+    #: The weights' licence forbids commercial use (insightface packs, SSCD).
+    non_commercial: bool = False
+    #: Where and how the vectors were computed (device, execution provider,
+    #: weights file): recorded in reports, never part of the cache key.
+    execution: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form used in ``report.json``."""
@@ -61,6 +66,8 @@ class EncoderInfo:
             "weights_sha256": self.weights_sha256,
             "paper": self.paper,
             "licence": self.licence,
+            "non_commercial": self.non_commercial,
+            "execution": dict(self.execution),
         }
 
     def cache_key(self) -> str:
@@ -100,6 +107,10 @@ class Encoder:
     #: (``--max-pixels``). Not part of the identity: it changes which images
     #: are embedded, never a vector.
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Where the encoder computes: ``"cpu"`` or a CUDA device. An encoder on a
+    #: CUDA device embeds in the process that owns the device (the embedder
+    #: starts no worker processes for it).
+    device: str = "cpu"
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """Embed one image; see the class docstring for shapes."""

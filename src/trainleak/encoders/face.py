@@ -136,6 +136,7 @@ class FaceEncoder(Encoder):
         # the weight files (about 30 MB, a few tens of milliseconds).
         self._loaded: tuple[Any, Any, Any, Any] | None = None
         self._cnn: Any = None
+        self._hog: tuple[Any, Any] | None = None
         weights = "+".join(
             file_sha256(folder / _MODEL_FILES[k])[:16] for k in ("landmarks", "descriptor")
         )
@@ -156,24 +157,43 @@ class FaceEncoder(Encoder):
             licence="dlib models: CC0 / Boost Software License (face-recognition-models)",
         )
 
+    def _detector(self) -> tuple[Any, Any]:
+        """Return ``(dlib, HOG detector)``; detecting alone loads no other model."""
+        if self._hog is None:
+            import dlib
+
+            self._hog = (dlib, dlib.get_frontal_face_detector())
+        return self._hog
+
     def _models(self) -> tuple[Any, Any, Any, Any]:
         """Return ``(dlib, detector, landmarks, net)``, loading them on the first call."""
         if self._loaded is None:
-            import dlib
-
+            dlib, detector = self._detector()
             folder = model_dir()
             self._loaded = (
                 dlib,
-                dlib.get_frontal_face_detector(),
+                detector,
                 dlib.shape_predictor(str(folder / _MODEL_FILES["landmarks"])),
                 dlib.face_recognition_model_v1(str(folder / _MODEL_FILES["descriptor"])),
             )
         return self._loaded
 
+    def detect(self, image: np.ndarray) -> list[Any]:
+        """Return dlib rectangles of the faces in ``image``, largest first.
+
+        The detection :meth:`encode` runs (padding, upsampling, CNN fallback,
+        the ``max_pixels`` bound); the named face models align these faces.
+
+        Raises:
+            EncodeSkip: the image is too elongated or too large to search.
+
+        """
+        return self._detect(np.ascontiguousarray(image))
+
     def _detect(self, image: np.ndarray) -> list[Any]:
         height, width = image.shape[:2]
         if self.opts["aligned"]:
-            dlib = self._models()[0]
+            dlib = self._detector()[0]
             return [dlib.rectangle(0, 0, width - 1, height - 1)]
         if max(height, width) > MAX_ASPECT * min(height, width):
             raise EncodeSkip(
@@ -188,7 +208,7 @@ class FaceEncoder(Encoder):
                 (max(1, round(width * scale)), max(1, round(height * scale))),
                 Image.Resampling.BOX,
             )
-            dlib = self._models()[0]
+            dlib = self._detector()[0]
             return [_scale(dlib, box, 1.0 / scale) for box in self._detect(np.asarray(small))]
         pad = int(round(self.opts["pad"] * max(height, width)))
         up = self.opts["upsample"]
@@ -199,7 +219,7 @@ class FaceEncoder(Encoder):
         cnn_up = _upsample_for(min(height, width), 300)
         if self.opts["cnn_fallback"]:
             self._check_work("upsampled (CNN detector)", height, width, cnn_up)
-        dlib, detector = self._models()[:2]
+        dlib, detector = self._detector()
         padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
         boxes = [_shift(dlib, r, -pad) for r in detector(padded, up)]
         if not boxes and self.opts["cnn_fallback"]:
