@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -254,3 +256,28 @@ def test_cache_key_ignores_where_and_how_but_not_what(models, tmp_path):
                        flip=True).info.cache_key() != key
     changed = save_pooled_onnx(tmp_path / "w600k_r50.onnx", 112, 512, 8, seed=1)
     assert get_encoder("arcface", weights=str(changed)).info.cache_key() != key
+
+
+def test_cli_records_the_licence_and_refuses_weights_for_other_encoders(models, tmp_path, capsys):
+    from trainleak.cli import main
+
+    for sub, names in (("train", range(2, 6)), ("synthetic", range(4, 8))):
+        (tmp_path / sub).mkdir()
+        for i in names:
+            (tmp_path / sub / f"obj{i}.png").symlink_to(COIL / f"obj{i}__0.png")
+    base = ["audit", "--train", str(tmp_path / "train"), "--synthetic", str(tmp_path / "synthetic"),
+            "--threshold", "0.99", "--workers", "1", "--no-cache", "-q"]
+    out = tmp_path / "out"
+    sscd = ["--encoder", "sscd", "--weights", weights(models, "sscd")]
+    assert main([*base, *sscd, "--out", str(out)]) == 0
+    encoder = json.loads((out / "report.json").read_text())["encoder"]
+    assert encoder["non_commercial"] is True and "CC-BY-NC" in encoder["licence"]
+    assert encoder["execution"]["weights"] == weights(models, "sscd")
+    copies = [m for m in json.loads((out / "report.json").read_text())["matches"]
+              if m["rank"] == 1 and Path(m["synthetic"]).name in ("obj4.png", "obj5.png")]
+    assert len(copies) == 2  # the planted copies find themselves
+    for m in copies:
+        assert Path(m["train"]).name == Path(m["synthetic"]).name and m["similarity"] > 0.9999
+    capsys.readouterr()
+    assert main([*base, "--encoder", "pixel", "--weights", "x.onnx"]) == 2
+    assert "apply to the named models" in capsys.readouterr().err

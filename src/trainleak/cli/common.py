@@ -134,7 +134,20 @@ def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> No
     g.add_argument(
         "--encoder",
         default=defaults.encoder,
-        help="face, pixel, tiled, onnx:FILE or torchscript:FILE (default: %(default)s)",
+        help="face, pixel, tiled, onnx:FILE, torchscript:FILE, or a named model: arcface, "
+        "adaface, sface (faces), sscd, dinov2-s14 (copies) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="named models: the weights file (default: the published file name in the folder "
+        "$TRAINLEAK_MODELS); the same as -O weights=FILE",
+    )
+    g.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="named models: fetch missing weights once from the publisher, only where "
+        "trainleak pins their SHA-256",
     )
     g.add_argument(
         "--aligned",
@@ -202,6 +215,18 @@ def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> No
 def embed_config(args: argparse.Namespace) -> EmbedConfig:
     """Resolve the shared embedding flags into an :class:`EmbedConfig`."""
     options = dict(args.encoder_option)
+    if getattr(args, "weights", None) is not None or getattr(args, "allow_download", False):
+        from trainleak.encoders.cards import CARDS
+
+        if args.encoder not in CARDS:
+            raise UsageError(
+                f"--weights and --allow-download apply to the named models ({', '.join(CARDS)}); "
+                "for another model give its file in the name: --encoder onnx:FILE"
+            )
+        if args.weights is not None:
+            options.setdefault("weights", args.weights)
+        if args.allow_download:
+            options.setdefault("allow_download", True)
     if args.aligned or args.all_faces:
         if args.encoder != "face":
             raise UsageError("--aligned and --all-faces apply to the face encoder only")
