@@ -325,6 +325,23 @@ def test_admin_add_then_blocked(gate, tmp_path):
         ]
 
 
+def test_reloads_an_index_changed_by_another_writer(gate, tmp_path):
+    idx, extra = tmp_path / "idx", tmp_path / "extra"
+    shutil.copytree(gate["idx"], idx)
+    extra.mkdir()
+    new = [p for p in gate["queries"] if p.name.startswith("new_")][0]
+    shutil.copy(new, extra / new.name)
+    with TestClient(create_app(idx, _config(), TOKENS)) as client:
+        first = client.post("/v1/check", files=_files([new]), headers=AUTH).json()["results"][0]
+        with Index.open(idx, config=CheckConfig(embed=RUNTIME)) as writer:  # e.g. 'index add'
+            assert writer.add(extra)["added"] == 1
+        second = client.post("/v1/check", files=_files([new]), headers=AUTH).json()["results"][0]
+        generation = client.get("/v1/index", headers=AUTH).json()["generation"]
+    assert (first["verdict"], second["verdict"]) == ("release", "block")
+    assert second["nearest"] == str(extra / new.name) and second["similarity"] == 1.0
+    assert generation == json.loads((idx / "manifest.json").read_text())["generation"]
+
+
 # -- the micro-batcher alone -----------------------------------------------------------
 
 
