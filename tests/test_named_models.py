@@ -281,3 +281,18 @@ def test_cli_records_the_licence_and_refuses_weights_for_other_encoders(models, 
     capsys.readouterr()
     assert main([*base, "--encoder", "pixel", "--weights", "x.onnx"]) == 2
     assert "apply to the named models" in capsys.readouterr().err
+
+
+def test_an_index_keeps_the_non_commercial_flag(models, tmp_path, monkeypatch):
+    from trainleak.config import EmbedConfig, IndexConfig
+    from trainleak.gate.index import Index
+
+    monkeypatch.setenv("TRAINLEAK_MODELS", str(models))
+    (tmp_path / "train").mkdir()
+    for i in range(1, 4):
+        (tmp_path / "train" / f"obj{i}.png").symlink_to(COIL / f"obj{i}__0.png")
+    embed = EmbedConfig(encoder="sscd", workers=1, no_cache=True)
+    config = IndexConfig(embed=embed, threshold=0.9)
+    index = Index.build(tmp_path / "idx", tmp_path / "train", config=config)
+    assert index.encoder_info.non_commercial is True
+    assert index.encoder_info.cache_key() == get_encoder("sscd").info.cache_key()

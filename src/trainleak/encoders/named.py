@@ -128,7 +128,7 @@ class NamedEncoder(Encoder):
         if self._aligner is not None and not opts["aligned"]:
             weights += "+dlib68:" + landmarks_sha256()[:16]
         if card.non_commercial:
-            log.warning("%s weights: %s (non-commercial use only)", card.name, card.licence)
+            log.warning("%s: non-commercial weights (%s)", card.name, card.licence)
         self.info = EncoderInfo(
             name=card.name,
             version=1,

@@ -325,6 +325,8 @@ def encoder_info(folder: Path, manifest: dict[str, Any]) -> EncoderInfo:
         enc.get("weights_sha256"),
         enc.get("paper", ""),
         enc.get("licence", ""),
+        bool(enc.get("non_commercial", False)),
+        dict(enc.get("execution") or {}),
     )
     if info.cache_key() != enc.get("cache_key"):
         raise IndexFormatError(f"{folder / MANIFEST}: its encoder entry is inconsistent; rebuild")
