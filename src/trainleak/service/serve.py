@@ -174,10 +174,10 @@ async def check_images(
     service.batcher.start()
     nbytes = sum(len(data) for _, data in items)
     verdicts = await service.batcher.results(items, nbytes, service.config.request_timeout)
-    results = []
-    for (name, _), v in zip(items, verdicts, strict=True):
-        results.append({**v.to_dict(), "name": name})
-        del results[-1]["path"]
+    # A verdict's path is the upload's name; the API calls it "name".
+    results = [{"name": v.path, **v.to_dict()} for v in verdicts]
+    for r in results:
+        del r["path"]
     return {"results": results}
 
 
