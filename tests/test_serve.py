@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -290,3 +292,18 @@ def test_serve_extra_installs_every_package_the_service_imports():
         names = {req.split(">")[0].split("=")[0].strip() for req in extras[extra]}
         assert set(SERVE_PACKAGES.values()) <= names, extra
     assert "httpx" in " ".join(extras["test"])  # FastAPI's TestClient
+
+
+@pytest.mark.parametrize("module", ["fastapi", "prometheus_client"])
+def test_missing_extra_names_the_install(module, gate):
+    shim = (
+        "import sys; sys.modules[sys.argv.pop(1)] = None; "
+        "from trainleak.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "TRAINLEAK_TOKEN": TOKEN}
+    argv = [sys.executable, "-c", shim, module, "serve", "--index", str(gate["idx"])]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    package = SERVE_PACKAGES[module]
+    assert proc.returncode == 2
+    want = f"trainleak: error: trainleak serve needs {package}: pip install 'trainleak[serve]'"
+    assert proc.stderr.strip().splitlines()[-1] == want
