@@ -22,14 +22,18 @@ Options:
     half: ``torchscript`` on a CUDA device only: run the model in float16
         (part of the cache key, since it changes the numbers).
 
-Usual settings:
+Usual settings (the named encoders, :mod:`trainleak.encoders.named`, do this
+and the face alignment for you: ``--encoder arcface``, ``adaface``, ``sscd``...):
 
 * ArcFace (InsightFace ONNX, e.g. ``w600k_r50.onnx``): ``size=112,
-  mean=[0.5]*3, std=[0.5]*3, channels="bgr"`` on 5-point-aligned crops.
+  mean=[0.5]*3, std=[0.5]*3, channels="rgb"`` on 5-point-aligned crops
+  (insightface swaps OpenCV's BGR to RGB before the model).
 * AdaFace (IResNet exported to ONNX/TorchScript): ``size=112, mean=[0.5]*3,
   std=[0.5]*3, channels="bgr"``.
-* SSCD copy detection (TorchScript ``sscd_disc_*.torchscript.pt``): ``size=288``
-  (or 320), ``mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]``, ``rgb``.
+* SSCD copy detection (TorchScript ``sscd_disc_*.torchscript.pt``): ``size=320``
+  (the README's square "skew_320"), ``mean=[0.485, 0.456, 0.406],
+  std=[0.229, 0.224, 0.225]``, ``rgb``; this encoder resizes bicubically,
+  SSCD's torchvision transform bilinearly.
 
 The defaults (112, 0.5/0.5, RGB, NCHW) suit face backbones trained on RGB.
 
