@@ -21,6 +21,7 @@ PACKAGES: dict[str, str] = {
     "faiss": "faiss-cpu",
     "diffusers": "diffusers",
     "pyarrow": "pyarrow",
+    "ray": "ray[data]",
 }
 
 

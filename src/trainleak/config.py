@@ -23,6 +23,8 @@ SearchBackend = Literal["auto", "torch", "numpy", "faiss"]
 Headline = Literal["max", "topm"]
 #: How ``invert`` rebuilds inputs from features.
 InvertMethod = Literal["optimize", "dci", "decoder"]
+#: Where the embedding stage and the search run (see :mod:`trainleak.engines`).
+EngineName = Literal["local", "ray"]
 #: Which search answers ``check``: faiss when it can, the exact search, or faiss only.
 IndexSearch = Literal["auto", "exact", "faiss"]
 
@@ -32,7 +34,14 @@ PAPER_TILED: dict[str, Any] = {"flip_invariant": False, "normalise": False, "blu
 
 @dataclass
 class EmbedConfig:
-    """How inputs are embedded; every audit has one."""
+    """How inputs are embedded; every audit has one.
+
+    ``engine`` says where the embedding stage and the neighbour search run:
+    ``local`` (this machine) or ``ray`` (a Ray cluster at ``ray_address``:
+    ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; ``None`` starts one
+    here); see :mod:`trainleak.engines`. On Ray, ``workers`` is the number of
+    encoder actors (``None``: one per GPU, else per CPU of the cluster).
+    """
 
     encoder: str = "face"
     encoder_options: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +53,8 @@ class EmbedConfig:
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     identity_depth: int = 1
     progress: bool = False
+    engine: EngineName = "local"
+    ray_address: str | None = None
 
     def cache_arg(self) -> str | bool:
         """Return the ``cache`` argument of :func:`trainleak.embed`."""

@@ -15,14 +15,19 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from trainleak.archives import Read, is_archive, iter_inputs
-from trainleak.encoders import EncoderInfo, get_encoder
+
+# EmbeddingSet and assemble live in embedding_set (this module stays small);
+# they are imported from here too.
+from trainleak.embedding_set import EmbeddingSet as EmbeddingSet
+from trainleak.embedding_set import assemble as assemble
+from trainleak.encoders import get_encoder
 from trainleak.images import (
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_PIXELS,
@@ -34,79 +39,10 @@ from trainleak.prefetch import encode_overlapped
 from trainleak.store import EmbeddingStore, content_hash, default_cache_dir
 from trainleak.workers import Chunk, Results, WorkerPool, unavailable_reason
 
+if TYPE_CHECKING:
+    from trainleak.engines import Engine
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EmbeddingSet:
-    """Embedded inputs of one source.
-
-    Attributes:
-        ids: one per row, the path as found under the root (``path#k`` for the
-            k-th face when an encoder returns several per image).
-        labels: identity label per row, or ``None``.
-        vectors: ``(n, dim)`` float32 (unit rows for cosine encoders).
-        skipped: files (or faces) left out, with reasons; a list-file entry
-            that names a file listed already is one (``duplicate entry: ...``).
-        files: how many files (or list-file entries) the source listed.
-        info: the encoder that made the vectors.
-        root: the source as the user gave it.
-        paths: the file behind each row.
-        digests: the content hash of the file behind each row (empty for
-            vectors that came without files).
-
-    """
-
-    ids: list[str]
-    labels: list[str | None]
-    vectors: np.ndarray
-    skipped: list[SkipRecord]
-    files: int
-    info: EncoderInfo
-    root: str = ""
-    paths: list[str] = field(default_factory=list)
-    digests: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def has_labels(self) -> bool:
-        """Whether every row carries an identity label."""
-        return bool(self.labels) and all(lab is not None for lab in self.labels)
-
-    def repeated_content(self) -> list[list[str]]:
-        """Return groups of ids whose files have the same bytes under different paths.
-
-        Such files are separate records (that is the data as given) but are one
-        image; an audit may count them. Faces of one file (``path#k``) count once.
-
-        Returns:
-            Groups of two or more ids, each sorted, in order of their first id.
-
-        """
-        by_digest: dict[str, list[str]] = {}
-        seen: set[str] = set()
-        for ident, path, digest in zip(self.ids, self.paths, self.digests, strict=True):
-            if path not in seen:
-                seen.add(path)
-                by_digest.setdefault(digest, []).append(ident)
-        return sorted(sorted(g) for g in by_digest.values() if len(g) > 1)
-
-    def counts(self) -> dict[str, Any]:
-        """Return the ``inputs`` entry of a report.
-
-        ``repeated_content`` is the number of embedded files whose bytes repeat
-        another embedded file of the set (see :meth:`repeated_content`).
-        """
-        groups = self.repeated_content() if self.paths and self.digests else []
-        return {
-            "root": self.root,
-            "files": self.files,
-            "embedded": len(self.ids),
-            "skipped": len(self.skipped),
-            "repeated_content": sum(len(g) - 1 for g in groups),
-        }
 
 
 class Embedder:
@@ -132,6 +68,8 @@ class Embedder:
         identity_depth: the folder level that names the person (see
             :func:`trainleak.images.list_records`).
         progress: show a progress bar on stderr.
+        engine: where :meth:`embed` runs (see :mod:`trainleak.engines`);
+            ``None``: here, in this process and its workers.
 
     """
 
@@ -147,6 +85,7 @@ class Embedder:
         max_file_mb: float = DEFAULT_MAX_FILE_MB,
         identity_depth: int = 1,
         progress: bool = False,
+        engine: Engine | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
@@ -165,6 +104,7 @@ class Embedder:
         self.max_file_mb = max_file_mb
         self.identity_depth = identity_depth
         self.progress = progress
+        self.engine = engine
         self._pool: WorkerPool | None = None
         if self.workers > 1 and self.local.device != "cpu":
             # CUDA is initialised only by the process that owns the device.
@@ -199,6 +139,8 @@ class Embedder:
             An :class:`EmbeddingSet` with rows in sorted-path order.
 
         """
+        if self.engine is not None and self.engine.name != "local":
+            return self.engine.embed(self, source, set_name)
         records = list_records(source, self.identity_depth)
         results: dict[str, np.ndarray | str] = {}
         skipped = [
@@ -230,7 +172,7 @@ class Embedder:
         self.store.put(pending)
         bar.close()
         order = sorted(range(len(inputs)), key=lambda j: inputs[j].id)
-        emb = _assemble(
+        emb = assemble(
             [inputs[j] for j in order],
             [digests[j] for j in order],
             results, skipped, set_name, self.info, os.fspath(source),
@@ -371,36 +313,3 @@ def _scan(
 def _chunks(misses: Iterator[tuple[str, bytes]], size: int) -> Iterator[Chunk]:
     while batch := list(itertools.islice(misses, size)):
         yield [digest for digest, _ in batch], [data for _, data in batch]
-
-
-def _assemble(
-    records: list[Record],
-    digests: list[str | None],
-    results: dict[str, np.ndarray | str],
-    skipped: list[SkipRecord],
-    set_name: str,
-    info: EncoderInfo,
-    root: str,
-) -> EmbeddingSet:
-    ids: list[str] = []
-    labels: list[str | None] = []
-    paths: list[str] = []
-    row_digests: list[str] = []
-    rows: list[np.ndarray] = []
-    for rec, digest in zip(records, digests, strict=True):
-        if digest is None:
-            continue
-        res = results[digest]
-        if isinstance(res, str):
-            skipped.append(SkipRecord(set_name, rec.id, res.lstrip("!")))
-            continue
-        many = len(res) > 1 or bool(info.options.get("all_faces"))
-        for k, row in enumerate(res, start=1):
-            ids.append(f"{rec.id}#{k}" if many else rec.id)
-            labels.append(rec.label)
-            paths.append(str(rec.path))
-            row_digests.append(digest)
-            rows.append(row)
-    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, info.dim), np.float32)
-    skipped.sort(key=lambda s: s.path)
-    return EmbeddingSet(ids, labels, vectors, skipped, len(records), info, root, paths, row_digests)

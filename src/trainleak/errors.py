@@ -44,9 +44,14 @@ class EncoderMismatchError(TrainleakError, ValueError):
     """An index is used with an encoder other than the one that built it."""
 
 
+class EngineError(TrainleakError, RuntimeError):
+    """An engine cannot run here: an unreachable Ray cluster, an encoder it cannot load."""
+
+
 __all__ = [
     "AuditInputError",
     "EncoderMismatchError",
+    "EngineError",
     "IndexFormatError",
     "MissingExtraError",
     "SourceError",

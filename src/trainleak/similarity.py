@@ -10,11 +10,15 @@ rule and the mirror rule in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainleak.encoders.base import EncoderInfo
 from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
+
+if TYPE_CHECKING:
+    from trainleak.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,22 @@ class Similarity:
         backend: Backend = "auto",
         exclude_self: bool = False,
         device: str = "cpu",
+        engine: Engine | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k under this rule; same shapes and padding as :func:`trainleak.neighbors.knn`.
 
         With a mirror the true top-k is inside the union of the two searches'
         top-k lists (a row outside both has k rows above it in either), so
         merging them, keeping each row's better score, is exact.
+
+        ``engine`` runs the search elsewhere (e.g. sharded over a Ray cluster,
+        see :mod:`trainleak.engines`) with the same results; ``None`` runs it here.
         """
+        if engine is not None and engine.name != "local":
+            return engine.knn(
+                self, queries, database, k,
+                backend=backend, exclude_self=exclude_self, device=device,
+            )  # fmt: skip
 
         def search(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return knn(

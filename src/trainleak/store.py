@@ -91,6 +91,10 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[str]:
+        """Return the content hashes the store holds (in memory)."""
+        return list(self._entries)
+
     def get(self, digest: str) -> CacheEntry | None:
         """Return the cached ``(m, dim)`` rows, the cached skip reason, or ``None``."""
         return self._entries.get(digest)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from trainleak.report import report_header
 from trainleak.result import Result
 from trainleak.similarity import Similarity
 from trainleak.store import content_hash
+
+if TYPE_CHECKING:
+    from trainleak.engines import Engine
 
 #: Encoders whose default operating point means "the same picture".
 COPY_ENCODERS = ("pixel", "tiled")
@@ -58,9 +61,15 @@ def dedup_mode(encoder: str) -> str:
 
 
 def duplicate_edges(
-    vectors: np.ndarray, threshold: float, similarity: Similarity, k: int = 16
+    vectors: np.ndarray,
+    threshold: float,
+    similarity: Similarity,
+    k: int = 16,
+    engine: Engine | None = None,
 ) -> np.ndarray:
     """All pairs ``(i, j)``, ``i < j``, with similarity above ``threshold``.
+
+    The searches run on ``engine`` (``None``: here; see :mod:`trainleak.engines`).
 
     Example:
         >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
@@ -75,7 +84,7 @@ def duplicate_edges(
     found: list[np.ndarray] = []
     kk = min(k, n - 1)
     while len(pending):
-        scores, idx = similarity.knn(vectors[pending], vectors, kk + 1)
+        scores, idx = similarity.knn(vectors[pending], vectors, kk + 1, engine=engine)
         for row, i in enumerate(pending):
             keep = (scores[row] > threshold) & (idx[row] != i) & (idx[row] >= 0)
             found.append(np.stack([np.full(keep.sum(), i), idx[row][keep]], 1))
@@ -172,9 +181,12 @@ def dedup_embeddings(
 ) -> DedupResult:
     """Deduplicate a set already embedded: the array-level core of :func:`dedup`.
 
-    ``config.embed`` is not used: the set's encoder decides the comparison
-    and, for ``pixel``/``tiled``, the default threshold.
+    Of ``config.embed`` only the engine is used (where the search runs): the
+    set's encoder decides the comparison and, for ``pixel``/``tiled``, the
+    default threshold.
     """
+    from trainleak.engines import engine_for
+
     config = config or DedupConfig()
     if len(emb) == 0:
         raise AuditInputError("the set is empty: nothing to deduplicate")
@@ -182,7 +194,7 @@ def dedup_embeddings(
     mode = _require_threshold(info.name, config.threshold)
     threshold = info.default_threshold if config.threshold is None else config.threshold
     sim = Similarity.of(info)
-    edges = duplicate_edges(emb.vectors, threshold, sim, config.k)
+    edges = duplicate_edges(emb.vectors, threshold, sim, config.k, engine_for(config.embed))
     weights = np.array(
         [float(sim.pairwise(emb.vectors[[a]], emb.vectors[[b]])[0, 0]) for a, b in edges]
     )

@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def make_embedder(e: EmbedConfig) -> Embedder:
-    """Build the :class:`Embedder` an :class:`EmbedConfig` describes."""
+    """Build the :class:`Embedder` an :class:`EmbedConfig` describes, on its engine."""
+    from trainleak.engines import engine_for
+
     return Embedder(
         e.encoder,
         encoder_options=e.encoder_options,
@@ -25,6 +27,7 @@ def make_embedder(e: EmbedConfig) -> Embedder:
         max_file_mb=e.max_file_mb,
         identity_depth=e.identity_depth,
         progress=e.progress,
+        engine=engine_for(e),
     )
 
 

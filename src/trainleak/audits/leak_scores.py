@@ -38,10 +38,16 @@ class Scored:
 def score_against(
     queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
 ) -> Scored:
-    """Score each query row against the training set (see :mod:`.scoring`) on ``device``."""
+    """Score each query row against the training set (see :mod:`.scoring`) on ``device``.
+
+    The searches run on the engine ``config.embed`` names (see :mod:`trainleak.engines`).
+    """
+    from trainleak.engines import engine_for
+
     backend = config.search_backend
+    engine = engine_for(config.embed)
     sim = Similarity.of(train.info)
-    nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device)
+    nb = nearest(queries.vectors, train.vectors, config.k, sim, backend, device, engine)
     nn_sim = nb.sims[:, 0].astype(np.float32)
     if mode == "identity":
         ids = match_identities(
@@ -51,6 +57,7 @@ def score_against(
             config.identity_weight,
             backend,
             device,
+            engine,
         )
         return Scored(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
     return Scored(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)

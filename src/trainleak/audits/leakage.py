@@ -115,8 +115,9 @@ def audit_embeddings(
 ) -> AuditResult:
     """Audit sets already embedded: the array-level core of :func:`audit`, same verdicts.
 
-    ``config.embed`` is not used (the sets carry their encoder's
-    :class:`~trainleak.encoders.base.EncoderInfo`); the sets must share it.
+    Of ``config.embed`` only ``engine`` is used, for where the searches run
+    (the sets carry their encoder's :class:`~trainleak.encoders.base.EncoderInfo`);
+    the sets must share it.
 
     Raises:
         AuditInputError: an empty set, or sets made by different encoders.

@@ -13,12 +13,16 @@ same-identity leaks at 1% holdout FPR where ``nn`` found 0.82.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainleak.encoders.base import l2_normalise
 from trainleak.neighbors import Backend
 from trainleak.similarity import Similarity
+
+if TYPE_CHECKING:
+    from trainleak.engines import Engine
 
 #: Candidate identities per query from the nearest photos and nearest means.
 CANDIDATE_PHOTOS = 20
@@ -42,10 +46,11 @@ def nearest(
     similarity: Similarity = COSINE,
     backend: Backend = "auto",
     device: str = "cpu",
+    engine: Engine | None = None,
 ) -> Neighbours:
-    """Top-k training neighbours (at most the training set's size)."""
+    """Top-k training neighbours (at most the training set's size), searched on ``engine``."""
     k = max(1, min(k, len(train)))
-    sims, idx = similarity.knn(queries, train, k, backend=backend, device=device)
+    sims, idx = similarity.knn(queries, train, k, backend=backend, device=device, engine=engine)
     return Neighbours(sims, idx)
 
 
@@ -72,6 +77,7 @@ def match_identities(
     weight: float = 0.5,
     backend: Backend = "auto",
     device: str = "cpu",
+    engine: Engine | None = None,
 ) -> IdentityMatches:
     """Score queries against labelled training identities (cosine embeddings).
 
@@ -88,6 +94,7 @@ def match_identities(
         weight: weight of the nearest photo, in [0, 1].
         backend: neighbour-search backend.
         device: torch device of the search.
+        engine: where the searches run (``None``: here).
 
     Example:
         >>> t = np.eye(3, dtype=np.float32)
@@ -102,8 +109,8 @@ def match_identities(
     label_idx = _index(labels, names)
     members = [np.flatnonzero(label_idx == j) for j in range(len(names))]
     means = l2_normalise(np.stack([train[m].mean(0) for m in members]))
-    photo = nearest(queries, train, CANDIDATE_PHOTOS, backend=backend, device=device)
-    mean_nb = nearest(queries, means, CANDIDATE_MEANS, backend=backend, device=device)
+    photo = nearest(queries, train, CANDIDATE_PHOTOS, COSINE, backend, device, engine)
+    mean_nb = nearest(queries, means, CANDIDATE_MEANS, COSINE, backend, device, engine)
     n = len(queries)
     score = np.full(n, -np.inf, np.float64)
     best_id = np.zeros(n, np.int64)

@@ -75,7 +75,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_output_arguments(a, OUT)
     a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
-    add_embed_arguments(a, defaults.embed)
+    add_embed_arguments(a, defaults.embed, engines=True)
     a.set_defaults(func=run)
     return a
 

@@ -13,9 +13,9 @@ import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from trainleak.config import EmbedConfig
+from trainleak.config import EmbedConfig, EngineName
 
 #: 0 the command ran; 1 it ran, --fail-on-leak was given and something leaked
 #: (or ``check`` blocked an image); 2 a usage or input error; 3 an internal
@@ -122,12 +122,16 @@ def add_output_arguments(p: argparse.ArgumentParser, out: str, *, redact: bool =
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> None:
+def add_embed_arguments(
+    p: argparse.ArgumentParser, defaults: EmbedConfig, *, engines: bool = False
+) -> None:
     """Add the flags every audit shares: encoder, workers, cache, limits.
 
     Args:
         p: the command's parser.
         defaults: the command config's ``embed`` field, the source of every default.
+        engines: add ``--engine`` and ``--ray-address`` too (commands that run
+            on an engine: see :mod:`trainleak.engines`).
 
     """
     g = p.add_argument_group(EMBEDDING_GROUP)
@@ -210,6 +214,22 @@ def add_embed_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> No
         default=defaults.max_file_mb,
         help="skip files larger than this many MB before reading them (default: %(default)s)",
     )
+    if engines:
+        g.add_argument(
+            "--engine",
+            choices=get_args(EngineName),
+            default=defaults.engine,
+            help="where embedding and search run: this machine, or a Ray cluster "
+            "(pip install 'trainleak[ray]'); --workers is then the encoder actors "
+            "(default: %(default)s)",
+        )
+        g.add_argument(
+            "--ray-address",
+            default=defaults.ray_address,
+            metavar="auto|HOST:PORT",
+            help="the Ray cluster for --engine ray: auto (the one this machine belongs to), "
+            "HOST:PORT of its head, or ray://HOST:PORT (default: start one here)",
+        )
 
 
 def embed_config(args: argparse.Namespace) -> EmbedConfig:
@@ -232,7 +252,7 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
             raise UsageError("--aligned and --all-faces apply to the face encoder only")
         options.setdefault("aligned", args.aligned)
         options.setdefault("all_faces", args.all_faces)
-    return EmbedConfig(
+    config = EmbedConfig(
         encoder=args.encoder,
         encoder_options=options,
         workers=args.workers,
@@ -244,6 +264,11 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
         identity_depth=args.identity_depth,
         progress=not args.quiet and sys.stderr.isatty(),
     )
+    if hasattr(args, "engine"):  # commands with engines=True in add_embed_arguments
+        if args.ray_address is not None and args.engine != "ray":
+            raise UsageError("--ray-address is for --engine ray: add --engine ray")
+        config.engine, config.ray_address = args.engine, args.ray_address
+    return config
 
 
 def writable_dir(path: str, flag: str) -> None:

@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     u.add_argument("--copy-kept", metavar="DIR", help="copy the deduplicated set to DIR")
     add_output_arguments(u, OUT)
-    add_embed_arguments(u, defaults.embed)
+    add_embed_arguments(u, defaults.embed, engines=True)
     u.set_defaults(func=run)
     return u
 

@@ -85,7 +85,7 @@ def _add_build(actions: Any) -> None:
     )
     b.add_argument("--out", required=True, help="the new index folder")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    add_embed_arguments(b, defaults.embed)
+    add_embed_arguments(b, defaults.embed, engines=True)
     b.set_defaults(func=run_build)
 
 
