@@ -30,9 +30,9 @@ Cases:
 * onnx: a small conv net (two strided convs + a 16384x512 fully connected
   layer + 512x128, about 8.4M weights), exported with torch.onnx.export,
   as `--encoder onnx:FILE size=64`, calibrated at `--fpr 0.01` on a holdout
-  of objects 11-20 (even views); queries as for pixel. Run twice, with
-  `--max-batch 32` (micro-batching on) and `--max-batch 1` (off); the
-  embedding batch size is 32 in both.
+  of objects 11-20 (even views); queries as for pixel. Run with
+  `--max-batch 32` (micro-batching on) and `--max-batch 1` (off), alternating
+  (`--onnx-rounds` pairs); the embedding batch size is 32 in both.
 
 The load generator runs on the same machine, so it competes with the server
 for the cores; the numbers are for the machine as a whole.
@@ -329,6 +329,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=5000, help="pixel encoder requests")
     p.add_argument("--face-requests", type=int, default=500)
     p.add_argument("--onnx-requests", type=int, default=2000, help="per batching setting")
+    p.add_argument("--onnx-rounds", type=int, default=2, help="on/off pairs, alternating")
     p.add_argument("--warmup", type=int, default=64)
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args()
@@ -351,14 +352,16 @@ def main() -> None:
             model = export_onnx(work / "embed.onnx")
             holdout = coil_holdout(work)
             idx = build_index(work / "idx_onnx", coil_train, f"onnx:{model}", {"size": 64}, holdout)
-            for batch in ("32", "1"):
-                server_args = ["--max-batch", batch, "--batch-size", "32"]
-                label = f"onnx max-batch {batch}"
-                results.append(
-                    run_case(label, idx, coil_queries, args.onnx_requests, args, server_args)
-                )
-            on, off = results[-2]["throughput_rps"], results[-1]["throughput_rps"]
-            print(f"micro-batching speed-up: {on / off:.2f}x ({on} vs {off} requests/s)")
+            # On and off alternate, so that a change in the machine's load hits both.
+            for _ in range(args.onnx_rounds):
+                for batch in ("32", "1"):
+                    server_args = ["--max-batch", batch, "--batch-size", "32"]
+                    label = f"onnx max-batch {batch}"
+                    results.append(
+                        run_case(label, idx, coil_queries, args.onnx_requests, args, server_args)
+                    )
+                on, off = results[-2]["throughput_rps"], results[-1]["throughput_rps"]
+                print(f"micro-batching speed-up: {on / off:.2f}x ({on} vs {off} requests/s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
