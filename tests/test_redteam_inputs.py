@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 import trainleak.embedding as embed_mod
+import trainleak.prefetch as prefetch
 from trainleak.cli import main
 from trainleak.embedding import embed
 from trainleak.encoders import get_encoder
@@ -382,7 +383,7 @@ def test_item14_corrupt_cache_shard_is_replaced(tmp_path, monkeypatch, caplog):
     def refuse(*_a, **_k):
         raise AssertionError("the run after the repair recomputed an embedding")
 
-    monkeypatch.setattr(embed_mod, "encode_chunk", refuse)
+    monkeypatch.setattr(prefetch, "embed_decoded", refuse)  # in-process embedding
     with caplog.at_level(logging.WARNING, logger="trainleak.store"):
         warm = embed(images, "pixel", workers=1, cache=cache)
     assert caplog.text == ""

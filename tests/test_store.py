@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import trainleak.embedding as embed_mod
+import trainleak.prefetch as prefetch
 from trainleak.embedding import embed
 from trainleak.store import EmbeddingStore
 
@@ -58,7 +59,7 @@ def test_warm_run_recomputes_nothing(faces, reference, tmp_path, monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("warm run recomputed an embedding")
 
-    monkeypatch.setattr(embed_mod, "encode_chunk", refuse)
+    monkeypatch.setattr(prefetch, "embed_decoded", refuse)  # in-process embedding
     monkeypatch.setattr(embed_mod.Embedder, "_run", lambda self, chunks: (refuse() for _ in chunks))
     warm = embed(faces, "face", workers=2, cache=tmp_path / "c")
     np.testing.assert_array_equal(warm.vectors, reference.vectors)
