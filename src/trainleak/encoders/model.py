@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from trainleak._optional import require
 from trainleak.encoders import ENCODERS
 from trainleak.encoders.base import (
     Encoder,
@@ -267,6 +268,8 @@ class OnnxEncoder(_ModelEncoder):
 
     def _fingerprint(self, path: Path) -> str:
         """Cover the external-data files too: changed weights must change the cache key."""
+        # The missing runtime is the first thing to say, before judging the file.
+        require("onnxruntime", extra="onnx", needed_for="the onnx encoder")
         return onnx_fingerprint(path)
 
     def _load(self, path: Path) -> None:
