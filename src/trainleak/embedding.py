@@ -108,7 +108,7 @@ class Embedder:
         self._pool: WorkerPool | None = None
         if self.workers > 1 and self.local.device != "cpu":
             # CUDA is initialised only by the process that owns the device.
-            log.info("embedding in-process on %s, decoding in a thread", self.local.device)
+            log.info("embedding in-process on %s, decoding in threads", self.local.device)
             self.workers = 1
         if self.workers > 1:
             reason = unavailable_reason(encoder)
