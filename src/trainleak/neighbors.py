@@ -20,10 +20,14 @@ running top-k is merged block by block. The torch and numpy backends merge a
 block only into the queries whose best score in it beats their k-th best so
 far (after the first few blocks, most queries skip most blocks), so the search
 costs little more than its matrix products. The search ranks with float32 matrix
-products; the scores returned are then recomputed for the chosen pairs, one
-pair at a time in float64, so they do not depend on block size or backend.
-Returned rows are ordered by score, then by lower database index. Which of
-several rows tied at the k-th place is kept is up to the backend.
+products and keeps :data:`RESCORE_MARGIN` more candidates than asked; their
+scores are then recomputed one pair at a time in float64 and the top ``k`` by
+those scores returned, so neither the scores nor which rows are chosen depend
+on block size, query block, backend or device (float32 rounding, which does
+depend on them, can order two rows within about 1e-7 of each other either way;
+the float64 scores decide). Returned rows are ordered by score, then by lower
+database index. Only when more than the margin of rows tie exactly at the k-th
+place is which of them are kept up to the backend.
 When the database has fewer than ``k`` rows (after ``exclude_self``), each row
 is padded with score ``-inf`` and index ``-1``.
 """
@@ -48,6 +52,8 @@ Backend = Literal["auto", "torch", "numpy", "faiss"]
 
 #: Bytes one block of float32 scores (query block x database block) may take.
 SCORE_BLOCK_BYTES = 256 * 2**20
+#: Candidates kept beyond ``k`` by the float32 search, for the float64 re-scoring to rank.
+RESCORE_MARGIN = 8
 
 # resolve_device lives in trainleak.device; callers of the search import it here too.
 __all__ = ["Backend", "MetricName", "knn", "pairwise_scores", "pick_backend", "resolve_device"]
@@ -171,21 +177,23 @@ def knn(
     if backend == "auto":
         backend = pick_backend(n, m, queries.shape[1], device)
     search = {"torch": _knn_torch, "numpy": _knn_numpy}.get(backend)
-    scores = np.full((n, k), -np.inf, np.float32)
-    idx = np.full((n, k), -1, np.int64)
+    kk, k = min(k + RESCORE_MARGIN, max(k, m)), k
+    scores = np.full((n, kk), -np.inf, np.float32)
+    idx = np.full((n, kk), -1, np.int64)
     qb = max(1, SCORE_BLOCK_BYTES // (4 * max(1, min(block_size, m))))
     logger.debug("knn %s/%s: %d x %d, blocks %d x %d", backend, metric, n, m, qb, block_size)
     for q0 in range(0, n if m else 0, qb):
         q = queries[q0 : q0 + qb]
         if search is None:
-            s, i = _knn_faiss(q, database, k, block_size, q0 if exclude_self else None)
+            s, i = _knn_faiss(q, database, kk, block_size, q0 if exclude_self else None)
         else:
             self_q0 = q0 if exclude_self else None
-            s, i = search(q, database, k, metric, block_size, tiles, self_q0, device)
+            s, i = search(q, database, kk, metric, block_size, tiles, self_q0, device)
         scores[q0 : q0 + len(q), : s.shape[1]] = s
         idx[q0 : q0 + len(q), : s.shape[1]] = i
     idx[np.isneginf(scores)] = -1  # masked self matches
-    return _tie_order(_rescore(queries, database, idx, metric, tiles), idx)
+    scores, idx = _tie_order(_rescore(queries, database, idx, metric, tiles), idx)
+    return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(idx[:, :k])
 
 
 def _db_block(database: np.ndarray, d0: int, block: int, writeable: bool = False) -> np.ndarray:
