@@ -290,3 +290,23 @@ def test_a_fifo_named_like_a_shard_is_skipped_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pipe.tar")
     [(rec, why)] = list(iter_inputs([Record("pipe.tar", tmp_path / "pipe.tar")]))
     assert why == "not a regular file"
+
+
+def test_dedup_copy_kept_writes_members_out_as_files(tmp_path):
+    names = [f"obj4__{v}.png" for v in range(0, 50, 7)]
+    items = [(n, (COIL / n).read_bytes()) for n in names]
+    items.append(("copy.png", items[0][1]))  # a planted byte copy
+    shard = tmp_path / "in" / "set.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for name, data in items:
+            _add(tar, name, data)
+    cfg = DedupConfig(embed=EmbedConfig(encoder="pixel", workers=1, no_cache=True))
+    result = dedup(shard, config=cfg)
+    assert result.report["summary"]["removed"] == 1
+    assert result.copy_kept(tmp_path / "kept") == len(names)
+    written = sorted(p.relative_to(tmp_path / "kept") for p in (tmp_path / "kept").rglob("*.png"))
+    assert len(written) == len(names)
+    for path in written:
+        original = (COIL / path.name).read_bytes() if path.name != "copy.png" else items[0][1]
+        assert (tmp_path / "kept" / path).read_bytes() == original

@@ -118,6 +118,44 @@ def iter_inputs(
             yield rec, str(skip)
 
 
+def member_of(ident: str) -> tuple[str, str] | None:
+    """Split a member's id into ``(shard id, key)``; ``None`` for anything else.
+
+    Example:
+        >>> import tempfile
+        >>> shard = Path(tempfile.mkdtemp()) / "s.tar"; _ = shard.write_bytes(b"")
+        >>> member_of(f"{shard}/a/1") == (str(shard), "a/1"), member_of(str(shard))
+        (True, None)
+
+    """
+    parts = ident.split("/")
+    for cut in range(1, len(parts)):
+        head = "/".join(parts[:cut])
+        if is_archive(head) and os.path.isfile(head):
+            return head, "/".join(parts[cut:])
+    return None
+
+
+def read_members(
+    ids: Iterable[str], max_file_mb: float = DEFAULT_MAX_FILE_MB
+) -> dict[str, bytes]:
+    """Read the bytes of shard members by id, streaming each shard once.
+
+    Ids that are no member, and members that cannot be read, are left out.
+    """
+    wanted: dict[str, set[str]] = {}
+    for ident in ids:
+        where = member_of(ident)
+        if where is not None:
+            wanted.setdefault(where[0], set()).add(ident)
+    found: dict[str, bytes] = {}
+    for shard, names in sorted(wanted.items()):
+        for rec, reason in iter_archive(Record(shard, Path(shard)), max_file_mb):
+            if rec.id in names and reason is None and rec.data is not None:
+                found[rec.id] = rec.data
+    return found
+
+
 def iter_archive(shard: Record, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Iterator[Read]:
     """Read the members of one shard (tar or parquet); see the module docstring."""
     name = os.fspath(shard.path).lower()

@@ -26,6 +26,7 @@ near-duplicate removal. Those need an explicit ``threshold``.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainleak.archives import read_members
 from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
 from trainleak.embedding import EmbeddingSet
@@ -287,8 +289,10 @@ class DedupResult(Result):
 
         Paths are taken relative to the input folder, or, for a list file or
         a glob, to the deepest folder holding every kept file, so files that
-        share a name in different folders never overwrite each other. Each
-        copy is checked against its source's content hash.
+        share a name in different folders never overwrite each other. A
+        member of a tar shard or a parquet file becomes a file named by its
+        id, with the suffix of its image format. Each copy is checked against
+        its source's content hash.
 
         Returns:
             The number of files written (each verified).
@@ -310,20 +314,41 @@ class DedupResult(Result):
                 f"--copy-kept {dest} is inside the input {base}: the copies would mix with the "
                 "images they came from; choose a folder outside it"
             )
+        # Members of tar shards and parquet files are written out as image files.
+        members = read_members(str(s) for s in sources if not s.exists())
         written: set[Path] = set()
         for src in sources:
             rel = src.relative_to(base) if _inside(src, base) else Path(src.name)
+            data = members.get(str(src))
+            if data is not None:
+                rel = rel.with_name(rel.name + _suffix(data))
             target = dest / rel
             n = 1
             while target in written:  # only for sources outside base (symlinked from elsewhere)
                 target = dest / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
                 n += 1
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-            if content_hash(read_bytes(target)) != content_hash(read_bytes(src)):
+            if data is None:
+                shutil.copy2(src, target)
+                data = read_bytes(src)
+            else:
+                target.write_bytes(data)
+            if content_hash(read_bytes(target)) != content_hash(data):
                 raise AuditInputError(f"copy of {src} to {target} does not match its source")
             written.add(target)
         return len(written)
+
+
+def _suffix(data: bytes) -> str:
+    """Return a file suffix for image bytes, from their content (``.jpg``, ``.png``...)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = (im.format or "").lower()
+    except Exception:  # noqa: BLE001 - an unreadable image still gets written
+        return ""
+    return {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}" if fmt else "")
 
 
 def _inside(path: Path, root: Path) -> bool:
