@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,9 @@ SRC = str(Path(embed_mod.__file__).parents[1])
 
 def _python(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter that imports this checkout's trainleak."""
-    env = dict(os.environ, PYTHONPATH=SRC)
+    # A private cache: the default one, filled by other tests, is loaded at start-up
+    # and would be measured with the run.
+    env = dict(os.environ, PYTHONPATH=SRC, TRAINLEAK_CACHE=tempfile.mkdtemp(prefix="tl-cache-"))
     try:
         return subprocess.run(
             [sys.executable, "-c", code, *args],
@@ -318,7 +321,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_item10_workers_exit_when_the_run_is_killed(tmp_path):
     faces = link_orl(tmp_path / "faces", range(1, 41), range(1, 11), per_person=False)
-    env = dict(os.environ, PYTHONPATH=SRC)
+    # A private cache: the default one, filled by other tests, is loaded at start-up
+    # and would be measured with the run.
+    env = dict(os.environ, PYTHONPATH=SRC, TRAINLEAK_CACHE=tempfile.mkdtemp(prefix="tl-cache-"))
     parent = subprocess.Popen(
         [sys.executable, "-c", _BUSY, str(faces)], env=env, stderr=subprocess.DEVNULL
     )

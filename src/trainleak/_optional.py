@@ -46,13 +46,14 @@ def require(module: str, *, extra: str, needed_for: str) -> ModuleType:
         >>> require("faiss", extra="faiss", needed_for="backend='faiss'").__name__
         'faiss'
         >>> import sys
+        >>> saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.startswith("skimage")}
         >>> sys.modules["skimage"] = None  # what an uninstalled package looks like
         >>> try:
         ...     require("skimage.metrics", extra="invert", needed_for="trainleak invert")
         ... except ImportError as err:
         ...     print(err)
         trainleak invert needs scikit-image: pip install 'trainleak[invert]'
-        >>> del sys.modules["skimage"]
+        >>> del sys.modules["skimage"]; sys.modules.update(saved)
 
     """
     top = module.partition(".")[0]
