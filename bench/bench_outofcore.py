@@ -2,7 +2,7 @@
 
 Reproduce:
     .venv/bin/python bench/bench_outofcore.py [--n-db 20000] [--dim 128] [--k 10]
-        [--queries 16384,65536,262144] [--query-rows 4096] [--in-memory]
+        [--queries 16384,65536,262144] [--query-rows 8192] [--in-memory]
 
 Writes a random database (unit rows, seeded) and the largest query set to
 ``.npy`` files in a temporary folder, then, for each query count, runs one
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--queries", default="16384,65536,262144")
-    ap.add_argument("--query-rows", type=int, default=4096)
+    ap.add_argument("--query-rows", type=int, default=8192)
     ap.add_argument("--in-memory", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

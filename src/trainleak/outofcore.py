@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from trainleak.neighbors import Backend
 
 #: Query rows searched at a time by :func:`knn_files`.
-QUERY_ROWS = 4096
+QUERY_ROWS = 8192
 
 PathLike = str | os.PathLike[str]
 
@@ -220,7 +220,8 @@ def knn_files(
         k: neighbours per query.
         similarity: the comparison rule (default: cosine).
         query_rows: queries searched at a time.
-        backend: search backend.
+        backend: search backend; ``auto`` picks one for the whole search
+            (:func:`trainleak.neighbors.pick_backend` of all the queries), not per block.
         device: torch device of the search.
 
     Returns:
@@ -228,6 +229,11 @@ def knn_files(
 
     """
     db = open_vectors(database)
+    if backend == "auto":  # chosen for the whole search, as knn chooses for all its queries
+        from trainleak.neighbors import pick_backend
+
+        n_query = np.load(queries, mmap_mode="r").shape[0]  # the header only
+        backend = pick_backend(n_query, len(db), db.shape[1], device)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     s_out, i_out = NpyWriter(folder / "scores.npy", k), NpyWriter(folder / "idx.npy", k, np.int64)
