@@ -79,7 +79,8 @@ _CHILD = textwrap.dedent(
 
     folder, n = sys.argv[1], int(sys.argv[2])
     before = peak_mb()
-    knn_files(f"{folder}/q{n}.npy", f"{folder}/db.npy", f"{folder}/out{n}", 10, query_rows=2048)
+    knn_files(f"{folder}/q{n}.npy", f"{folder}/db.npy", f"{folder}/out{n}", 10, query_rows=2048,
+              backend="numpy")  # one backend for both sizes (auto picks by size)
     print(json.dumps({"before": before, "after": peak_mb()}))
     """
 )
