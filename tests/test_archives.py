@@ -310,3 +310,28 @@ def test_dedup_copy_kept_writes_members_out_as_files(tmp_path):
     for path in written:
         original = (COIL / path.name).read_bytes() if path.name != "copy.png" else items[0][1]
         assert (tmp_path / "kept" / path).read_bytes() == original
+
+
+def test_invert_and_loss_attack_read_shards_as_files(tmp_path):
+    from trainleak.audits.inversion.audit import read_images as invert_images
+    from trainleak.audits.loss_attack import read_images as loss_images
+
+    names = [f"obj5__{v}.png" for v in range(0, 50, 10)]
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes((COIL / name).read_bytes())
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name in names:
+            _add(tar, name, (COIL / name).read_bytes())
+        _add(tar, "bad.png", b"not an image")
+    ids, images, skipped = loss_images(shard, "member")
+    ref_ids, ref_images, _ = loss_images(folder, "member")
+    assert [Path(i).name for i in ids] == [Path(i).stem for i in ref_ids]
+    assert all(np.array_equal(a, b) for a, b in zip(images, ref_images, strict=True))
+    assert [s.reason for s in skipped] == ["not an image (unrecognised format)"]
+    pixels, rows, skipped = invert_images(shard, "images", 1, None)
+    ref_pixels, _, _ = invert_images(folder, "images", 1, None)
+    assert np.array_equal(pixels.numpy(), ref_pixels.numpy()) and len(rows) == 5
+    assert len(skipped) == 1

@@ -42,8 +42,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from trainleak._optional import require
-from trainleak.images import DEFAULT_MAX_FILE_MB, ImageSkip, Record, read_bytes
+from trainleak.images import (
+    DEFAULT_MAX_FILE_MB,
+    DEFAULT_MAX_PIXELS,
+    ImageSkip,
+    Record,
+    decode_image,
+    read_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,30 @@ def iter_inputs(
             continue
         try:
             yield replace(rec, data=read_bytes(rec.path, max_file_mb)), None
+        except ImageSkip as skip:
+            yield rec, str(skip)
+
+
+def decode_inputs(
+    records: Iterable[Record],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
+) -> Iterator[tuple[Record, np.ndarray | str]]:
+    """Read and decode every input of a source (files, and shard members, streamed).
+
+    Yields:
+        ``(record, rgb)`` with the decoded ``(H, W, 3)`` uint8 image, or
+        ``(record, reason)`` for an input that cannot be used; records come
+        without their bytes.
+
+    """
+    for rec, reason in iter_inputs(records, max_file_mb):
+        data, rec = rec.data, replace(rec, data=None)
+        if reason is not None or data is None:
+            yield rec, reason or "unreadable"
+            continue
+        try:
+            yield rec, decode_image(data, max_pixels)
         except ImageSkip as skip:
             yield rec, str(skip)
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from trainleak.archives import decode_inputs
 from trainleak.audits.membership import MembershipResult
 from trainleak.audits.membership_report import SCORE_NOTES, header, summary_block
 from trainleak.config import LossConfig as LossConfig  # re-exported: it lived here
 from trainleak.errors import AuditInputError
 from trainleak.generators import sample_seed
-from trainleak.images import ImageSkip, SkipRecord, list_records, load_image
+from trainleak.images import SkipRecord, list_records
 from trainleak.stats import leave_one_out_p_values
 
 
@@ -158,12 +159,12 @@ def read_images(
 ) -> tuple[list[str], list[np.ndarray], list[SkipRecord]]:
     """Decode every image of a source; unusable files become skip records."""
     ids, images, skipped = [], [], []
-    for rec in list_records(source):
-        try:
-            images.append(load_image(rec.path))
+    for rec, rgb in decode_inputs(list_records(source)):
+        if isinstance(rgb, str):
+            skipped.append(SkipRecord(set_name, rec.id, rgb))
+        else:
+            images.append(rgb)
             ids.append(rec.id)
-        except ImageSkip as skip:
-            skipped.append(SkipRecord(set_name, rec.id, str(skip)))
     if not images:
         raise AuditInputError(f"no usable image in --{set_name} {os.fspath(source)!r}")
     return ids, images, skipped

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from trainleak.archives import decode_inputs
 from trainleak.audits.inversion.dci import DCIInverter
 from trainleak.audits.inversion.decoder import DecoderInverter
 from trainleak.audits.inversion.metrics import (
@@ -49,7 +50,7 @@ from trainleak.audits.inversion.optimize import OptimizeInverter
 from trainleak.audits.inversion.split import SplitModel, load_model
 from trainleak.config import InvertConfig as InvertConfig  # re-exported: it lived here
 from trainleak.config import InvertMethod
-from trainleak.images import DEFAULT_MAX_PIXELS, ImageSkip, SkipRecord, list_records, load_image
+from trainleak.images import DEFAULT_MAX_PIXELS, SkipRecord, list_records
 from trainleak.report import report_header
 from trainleak.result import Result
 
@@ -98,11 +99,9 @@ def read_images(
 
     """
     rows, arrays, skipped = [], [], []
-    for rec in list_records(source):
-        try:
-            rgb = load_image(rec.path, max_pixels)
-        except ImageSkip as err:
-            skipped.append(SkipRecord(set_name, rec.id, str(err)))
+    for rec, rgb in decode_inputs(list_records(source), max_pixels):
+        if isinstance(rgb, str):
+            skipped.append(SkipRecord(set_name, rec.id, rgb))
             continue
         im = Image.fromarray(rgb)
         if channels == 1:
