@@ -40,7 +40,8 @@ class EmbedConfig:
     ``local`` (this machine) or ``ray`` (a Ray cluster at ``ray_address``:
     ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; ``None`` starts one
     here); see :mod:`trainleak.engines`. On Ray, ``workers`` is the number of
-    encoder actors (``None``: one per GPU, else per CPU of the cluster).
+    encoder actors (``None``: one per GPU of the cluster for an encoder on a
+    GPU, else one per CPU).
     """
 
     encoder: str = "face"

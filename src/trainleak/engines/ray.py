@@ -11,7 +11,8 @@ files, and shards as single records) and hands it to Ray Data: tasks read each
 record (a shard member by member, streamed) and hash the bytes; inputs whose
 hash the store holds go no further; the others are decoded and embedded by an
 actor pool (``map_batches`` with :class:`~trainleak.engines.ray_stages.EncodeActor`,
-one encoder per actor, ``num_gpus=1`` per actor on a cluster with GPUs). The
+one encoder per actor; ``num_gpus=1`` per actor on a cluster with GPUs when the
+encoder runs on a GPU, ``-O device=cuda``, else one CPU per actor). The
 vectors come back to the driver, which writes them into the same
 content-hash store the local engine uses and assembles the set with the same
 code, so a Ray run and a local run share the cache (a warm local re-run after
@@ -79,8 +80,8 @@ class RayEngine:
 
     Args:
         address: the cluster; ``None`` starts (or reuses) one on this machine.
-        actors: encoder actors; ``None``: one per GPU of the cluster, else one
-            per CPU.
+        actors: encoder actors; ``None``: one per GPU of the cluster for an
+            encoder on a GPU, else one per CPU.
         shards: database rows per search shard; ``None``: :func:`shard_rows`.
 
     """
@@ -174,7 +175,11 @@ class RayEngine:
                 "import: move it to an importable module, or use --engine local"
             )
         cpus, gpus = self.resources()
-        actors = self.actors or (gpus or cpus)
+        # A GPU per actor for an encoder that runs on one (-O device=cuda); Ray
+        # shows each actor its own GPU as cuda:0. CPU encoders get a CPU each.
+        on_gpu = bool(gpus) and embedder.local.device != "cpu"
+        actors = self.actors or (gpus if on_gpu else cpus)
+        options = {**embedder.options, "device": "cuda"} if on_gpu else embedder.options
         known = np.array(sorted(embedder.store.keys()), dtype="S32")
         listed = rd.from_items(
             [stages.record_row(n, rec) for n, rec in enumerate(records)],
@@ -192,7 +197,7 @@ class RayEngine:
             stages.EncodeActor,
             fn_constructor_kwargs={
                 "spec": embedder.spec,
-                "options": embedder.options,
+                "options": options,
                 "modules": [] if module.startswith("trainleak.") else [module],
                 "max_pixels": embedder.max_pixels,
             },
@@ -200,7 +205,7 @@ class RayEngine:
             batch_format="numpy",
             compute=rd.ActorPoolStrategy(size=actors),
             num_cpus=1,
-            num_gpus=1 if gpus else 0,
+            num_gpus=1 if on_gpu else 0,
         )
         for batch in embedded.iter_batches(batch_size=embedder.batch_size, batch_format="numpy"):
             for j in range(len(batch["n"])):
@@ -252,9 +257,11 @@ class RayEngine:
             return similarity.knn(queries, database, k, backend=backend, exclude_self=exclude_self)
         ray = self.connect()
         cpus, gpus = self.resources()
-        where = "cuda" if gpus else "cpu"
+        # Each task takes a GPU where the cluster has them and searches on it
+        # if its torch sees CUDA ("auto"); the answers do not depend on where.
+        where = "auto" if gpus else "cpu"
         if backend == "auto":
-            backend = pick_backend(n, m, queries.shape[1], where)
+            backend = pick_backend(n, m, queries.shape[1], "cuda" if gpus else "cpu")
         rows = self.shards or shard_rows(m, database.shape[1], cpus)
         task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(stages.search_shard)
         shards = [

@@ -164,7 +164,8 @@ def search_shard(
         k: neighbours per query.
         offset: the shard's first global row.
         backend: the search backend (already resolved from ``auto``).
-        device: torch device of the search.
+        device: torch device of the search, or ``auto`` (CUDA when this
+            worker's torch sees it and the backend runs there).
         self_start: the global row of the first query when the queries are the
             database itself and each query's own row is to be left out; ``None``
             otherwise.
@@ -173,7 +174,10 @@ def search_shard(
         ``(scores, idx)`` ``(n, k)``, global indices, ``-inf``/``-1`` padding.
 
     """
+    from trainleak.device import resolve_device
+
     extra = 1 if self_start is not None else 0
+    device = resolve_device(device, backend)
     scores, idx = similarity.knn(queries, shard, k + extra, backend=backend, device=device)
     idx = np.where(idx >= 0, idx + offset, -1)
     if self_start is not None:
