@@ -43,6 +43,7 @@ CONFIGS: dict[str, tuple[Any, ...]] = {
     "index remove": (),
     "index info": (),
     "index compact": (),
+    "index add-decisions": (),
     "check": (CheckConfig(),),
     "serve": (ServeConfig(), ServeConfig().check),
     "review": (ReviewConfig(),),

@@ -27,6 +27,9 @@ InvertMethod = Literal["optimize", "dci", "decoder"]
 EngineName = Literal["local", "ray"]
 #: Which search answers ``check``: faiss when it can, the exact search, or faiss only.
 IndexSearch = Literal["auto", "exact", "faiss"]
+#: The file ``audit`` writes its full neighbour table to: parquet when pyarrow
+#: is installed (``auto``), or CSV.
+TableFormat = Literal["auto", "parquet", "csv"]
 
 #: Options that make the ``tiled`` encoder Carlini et al.'s tiled l2 exactly.
 PAPER_TILED: dict[str, Any] = {"flip_invariant": False, "normalise": False, "blur": 0.0}
@@ -84,6 +87,14 @@ class AuditConfig:
         search_device: where the search runs: ``auto`` (a CUDA GPU when torch
             sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Results
             do not depend on it (chosen pairs are re-scored in float64).
+        report_samples: how many synthetic samples ``report.json`` lists with
+            their neighbours: the flagged ones first, then the highest
+            scores (plus any a reviewer decided). Holdout rows are capped the
+            same way. The full table of every sample's top k goes to
+            ``matches.parquet`` or ``matches.csv`` (see ``table``), so
+            ``report.json`` and ``report.html`` stay a few MB at any size.
+        table: the full neighbour table's format: ``parquet`` (needs
+            pyarrow), ``csv``, or ``auto`` (parquet when pyarrow is installed).
 
     """
 
@@ -97,6 +108,8 @@ class AuditConfig:
     seed: int = 0
     search_backend: SearchBackend = "auto"
     search_device: str = "auto"
+    report_samples: int = 1000
+    table: TableFormat = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""
@@ -148,6 +161,10 @@ class CheckConfig:
             verdicts.
         search_backend: backend of the exact search (see :func:`trainleak.knn`).
         faiss_max_bytes: largest index copied into faiss's memory under ``auto``.
+        decisions: reviewers' decisions to honour on top of the index's own
+            (``IDX/decisions.sqlite``): a ``decisions.sqlite``, the report
+            folder holding one, or a ``review --export`` CSV (see
+            :mod:`trainleak.gate.reviewed`).
 
     """
 
@@ -157,6 +174,7 @@ class CheckConfig:
     search: IndexSearch = "auto"
     search_backend: SearchBackend = "auto"
     faiss_max_bytes: int = 4 * 2**30
+    decisions: str | None = None
 
 
 def _serve_check() -> CheckConfig:
@@ -340,6 +358,10 @@ class InvertConfig:
         batch_size: images inverted together.
         identity: measure identity similarity with the ``face`` encoder.
         max_pixels: decompression-bomb limit.
+        dci_inputs: what ``dci`` trains its block inverses on: ``noise``
+            (multi-scale random images) or ``generator`` (a generator
+            fitted to the batch-norm statistics, as in the paper).
+        dci_gen_steps: training steps of that generator.
 
     """
 
@@ -353,6 +375,8 @@ class InvertConfig:
     batch_size: int = 64
     identity: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    dci_inputs: Literal["noise", "generator"] = "noise"
+    dci_gen_steps: int = 300
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""

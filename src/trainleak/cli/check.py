@@ -7,7 +7,14 @@ import sys
 from contextlib import ExitStack
 from typing import IO, Any, get_args
 
-from trainleak.cli.common import EXIT_LEAK, EXIT_OK, EXIT_USAGE, UsageError, positive_int
+from trainleak.cli.common import (
+    DECISIONS_HELP,
+    EXIT_LEAK,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    positive_int,
+)
 from trainleak.cli.index import add_runtime_arguments, runtime_embed
 from trainleak.config import CheckConfig, IndexSearch
 
@@ -32,6 +39,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="answer per person ('is my face in there?'): each sub-folder is one person",
     )
+    c.add_argument(
+        "--decisions",
+        default=defaults.decisions,
+        help=DECISIONS_HELP,
+    )
     c.add_argument("--fail-on-skip", action="store_true", help="exit 1 when any input is skipped")
     c.add_argument(
         "--verify", action="store_true", help="check every index file's sha256 first (reads all)"
@@ -49,7 +61,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="images read and embedded at a time; bounds memory (default: %(default)s)",
     )
     add_runtime_arguments(c, defaults.embed)
-    c.set_defaults(func=run)
+    c.set_defaults(func=run, out_is_file=True)  # --out is the verdicts file
     return c
 
 
@@ -58,8 +70,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.gate.index import Index
     from trainleak.gate.output import VerdictWriter, printable
 
-    config = CheckConfig(embed=runtime_embed(args), batch=args.batch, search=args.search)
+    config = CheckConfig(
+        embed=runtime_embed(args), batch=args.batch, search=args.search, decisions=args.decisions
+    )
     counts = {"release": 0, "block": 0, "skip": 0}
+    reviewed = 0
     jsonl_stdout = args.jsonl and not args.out
     say = sys.stderr if jsonl_stdout else sys.stdout
     with ExitStack() as stack:
@@ -79,6 +94,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             verdicts = index.iter_check(args.images)
         for v in verdicts:
             counts[v.verdict] += 1
+            reviewed += v.reviewed is not None
             if writer is not None:
                 writer.write(v)
             if not jsonl_stdout and (args.identity or v.verdict != "release"):
@@ -89,7 +105,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(
         f"checked {n} {what}: {counts['release']} released, "
         f"{counts['block']} blocked, {counts['skip']} skipped "
-        f"(threshold {t['value']:.4f}, {t['method']})",
+        f"(threshold {t['value']:.4f}, {t['method']}"
+        + (f"; {reviewed} set by a reviewer's decision)" if reviewed else ")"),
         file=say,
     )
     if counts["release"] + counts["block"] == 0:

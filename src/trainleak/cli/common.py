@@ -31,6 +31,14 @@ class UsageError(Exception):
     """A flag combination or value the user must fix."""
 
 
+#: ``--decisions`` of ``check`` and ``serve``.
+DECISIONS_HELP = (
+    "reviewers' decisions to honour (trainleak review's decisions.sqlite, its report folder, or "
+    "a review --export CSV), on top of those 'index add-decisions' stored in the index: a pair "
+    "marked 'not a leak' is released, one marked 'leak' blocked even below the threshold"
+)
+
+
 def fraction(text: str) -> float:
     """Parse a number strictly between 0 and 1 (a rate such as ``--fpr``).
 

@@ -44,6 +44,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every file's sha256 (reads all)")
     i.add_argument("--json", action="store_true", help="print the details as JSON")
     i.set_defaults(func=run_info)
+    d = actions.add_parser(
+        "add-decisions",
+        help="store reviewers' decisions in the index, so that check and serve honour them",
+        description="Copy the current decisions of trainleak review logs (decisions.sqlite, a "
+        "report folder holding one, or a review --export CSV) into IDX/decisions.sqlite. "
+        "'check' and 'serve' honour them without --decisions: a pair marked 'not a leak' is "
+        "released, one marked 'leak' blocked even below the threshold. Decisions made with "
+        "another encoder than the index's are counted and left out; adding a file twice adds "
+        "nothing.",
+    )
+    d.add_argument("index", help="the index folder")
+    d.add_argument("decisions", nargs="+", help="decisions.sqlite files, report folders or CSVs")
+    d.set_defaults(func=run_add_decisions)
     c = actions.add_parser("compact", help="rewrite shards without removed rows")
     c.add_argument("index", help="the index folder")
     c.set_defaults(func=run_compact)
@@ -163,6 +176,27 @@ def run_add(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def run_add_decisions(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``trainleak index add-decisions``; return the exit code."""
+    from trainleak.gate.index import Index
+    from trainleak.gate.reviewed import add_decisions
+
+    with Index.open(args.index) as index:
+        result = add_decisions(index.path, args.decisions, index.encoder_info.cache_key())
+        print(
+            f"added {result['added']} decisions, {result['present']} already in the index, "
+            f"{result['other_encoder']} made with another encoder (left out); the index now "
+            f"holds decisions on {result['pairs']} pairs"
+        )
+        if result["other_encoder"] and not result["added"] + result["present"]:
+            print(
+                f"none applies: they were made with another encoder than the index's "
+                f"({index.encoder_info.cache_key()}); review a report made with it"
+            )
+        print_summary(index.info())
+    return EXIT_OK
+
+
 def run_remove(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak index remove``; return the exit code."""
     from trainleak.gate.index import Index
@@ -221,3 +255,7 @@ def print_summary(info: dict[str, Any]) -> None:
         f"score {info['score']['mode']}, search {info['search']}"
     )
     print(f"threshold {t['value']:.4f} ({t['method']}): {t['note']}")
+    dec = info.get("decisions") or {}
+    if dec.get("pairs"):
+        counts = ", ".join(f"{n} {what}" for what, n in dec["by_decision"].items())
+        print(f"reviewers' decisions on {dec['pairs']} pairs ({counts})")

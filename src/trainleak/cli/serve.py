@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any, get_args
 
-from trainleak.cli.common import EMBEDDING_GROUP, EXIT_OK, UsageError, positive_int
+from trainleak.cli.common import DECISIONS_HELP, EMBEDDING_GROUP, EXIT_OK, UsageError, positive_int
 from trainleak.config import CheckConfig, EmbedConfig, IndexSearch, ServeConfig
 
 #: Environment variables holding the check and admin tokens.
@@ -126,6 +126,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=d.check.search,
         help="faiss, exact, or auto (default: %(default)s); same verdicts",
     )
+    s.add_argument(
+        "--decisions",
+        default=d.check.decisions,
+        help=DECISIONS_HELP + "; re-read while serving when it changes",
+    )
     _add_embedding(s, d.check.embed)
     s.set_defaults(func=run)
     return s
@@ -207,7 +212,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         max_pixels=args.max_pixels,
     )
     config = ServeConfig(
-        check=CheckConfig(embed=embed, search=args.search),
+        check=CheckConfig(embed=embed, search=args.search, decisions=args.decisions),
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,

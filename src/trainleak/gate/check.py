@@ -30,6 +30,8 @@ from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate.index import Index
 from trainleak.gate.ingest import Item, embed_blobs, embed_items, iter_records
+from trainleak.gate.reviewed import describe
+from trainleak.service.decisions import Decision
 
 VerdictName = Literal["release", "block", "skip"]
 PathLike = str | os.PathLike[str]
@@ -37,7 +39,9 @@ PathLike = str | os.PathLike[str]
 Inputs = PathLike | Sequence[PathLike] | np.ndarray | EmbeddingSet
 
 #: Columns of verdicts.csv and keys of each ``--jsonl`` line, in order.
-COLUMNS = ("path", "verdict", "nearest", "similarity", "threshold", "identity", "reason")
+COLUMNS = (
+    "path", "verdict", "nearest", "similarity", "threshold", "identity", "reason", "reviewed",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class Verdict:
         identity: identity label of the matched training image, when blocked
             and the training set has labels.
         reason: one line saying why.
+        reviewed: the reviewer's decision that set this verdict, as
+            ``not a leak by ana at 2026-...`` (see :mod:`trainleak.gate.reviewed`);
+            ``None`` when the threshold alone decided.
 
     """
 
@@ -67,6 +74,7 @@ class Verdict:
     threshold: float | None = None
     identity: str | None = None
     reason: str = ""
+    reviewed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the verdict as a dict with the keys of :data:`COLUMNS`."""
@@ -148,7 +156,8 @@ def _iter_with_person(index: Index, inputs: Inputs) -> Iterator[tuple[Verdict, s
         for b0 in range(0, len(inputs), batch):
             names = inputs.ids[b0 : b0 + batch]
             persons = [lab or inputs.root for lab in inputs.labels[b0 : b0 + batch]]
-            verdicts = _decide(index, names, inputs.vectors[b0 : b0 + batch])
+            digests = inputs.digests[b0 : b0 + batch] if inputs.digests else None
+            verdicts = _decide(index, names, inputs.vectors[b0 : b0 + batch], digests)
             yield from zip(verdicts, persons, strict=True)
         for s in inputs.skipped:
             yield _skip(index, s.path, s.reason), inputs.root
@@ -178,14 +187,27 @@ def _item_verdicts(index: Index, items: list[Item]) -> list[tuple[Verdict, str]]
             continue
         score, row, _, ident = best[j]
         j += 1
-        out.append((_verdict(index, it.record.id, score, row, ident), it.person))
+        verdict = _verdict(index, it.record.id, score, row, ident, it.digest)
+        out.append((verdict, it.person))
     return out
 
 
-def _decide(index: Index, names: Sequence[str], vectors: np.ndarray) -> list[Verdict]:
+def _decide(
+    index: Index,
+    names: Sequence[str],
+    vectors: np.ndarray,
+    digests: Sequence[str] | None = None,
+) -> list[Verdict]:
     sc = index.score(vectors)
     return [
-        _verdict(index, name, float(sc.score[i]), int(sc.row[i]), sc.identity[i])
+        _verdict(
+            index,
+            name,
+            float(sc.score[i]),
+            int(sc.row[i]),
+            sc.identity[i],
+            digests[i] if digests else None,
+        )
         for i, name in enumerate(names)
     ]
 
@@ -194,8 +216,20 @@ def _skip(index: Index, path: str, reason: str) -> Verdict:
     return Verdict(path, "skip", None, None, index.threshold, None, reason)
 
 
-def _verdict(index: Index, path: str, score: float, row: int, identity: str | None) -> Verdict:
+def _verdict(
+    index: Index,
+    path: str,
+    score: float,
+    row: int,
+    identity: str | None,
+    digest: str | None = None,
+) -> Verdict:
     t = index.threshold
+    decided = index.decisions.current().lookup(digest)
+    if decided:
+        reviewed = _reviewed_verdict(index, path, score, row, identity, decided)
+        if reviewed is not None:
+            return reviewed
     if row < 0 or not math.isfinite(score):
         return Verdict(path, "release", None, None, t, None, "the index has no training rows")
     if score > t:
@@ -210,6 +244,59 @@ def _verdict(index: Index, path: str, score: float, row: int, identity: str | No
             f"resembles a training image: {score:.4f} > threshold {t:.4f}",
         )
     return Verdict(path, "release", None, score, t, None, f"{score:.4f} <= threshold {t:.4f}")
+
+
+def _reviewed_verdict(
+    index: Index,
+    path: str,
+    score: float,
+    row: int,
+    identity: str | None,
+    decided: dict[str, Decision],
+) -> Verdict | None:
+    """Return the verdict a reviewer's decision sets, or ``None`` when the threshold decides.
+
+    The rule of :mod:`trainleak.gate.reviewed` (and of ``audit --decisions``):
+    a ``leak`` pair blocks; a ``not a leak`` pair releases only when its
+    training image is the nearest one.
+    """
+    t = index.threshold
+    found = math.isfinite(score) and row >= 0
+    rec = (index.rows([row])[0] or {}) if found else {}
+    shown = f"{score:.4f}" if found else "n/a"
+    side = ">" if found and score > t else "<="
+    leaks = sorted((d for d in decided.values() if d.decision == "leak"), key=_newest)
+    if leaks:
+        d = leaks[-1]
+        same = rec.get("digest") == d.train_hash
+        nearest = str(rec.get("id")) if same else (d.train or f"content {d.train_hash}")
+        return Verdict(
+            path,
+            "block",
+            nearest,
+            score if found else None,
+            t,
+            identity if same else None,
+            f"reviewed: {describe(d)}; similarity {shown} {side} threshold {t:.4f}",
+            describe(d),
+        )
+    cleared = decided.get(str(rec.get("digest"))) if found and score > t else None
+    if cleared is not None and cleared.decision == "not a leak":
+        return Verdict(
+            path,
+            "release",
+            None,
+            score,
+            t,
+            None,
+            f"reviewed: {describe(cleared)}; similarity {shown} > threshold {t:.4f}",
+            describe(cleared),
+        )
+    return None
+
+
+def _newest(d: Decision) -> str:
+    return d.decided_at
 
 
 def identity_verdicts(index: Index, inputs: Inputs) -> list[Verdict]:

@@ -57,6 +57,7 @@ from trainleak.config import CheckConfig, IndexConfig
 from trainleak.encoders.base import EncoderInfo
 from trainleak.errors import EncoderMismatchError, IndexFormatError
 from trainleak.gate import shards as files
+from trainleak.gate.reviewed import IndexDecisions
 from trainleak.gate.search import FaissSearch, Scores, ShardSearch, choose_search, score_queries
 from trainleak.similarity import Similarity
 
@@ -105,6 +106,7 @@ class Index:
         self._search: ShardSearch | FaissSearch | None = None
         self._embedder: Embedder | None = None
         self.live_cache: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+        self.decisions = IndexDecisions(path, self.encoder_info.cache_key(), config.decisions)
 
     # -- opening and making ----------------------------------------------------
 
@@ -271,6 +273,7 @@ class Index:
             "counts": m["counts"],
             "bytes": sum(int(e["bytes"]) for e in files.listed_files(m)),
             "search": self.search_kind(),
+            "decisions": self.decisions.current().summary(),
             "verified_bytes": self.verify() if verify else None,
         }
 

@@ -162,6 +162,10 @@ class Decisions:
         found = self._current.get((synthetic_hash, train_hash, encoder_key))
         return None if found is None or found.decision == "undecided" else found
 
+    def current_rows(self) -> list[Decision]:
+        """Return the newest row of every pair, ``undecided`` ones included (to merge logs)."""
+        return list(self._current.values())
+
     def __iter__(self) -> Iterator[Decision]:
         """Iterate over the current decisions (``undecided`` pairs left out)."""
         return (d for d in self._current.values() if d.decision != "undecided")

@@ -4,7 +4,7 @@ Routes (all JSON unless said):
 
 * ``POST /v1/check``: multipart, field ``file`` once or several times; one
   result per file, in order: ``{"results": [{"name", "verdict", "nearest",
-  "similarity", "threshold", "identity", "reason"}]}``. ``name`` is the
+  "similarity", "threshold", "identity", "reason", "reviewed"}]}``. ``name`` is the
   uploaded file name; the other keys are the :class:`~trainleak.gate.check.Verdict`
   that ``trainleak check`` gives for the same bytes (the same function,
   :meth:`Index.check_encoded <trainleak.gate.index.Index.check_encoded>`).
@@ -67,6 +67,7 @@ class CheckResult(BaseModel):
     threshold: float | None
     identity: str | None
     reason: str
+    reviewed: str | None = None
 
 
 class CheckResponse(BaseModel):
