@@ -46,8 +46,11 @@ class VerdictWriter:
         >>> import io
         >>> buf = io.StringIO()
         >>> VerdictWriter(buf, "csv").write(Verdict("=x.png", "release", similarity=0.5))
-        >>> buf.getvalue().splitlines()
-        ['path,verdict,nearest,similarity,threshold,identity,reason', "'=x.png,release,,0.5,,,"]
+        >>> header, row = buf.getvalue().splitlines()
+        >>> header
+        'path,verdict,nearest,similarity,threshold,identity,reason,reviewed'
+        >>> row
+        "'=x.png,release,,0.5,,,,"
 
     """
 
