@@ -22,8 +22,9 @@ from trainleak.archives import iter_inputs, split_key
 from trainleak.audits.dedup import dedup
 from trainleak.audits.leakage import audit
 from trainleak.cli import main
-from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
+from trainleak.config import AuditConfig, CheckConfig, DedupConfig, EmbedConfig, IndexConfig
 from trainleak.embedding import embed
+from trainleak.gate.index import Index
 from trainleak.images import Record, list_records
 
 from conftest import COIL, ORL
@@ -335,3 +336,28 @@ def test_invert_and_loss_attack_read_shards_as_files(tmp_path):
     ref_pixels, _, _ = invert_images(folder, "images", 1, None)
     assert np.array_equal(pixels.numpy(), ref_pixels.numpy()) and len(rows) == 5
     assert len(skipped) == 1
+
+
+def test_index_add_and_check_read_shards_as_files(orl_sets, tmp_path):
+    f, s = orl_sets["files"], orl_sets["shards"]
+    embed = EmbedConfig("pixel", workers=1, no_cache=True, max_file_mb=1)
+    # 0.97: below it most photos, above it the closest same-person photos.
+    config = IndexConfig(embed=embed, threshold=0.97, score="nn")
+    check_config = CheckConfig(embed=embed)
+    with Index.build(tmp_path / "by-files", f["train"], config=config) as by_files:
+        want = {_file_id_to_member(v.path): v for v in by_files.check(f["synthetic"])}
+    first = sorted(s["train"].glob("*.tar"))[0]
+    Index.build(tmp_path / "by-shards", first, config=config).close()
+    with Index.open(tmp_path / "by-shards", config=check_config) as by_shards:
+        added = by_shards.add([str(p) for p in sorted(s["train"].glob("*.tar"))])
+        got = {_member_key(v.path): v for v in by_shards.check(s["synthetic"])}
+        assert len(by_shards) == len(by_files)
+    # 001.tar's members join (its cut last member is a skip); 000.tar's are already there.
+    assert added["added"] == 25 and added["present"] == 25 and added["skipped"] >= 1
+    assert {k: (v.verdict, round(v.similarity, 6)) for k, v in got.items()} == {
+        k: (v.verdict, round(v.similarity, 6)) for k, v in want.items()
+    }
+    assert {v.verdict for v in got.values()} == {"block", "release"}
+    code = main(["check", "--index", str(tmp_path / "by-shards"), str(s["synthetic"]),
+                 "--workers", "1", "--no-cache", "-q"])  # fmt: skip
+    assert code == 1  # members are checked, blocked ones exit 1

@@ -58,6 +58,8 @@ def test_pixel_audit_writes_reports_and_exit_codes(coil_sets, capsys):
     assert "flagged 3 of 9" in stdout  # object 3's views are in both sets
     rep = json.loads((out / "report.json").read_text())
     assert rep["threshold"]["method"] == "fixed"
+    assert (out / rep["table"]["file"]).stat().st_size > 0
+    assert _run(capsys, *base, "--table", "csv")[0] == 0
     assert (out / "matches.csv").read_text().startswith("synthetic,train,")
     assert _run(capsys, *base, "--fail-on-leak")[0] == 1
 
@@ -206,3 +208,28 @@ def test_audit_on_the_gpu_matches_the_cpu(coil_sets, capsys):
         reports[device] = json.loads((out / "report.json").read_text())
     assert reports["cuda"]["device"] == "cuda"
     assert reports["cuda"]["matches"] == reports["cpu"]["matches"]
+
+
+def test_a_closed_stdout_pipe_is_not_an_internal_error(tmp_path):
+    """``trainleak check ... | head -1``: the reader goes away; exit 141, no traceback file."""
+    import subprocess
+    import sys
+
+    import trainleak
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for v in range(12):
+        (train / f"obj1__{v}.png").write_bytes((COIL / f"obj1__{v}.png").read_bytes())
+    assert main(["index", "build", "--train", str(train), "--encoder", "pixel", "--out",
+                 str(tmp_path / "idx"), "--workers", "1", "--no-cache", "-q"]) == 0  # fmt: skip
+    argv = [sys.executable, "-m", "trainleak.cli", "check", "--index", str(tmp_path / "idx"),
+            str(train), "--jsonl", "--workers", "1", "--no-cache", "-q"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(trainleak.__file__))}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 141, err
+    assert "internal error" not in err and "Traceback" not in err

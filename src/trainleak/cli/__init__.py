@@ -50,8 +50,10 @@ from trainleak.errors import SourceError, TrainleakError
 EXIT_CODES = (
     "exit codes: 0 ran (whatever it found); 1 ran with --fail-on-leak and found a leak (check: "
     "an image was blocked); 2 usage or input error; 3 internal error (traceback file named on "
-    "stderr)"
+    "stderr); 141 the reader of stdout went away (e.g. '| head')"
 )
+#: Exit code when stdout's reader closed the pipe: 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 141
 
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS = (audit, dedup, extract, invert, membership, index, check, serve, review, demo)
@@ -109,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trainleak: interrupted; finished batches are cached, re-run to resume", file=sys.stderr
         )
         return 130
+    except BrokenPipeError:
+        # The reader went away (``trainleak check ... | head``): not a bug. Point
+        # stdout at /dev/null so that the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as err:  # noqa: BLE001 - the last resort: a bug must not read as a leak
         where = _save_traceback()
         print(

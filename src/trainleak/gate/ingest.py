@@ -5,19 +5,23 @@ nothing here lists a whole tree first: folders are walked lazily (each folder's
 names sorted, hidden ones left out, the first sub-folder under the root as the
 identity label, as :func:`trainleak.images.list_records` does), files are read,
 hashed and embedded a batch at a time through the embedding cache, and a file
-that cannot be used becomes a skip with its one-line reason.
+that cannot be used becomes a skip with its one-line reason. Webdataset
+``.tar`` shards and parquet files are streamed member by member
+(:mod:`trainleak.archives`), each member an input of its own
+(``shard.tar/key``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from trainleak.archives import is_archive, iter_archive
 from trainleak.embedding import Embedder
 from trainleak.images import ImageSkip, Record, list_records, read_bytes
 from trainleak.store import content_hash
@@ -104,12 +108,10 @@ def embed_items(
     # The total is unknown while a folder is walked lazily: the bar counts and times.
     bar = tqdm(desc="check", unit="img", disable=not embedder.progress, mininterval=0.5)
     with bar:
-        for rec, person in records:
+        for rec, person, data, reason in _read(records, embedder.max_file_mb):
             bar.update(1)
-            try:
-                data = read_bytes(rec.path, embedder.max_file_mb)
-            except ImageSkip as skip:
-                pending.append((rec, person, None, str(skip)))
+            if data is None:
+                pending.append((rec, person, None, reason))
             else:
                 digest = content_hash(data)
                 if drop is not None and drop(digest):
@@ -121,6 +123,31 @@ def embed_items(
                 pending, size = [], 0
         if pending:
             yield _embed(embedder, pending)
+
+
+def _read(
+    records: Iterable[tuple[Record, str]], max_file_mb: float
+) -> Iterator[tuple[Record, str, bytes | None, str]]:
+    """Yield ``(record, person, bytes or None, skip reason)``: files whole, shards by member.
+
+    A webdataset ``.tar`` or a parquet file is streamed member by member
+    (:func:`trainleak.archives.iter_archive`); a member's person is its own
+    label, else the shard's.
+    """
+    for rec, person in records:
+        if not is_archive(rec.path):
+            try:
+                yield rec, person, read_bytes(rec.path, max_file_mb), ""
+            except ImageSkip as skip:
+                yield rec, person, None, str(skip)
+            continue
+        for member, reason in iter_archive(rec, max_file_mb):
+            data, member = member.data, replace(member, data=None)
+            who = member.label or person
+            if reason is None and data is not None:
+                yield member, who, data, ""
+            else:
+                yield member, who, None, reason or "unreadable member"
 
 
 def _embed(
