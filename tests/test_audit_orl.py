@@ -99,7 +99,8 @@ def test_report_contract(orl_result, tmp_path):
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/jpeg;base64" in html
     assert "http://" not in html and "https://" not in html
-    assert paths["csv"].endswith("matches.csv")
+    assert paths["table"].endswith(("matches.parquet", "matches.csv"))
+    assert rep["table"]["rows"] == len(rep["matches"])  # 150 samples: all listed
 
 
 def test_cli_end_to_end_with_fail_on_leak_and_redact(orl_scenario, cache_dir, tmp_path):

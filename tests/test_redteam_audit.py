@@ -189,6 +189,7 @@ def test_item11_csv_cells_never_run_as_formulas(tmp_path, capsys, monkeypatch):
     code, _, _ = _run(
         capsys, "audit", "--train", str(train), "--synthetic", str(synth),
         "--encoder", "pixel", "--no-cache", "--workers", "1", "-q", "--out", "o",
+        "--table", "csv",
     )  # fmt: skip
     assert code == 0
     code, _, _ = _run(

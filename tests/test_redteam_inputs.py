@@ -234,7 +234,7 @@ def test_item07_non_utf8_file_name_is_carried_into_the_report(tmp_path, capsys):
     (synth / os.fsdecode(b"junk\xff.png")).write_bytes(b"not an image")
     out = tmp_path / "out"
     argv = ["audit", "--train", str(train), "--synthetic", str(synth), "--encoder", "pixel"]
-    code = main([*argv, "--workers", "1", "--no-cache", "--out", str(out)])
+    code = main([*argv, "--workers", "1", "--no-cache", "--out", str(out), "--table", "csv"])
     capsys.readouterr()
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["matches.csv", "report.html", "report.json"]

@@ -24,12 +24,14 @@ from trainleak.audits.leak_scores import (
     resolve_score_mode,
     score_against,
 )
+from trainleak.audits.leak_table import MatchTable, listed_samples
 from trainleak.audits.reviewed import Reviews, find_reviews
-from trainleak.config import AuditConfig
+from trainleak.config import AuditConfig, TableFormat
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
+from trainleak.report.plots import histogram_counts
 from trainleak.result import Result
 from trainleak.service.decisions import Decisions
 from trainleak.stats import (
@@ -144,7 +146,7 @@ def audit_embeddings(
         config, hold, train_set.info.default_threshold, train_set.info.threshold_note
     )
     reviews = None if decisions is None else find_reviews(decisions, train_set, synth_set, synth)
-    report = build_report(
+    report, table = build_report(
         config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device,
         reviews,
     )  # fmt: skip
@@ -154,7 +156,7 @@ def audit_embeddings(
             f"{len(contaminated)} holdout file(s) are byte-identical to training files and were "
             "left out of the calibration (listed under 'contaminated')"
         )
-    return AuditResult(report, train_set, synth_set, hold_set)
+    return AuditResult(report, train_set, synth_set, hold_set, table)
 
 
 def build_report(
@@ -170,14 +172,22 @@ def build_report(
     argv: list[str] | None,
     device: str = "cpu",
     reviews: Reviews | None = None,
-) -> dict[str, Any]:
-    """Assemble ``report.json`` (the DESIGN.md contract plus extra keys)."""
+) -> tuple[dict[str, Any], MatchTable]:
+    """Assemble ``report.json`` (the DESIGN.md contract plus extra keys) and the full table.
+
+    ``matches`` lists the rows of at most ``config.report_samples`` samples
+    (flagged first, then by score, plus those a reviewer decided); the
+    :class:`MatchTable` holds every sample's rows, as arrays.
+    """
     flagged = synth.score > threshold.value
     if reviews is not None:
         flagged, synth = reviews.apply(flagged, synth)
     n = len(flagged)
     n_flagged = int(flagged.sum())
-    matches = _match_rows(train, synth_set, synth, flagged)
+    table = MatchTable(train, synth_set, synth, flagged)
+    decided = {i for i, _ in reviews.pairs} if reviews is not None else set()
+    listed = listed_samples(synth.score, flagged, config.report_samples, decided)
+    matches = table.rows(listed)
     summary: dict[str, Any] = {
         "n_synthetic": n,
         "flagged": n_flagged,
@@ -203,6 +213,7 @@ def build_report(
             ),
         }
         summary["meehan_ct"] = _meehan(config, train, hold_set, hold, synth_set, synth)
+        no_flags = np.zeros(len(hold_set), bool)
         holdout_rows = [
             {
                 "holdout": hold_set.ids[i],
@@ -210,8 +221,11 @@ def build_report(
                 "score": float(hold.score[i]),
                 "similarity": float(hold.best_sim[i]),
             }
-            for i in range(len(hold_set))
+            for i in listed_samples(hold.score, no_flags, config.report_samples).tolist()
         ]
+    series = {"synthetic": synth.score.astype(np.float64)}
+    if hold is not None:
+        series["holdout (not in training)"] = hold.score.astype(np.float64)
     sets = [es for es in (train, synth_set, hold_set) if es is not None]
     skipped = [s.to_dict() for es in sets for s in es.skipped]
     report = {
@@ -232,13 +246,26 @@ def build_report(
             "note": threshold.note,
         },
         "summary": summary,
+        "score_histogram": histogram_counts(series, threshold.value),
         "holdout_scores": holdout_rows,
         "matches": matches,
+        "listed": {
+            "synthetic": len(listed),
+            "of_synthetic": n,
+            "holdout": len(holdout_rows),
+            "of_holdout": len(hold_set) if hold_set is not None else 0,
+            "cap": config.report_samples,
+            "note": (
+                "'matches' lists these synthetic samples' neighbour rows (flagged first, then by "
+                "score, plus any a reviewer decided) and 'holdout_scores' the highest-scoring "
+                "holdout samples; the table file ('table') holds every sample's top-k rows"
+            ),
+        },
         "skipped": skipped,
     }
     if reviews is not None:
         reviews.annotate(report, train, synth_set)
-    return report
+    return report, table
 
 
 _SCORE_NOTES = {
@@ -249,39 +276,6 @@ _SCORE_NOTES = {
         "trainleak's addition to nearest-photo matching"
     ),
 }
-
-
-def _match_rows(
-    train: EmbeddingSet, synth_set: EmbeddingSet, synth: Scored, flagged: np.ndarray
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    nb = synth.neighbours
-    for i, sid in enumerate(synth_set.ids):
-        best = int(synth.best[i])
-        listed = nb.idx[i].tolist()
-        entries = [(r + 1, int(j), float(nb.sims[i, r])) for r, j in enumerate(listed)]
-        if best not in listed:
-            # The identity score can point past the top k; report that row too,
-            # with its true rank among all training samples.
-            rank = int(np.sum(_sims_to_all(synth_set, train, i) > synth.best_sim[i])) + 1
-            entries.append((rank, best, float(synth.best_sim[i])))
-        for rank, j, sim in entries:
-            rows.append(
-                {
-                    "synthetic": sid,
-                    "train": train.ids[j],
-                    "train_identity": train.labels[j],
-                    "rank": rank,
-                    "similarity": sim,
-                    "score": float(synth.score[i]),
-                    "flagged": bool(flagged[i] and j == best),
-                }
-            )
-    return rows
-
-
-def _sims_to_all(synth_set: EmbeddingSet, train: EmbeddingSet, i: int) -> np.ndarray:
-    return train.vectors @ synth_set.vectors[i]
 
 
 def _leaked_identities(
@@ -334,7 +328,13 @@ def _meehan(
 
 
 class AuditResult(Result):
-    """What :func:`audit` found: the report dict and the embedded sets."""
+    """What :func:`audit` found: the report dict, the embedded sets and the full table.
+
+    ``report["matches"]`` lists the rows of the samples ``report.json`` lists
+    (see ``AuditConfig.report_samples``); ``table`` holds every sample's rows
+    as arrays (``table.blocks()`` yields them as columns) and :meth:`write`
+    streams it to ``matches.parquet`` or ``matches.csv``.
+    """
 
     def __init__(
         self,
@@ -342,11 +342,13 @@ class AuditResult(Result):
         train: EmbeddingSet,
         synthetic: EmbeddingSet,
         holdout: EmbeddingSet | None,
+        table: MatchTable,
     ) -> None:
         super().__init__(report)
         self.train = train
         self.synthetic = synthetic
         self.holdout = holdout
+        self.table = table
 
     @property
     def verdict(self) -> str:
@@ -360,10 +362,29 @@ class AuditResult(Result):
     @property
     def flagged(self) -> list[str]:
         """Ids of the flagged synthetic samples."""
-        return sorted({m["synthetic"] for m in self.report["matches"] if m["flagged"]})
+        return self.table.flagged_ids()
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json``, ``matches.csv`` and ``report.html`` into ``out``."""
+    def write(
+        self,
+        out: str | os.PathLike[str],
+        redact: bool = False,
+        *,
+        table: TableFormat | None = None,
+    ) -> dict[str, str]:
+        """Write ``report.json``, ``report.html`` and the full table into ``out``.
+
+        Args:
+            out: output folder (created).
+            redact: leave every image out of the HTML.
+            table: the table's format (default: the audit's ``table`` setting):
+                ``matches.parquet`` or ``matches.csv``, written a block at a time.
+
+        Returns:
+            The written paths by kind: ``json``, ``html``, ``table`` (and ``csv``
+            when the table is CSV).
+
+        """
         from trainleak.report import write_audit_report
 
-        return write_audit_report(self.report, out, redact=redact)
+        fmt = table or self.report.get("settings", {}).get("table") or "auto"
+        return write_audit_report(self.report, out, redact, self.table.blocks(), fmt)

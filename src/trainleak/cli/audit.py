@@ -17,7 +17,7 @@ from trainleak.cli.common import (
     positive_int,
     print_skipped,
 )
-from trainleak.config import AuditConfig, ScoreMode
+from trainleak.config import AuditConfig, ScoreMode, TableFormat
 
 OUT = "trainleak-report"
 
@@ -74,6 +74,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "the threshold",
     )
     add_output_arguments(a, OUT)
+    a.add_argument(
+        "--report-samples",
+        type=positive_int,
+        default=defaults.report_samples,
+        metavar="N",
+        help="synthetic samples listed in report.json with their neighbours, flagged first, "
+        "then by score; every sample's top k is in the table file (default: %(default)s)",
+    )
+    a.add_argument(
+        "--table",
+        choices=get_args(TableFormat),
+        default=defaults.table,
+        help="format of the full neighbour table matches.parquet / matches.csv: auto = "
+        "parquet when pyarrow is installed (default: %(default)s)",
+    )
     a.add_argument("--fail-on-leak", action="store_true", help="exit 1 if anything is flagged")
     add_embed_arguments(a, defaults.embed, engines=True)
     a.set_defaults(func=run)
@@ -93,6 +108,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         k=args.k,
         score=args.score,
         search_device=args.search_device,
+        report_samples=args.report_samples,
+        table=args.table,
     )
     decisions = None
     if args.decisions is not None:
@@ -132,3 +149,5 @@ def print_summary(report: dict[str, Any], paths: dict[str, str]) -> None:
         )
     print_skipped(report)
     print(f"report: {paths['html']}")
+    if "table" in paths:
+        print(f"every sample's neighbours: {paths['table']}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainleak.config import TableFormat
 
 
 def clean_json(value: Any) -> Any:
@@ -128,37 +130,64 @@ def csv_cell(value: Any) -> Any:
 MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "score", "flagged"]
 
 
-def write_matches_csv(matches: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write the match rows as CSV, one row per (synthetic, neighbour)."""
-    with open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
-        writer = csv.DictWriter(fh, MATCH_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in matches:
-            writer.writerow({k: csv_cell(row.get(k)) for k in MATCH_COLUMNS})
-
-
 def write_audit_report(
-    report: dict[str, Any], out: str | os.PathLike[str], redact: bool = False
+    report: dict[str, Any],
+    out: str | os.PathLike[str],
+    redact: bool = False,
+    blocks: Iterable[dict[str, Any]] | None = None,
+    table: TableFormat = "auto",
 ) -> dict[str, str]:
-    """Write ``report.json``, ``matches.csv`` and ``report.html`` into ``out``.
+    """Write the full neighbour table, ``report.json`` and ``report.html`` into ``out``.
 
     Args:
         report: the audit report dict.
         out: output folder (created).
         redact: leave every image out of the HTML (reports of face audits show
             training faces).
+        blocks: every sample's rows as column blocks (``MatchTable.blocks()``),
+            streamed to ``matches.parquet`` or ``matches.csv``; ``None``
+            writes ``report["matches"]`` as ``matches.csv``.
+        table: the table's format (see :func:`trainleak.report.table.resolve_format`).
 
     Returns:
-        The written paths by kind.
+        The written paths by kind: ``json``, ``html``, ``table``, and ``csv``
+        when the table is CSV.
 
     """
     from trainleak.report.html import render_audit_html
     from trainleak.report.html_parts import embedded_thumbnails
+    from trainleak.report.table import resolve_format, write_table
 
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = resolve_format(table) if blocks is not None else "csv"
+    name = f"matches.{fmt}"
+    rows = write_table(
+        blocks if blocks is not None else [_columns(report["matches"])],
+        MATCH_COLUMNS,
+        folder / name,
+        fmt,
+    )
+    report = dict(
+        report,
+        table={
+            "file": name,
+            "format": fmt,
+            "rows": rows,
+            "columns": MATCH_COLUMNS,
+            "note": "every synthetic sample's top-k training neighbours, one row per pair "
+            "(pandas.read_parquet / read_csv, polars, duckdb read it as it is)",
+        },
+    )
     thumbnail = embedded_thumbnails(redact)
     paths = write_report_files(
         report, out, lambda clean: render_audit_html(clean, thumbnail), redact
     )
-    paths["csv"] = str(Path(out) / "matches.csv")
-    write_matches_csv(report["matches"], paths["csv"])
+    paths["table"] = str(folder / name)
+    if fmt == "csv":
+        paths["csv"] = paths["table"]
     return paths
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {c: [r.get(c) for r in rows] for c in MATCH_COLUMNS}

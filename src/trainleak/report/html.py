@@ -19,8 +19,10 @@ from trainleak.report.html_parts import (
     percent,
     skipped_table,
 )
-from trainleak.report.plots import svg_histogram
+from trainleak.report.plots import svg_counts
 
+#: Pairs, and leaked identities, the page shows (with thumbnails): the page
+#: stays a few MB however many samples were audited.
 TOP_PAIRS = 50
 
 
@@ -151,7 +153,7 @@ def _identities(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:
     if not leaked:
         return "<p>No training identity has a flagged synthetic match.</p>"
     rows = []
-    for e in leaked:
+    for e in leaked[:TOP_PAIRS]:
         w = e["worst"]
         imgs = ""
         if thumbnail is not None:
@@ -165,7 +167,23 @@ def _identities(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:
     if thumbnail is not None:
         head += "<th>worst synthetic</th><th>its training match</th>"
     head += "<th>worst synthetic path</th><th>score</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    more = ""
+    if len(leaked) > TOP_PAIRS:
+        more = (
+            f'<p class="note">The {TOP_PAIRS} identities with the most flagged samples of '
+            f"{len(leaked)}; report.json lists them all.</p>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>{more}"
+
+
+def _table_note(report: dict[str, Any]) -> str:
+    table = report.get("table")
+    if not table:
+        return ""
+    return (
+        f'<p class="note">Every synthetic sample\'s top-k neighbours ({table["rows"]} rows): '
+        f"<code>{escape(table['file'])}</code> beside this page.</p>"
+    )
 
 
 def _how(report: dict[str, Any]) -> str:
@@ -194,13 +212,8 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
     """Render the ``audit`` report; ``thumbnail=None`` embeds no images (redacted)."""
     s, t = report["summary"], report["threshold"]
     rows = _per_sample(report)
-    synth_scores = [float(m["score"]) for m in rows if m.get("score") is not None]
-    hold_scores = [float(h["score"]) for h in report.get("holdout_scores") or []]
-    series = {"synthetic": synth_scores}
-    if hold_scores:
-        series["holdout (not in training)"] = hold_scores
-    hist = svg_histogram(
-        series,
+    hist = svg_counts(
+        report["score_histogram"],
         t["value"],
         title="Leak score: synthetic vs holdout",
         x_label=s.get("score_note", ""),
@@ -222,8 +235,9 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
         f"<h2>Score distributions</h2>{hist}"
         f'<p class="note">{escape(s.get("score_note"))}; a synthetic sample is flagged when its '
         f"score is above the threshold.</p>"
-        f"<h2>Closest pairs (top {min(TOP_PAIRS, len(rows))} of {len(rows)}, flagged first)</h2>"
-        f"{_pairs(rows, thumbnail)}"
+        f"<h2>Closest pairs (top {min(TOP_PAIRS, len(rows))} of {s['n_synthetic']}, "
+        "flagged first)</h2>"
+        f"{_pairs(rows, thumbnail)}{_table_note(report)}"
         f"<h2>Training identities</h2>{_identities(report, thumbnail)}"
         f"<h2>Skipped files</h2>{skipped_table(report)}"
         f"<h2>How it was run</h2>{_how(report)}",

@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+#: Skipped files a page lists one by one (the reasons are counted over all).
+SKIPPED_ROWS = 500
 #: ``thumbnail(role, path)`` -> a ``data:`` URI, or ``None`` for an unreadable file.
 Thumbnail = Callable[[str, str], "str | None"]
 
@@ -164,8 +166,12 @@ def skipped_table(report: dict[str, Any]) -> str:
     rows = "".join(
         f'<tr><td>{escape(s["set"])}</td><td class="path">{escape(s["path"])}</td>'
         f"<td>{escape(s['reason'])}</td></tr>"
-        for s in skipped
+        for s in skipped[:SKIPPED_ROWS]
     )
+    more = ""
+    if len(skipped) > SKIPPED_ROWS:
+        more = f'<p class="note">First {SKIPPED_ROWS} of {len(skipped)}; report.json lists all.</p>'
     return (
         f"<ul>{summary}</ul><table><tr><th>set</th><th>path</th><th>reason</th></tr>{rows}</table>"
+        f"{more}"
     )

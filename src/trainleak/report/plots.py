@@ -29,24 +29,68 @@ def svg_histogram(
         True
 
     """
-    values = [v for vals in series.values() for v in vals if np.isfinite(v)]
+    hist = histogram_counts(
+        {k: np.asarray(v, np.float64) for k, v in series.items()}, threshold, bins
+    )
+    return svg_counts(hist, threshold, title, x_label, width, height)
+
+
+def histogram_counts(
+    series: dict[str, np.ndarray], threshold: float | None, bins: int = 40
+) -> dict[str, object]:
+    """Bin every series on shared edges (spanning the values and the threshold).
+
+    What :func:`svg_counts` draws, small enough for ``report.json`` whatever
+    the number of values: ``{"edges": [bins + 1], "counts": {name: [bins]}}``
+    (non-finite values are left out).
+
+    Example:
+        >>> h = histogram_counts({"a": np.array([0.0, 1.0, 1.0])}, None, bins=2)
+        >>> h["counts"]["a"], len(h["edges"])
+        ([1, 2], 3)
+
+    """
+    finite = {k: v[np.isfinite(v)] for k, v in series.items()}
+    lows = [float(v.min()) for v in finite.values() if len(v)]
+    highs = [float(v.max()) for v in finite.values() if len(v)]
     if threshold is not None and np.isfinite(threshold):
-        values.append(threshold)
-    if not values:
-        return "<p><em>no scores to plot</em></p>"
-    lo, hi = float(min(values)), float(max(values))
+        lows.append(float(threshold))
+        highs.append(float(threshold))
+    if not lows:
+        return {"edges": [], "counts": {}}
+    lo, hi = min(lows), max(highs)
     if hi - lo < 1e-6:
         lo, hi = lo - 0.05, hi + 0.05
     pad = (hi - lo) * 0.03
-    lo, hi = lo - pad, hi + pad
-    edges = np.linspace(lo, hi, bins + 1)
+    edges = np.linspace(lo - pad, hi + pad, bins + 1)
+    counts = {k: np.histogram(v, edges)[0].tolist() for k, v in finite.items()}
+    return {"edges": edges.tolist(), "counts": counts}
+
+
+def svg_counts(
+    hist: dict[str, object],
+    threshold: float | None,
+    title: str = "",
+    x_label: str = "",
+    width: int = 720,
+    height: int = 300,
+) -> str:
+    """Draw what :func:`histogram_counts` returns as overlaid densities, as an SVG string."""
+    edges = np.asarray(hist["edges"], np.float64)
+    raw = hist["counts"]
+    assert isinstance(raw, dict)
+    if len(edges) < 2:
+        return "<p><em>no scores to plot</em></p>"
+    lo, hi = float(edges[0]), float(edges[-1])
     left, right, top, bottom = 50, 20, 30, 45
     pw, ph = width - left - right, height - top - bottom
     dens = {}
-    for name, vals in series.items():
-        arr = np.asarray([v for v in vals if np.isfinite(v)], np.float64)
-        if len(arr):
-            dens[name] = np.histogram(arr, edges, density=True)[0]
+    totals = {}
+    for name, c in raw.items():
+        c = np.asarray(c, np.float64)
+        totals[name] = int(c.sum())
+        if c.sum() > 0:
+            dens[name] = c / c.sum() / np.diff(edges)
     peak = max((float(d.max()) for d in dens.values()), default=1.0) or 1.0
 
     def x(v: float) -> float:
@@ -86,7 +130,7 @@ def svg_histogram(
             f'stroke="{colour}" stroke-width="1.5"/>'
         )
         ly = top + 8 + 18 * n
-        count = len(series[name])
+        count = totals[name]
         parts.append(
             f'<rect x="{left + pw - 290}" y="{ly}" width="12" height="12" fill="{colour}" '
             f'fill-opacity="0.6"/><text x="{left + pw - 272}" y="{ly + 10}" font-size="12">'
