@@ -26,12 +26,23 @@ originals) and asks, at several training lengths:
   non-members' identity scores, and the share of samples in which dlib's HOG
   detector finds a face at all (no ``aligned``, no CNN fallback).
 
+* what resolution costs the face model: the same attack with the training
+  photos themselves as the samples, at 92 x 112, at the generators' 48 x 40
+  and at the earlier experiment's 24 x 24; the same in that experiment's
+  own setting (the 23 x 28 copy of ORL squeezed to 24 x 24, queried with
+  23 x 28 photos); and the HOG detector's rate on real photos at those sizes.
+
 Training is resumable (``out/ckpt.pt``, atomically every 250 steps): with
 ``--max-train-s`` the run trains that long, evaluates the snapshots it has,
 and the next run continues. Samples are written under ``out/samples/`` and
 embeddings cached under ``out/cache``: a re-run recomputes nothing.
+``--results FILE`` keeps one entry per generator kind in FILE;
+``--grid STEP:FILE`` draws a snapshot's samples beside the person's training
+photos (PNG).
 
 Reproduce (see the README for the times it took):
+    nice -n 10 .venv/bin/python experiments/orl_identity_membership.py --kind vae \\
+        --out runs/orl_idm/vae --results experiments/results/orl_identity_membership.json
     nice -n 10 .venv/bin/python experiments/orl_identity_membership.py --kind ddpm \\
         --out runs/orl_idm/ddpm --results experiments/results/orl_identity_membership.json
 """
@@ -41,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -57,6 +69,7 @@ import trainleak as tl  # noqa: E402
 from trainleak.audits.membership import MembershipConfig, evaluate, membership  # noqa: E402
 
 ORL_BIG = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces_92x112"
+ORL_SMALL = ORL_BIG.with_name("orl_faces")  # the 23 x 28 copy the earlier experiment used
 MEMBERS = range(1, 21)
 NONMEMBERS = range(21, 41)
 TRAIN_PHOTOS = range(1, 8)
@@ -65,8 +78,8 @@ COPY_ENCODERS = ("pixel", "tiled")
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 
-def link(dest: Path, people: range, photos: range, per_person: bool) -> Path:
-    """Symlink ORL 92 x 112 photos into ``dest`` (``dest/sN/P.pgm`` or ``dest/sN_P.pgm``)."""
+def link(dest: Path, people: range, photos: range, per_person: bool, root: Path = ORL_BIG) -> Path:
+    """Symlink ORL photos (of ``root``) into ``dest`` (``dest/sN/P.pgm`` or ``dest/sN_P.pgm``)."""
     if dest.exists():
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
@@ -76,7 +89,7 @@ def link(dest: Path, people: range, photos: range, per_person: bool) -> Path:
             target = tmp / f"s{s}" / f"{p}.pgm" if per_person else tmp / f"s{s}_{p}.pgm"
             target.parent.mkdir(exist_ok=True)
             if not target.exists():
-                os.symlink(ORL_BIG / f"s{s}" / f"{p}.pgm", target)
+                os.symlink(root / f"s{s}" / f"{p}.pgm", target)
     os.replace(tmp, dest)
     return dest
 
@@ -88,6 +101,7 @@ def write_samples(
     done = dest.with_name(dest.name + ".done")
     if done.exists():
         return dest
+    t0 = time.perf_counter()
     dest.mkdir(parents=True, exist_ok=True)
     labels = [k for k in range(len(MEMBERS)) for _ in range(per_identity)]
     if cfg.kind == "vae":
@@ -98,7 +112,69 @@ def write_samples(
         )
     for i, (k, image) in enumerate(zip(labels, images, strict=True)):
         Image.fromarray(image).save(dest / f"s{MEMBERS[k]}_{i % per_identity:03d}.png")
-    done.write_text("")
+    done.write_text(f"{time.perf_counter() - t0:.1f}")  # seconds it took to sample
+    return dest
+
+
+def sampling_seconds(samples: Path) -> float | None:
+    """Seconds :func:`write_samples` took for ``samples`` (None: not recorded)."""
+    text = samples.with_name(samples.name + ".done").read_text().strip()
+    return float(text) if text else None
+
+
+def downscaled(dest: Path, size: tuple[int, int], root: Path = ORL_BIG) -> Path:
+    """The members' training photos as a generator sees them, at ``size`` (H, W), as PNGs."""
+    if dest.exists():
+        return dest
+    x, y = ig.load_faces(root, MEMBERS, TRAIN_PHOTOS, size)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i, (image, k) in enumerate(zip(ig.to_uint8(x), y.tolist(), strict=True)):
+        Image.fromarray(image).save(tmp / f"s{MEMBERS[k]}_{TRAIN_PHOTOS[i % 7]}.png")
+    os.replace(tmp, dest)
+    return dest
+
+
+def hog_rate(images: Path, cache: Path, workers: int) -> float:
+    """Share of ``images`` in which dlib's HOG detector finds a face (no ``aligned``, no CNN)."""
+    kw: dict[str, Any] = {"workers": workers, "cache": str(cache)}
+    det = tl.embed(images, "face", encoder_options={"cnn_fallback": False}, **kw)
+    return len(det) / max(1, len(det) + len(det.skipped))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def sample_grid(samples: Path, dest: Path, people: int = 6, per_row: int = 8) -> Path:
+    """PNG: per person, training photos 1 and 4 at 48 x 40, a gap, then ``per_row`` samples."""
+    rows = []
+    gap = np.full((ig.HEIGHT, 6), 255, np.uint8)
+    for s in list(MEMBERS)[:people]:
+        real = [
+            np.asarray(
+                Image.open(ORL_BIG / f"s{s}" / f"{p}.pgm")
+                .convert("L")
+                .resize((ig.WIDTH, ig.HEIGHT), Image.Resampling.BICUBIC)
+            )
+            for p in (1, 4)
+        ]
+        fake = [np.asarray(Image.open(samples / f"s{s}_{j:03d}.png")) for j in range(per_row)]
+        rows.append(np.concatenate([*real, gap, *fake], 1))
+        rows.append(np.full((2, rows[-1].shape[1]), 255, np.uint8))
+    grid = np.concatenate(rows[:-1], 0)
+    big = Image.fromarray(grid).resize(
+        (grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    big.save(dest, optimize=True)
     return dest
 
 
@@ -149,8 +225,6 @@ def face_view(samples: Path, train: Path, held: Path, cache: Path, workers: int)
     s_people = np.array([person(i) for i in s.ids])
     own_s = np.array([sim_s[i, t_people == p].max() for i, p in enumerate(s_people)])
     own_h = np.array([sim_h[i, t_people == person(p)].max() for i, p in enumerate(h.ids)])
-    # HOG detection without the aligned shortcut: does dlib see a face at all?
-    det = tl.embed(samples, "face", encoder_options={"cnn_fallback": False}, **kw)
     return {
         "samples_embedded": len(s),
         "nearest_train_is_own_person": float((t_people[sim_s.argmax(1)] == s_people).mean()),
@@ -161,7 +235,8 @@ def face_view(samples: Path, train: Path, held: Path, cache: Path, workers: int)
         "heldout_own_person_best_similarity": quantiles(own_h),
         "share_above_face_threshold_0.93": float((own_s >= 0.93).mean()),
         "heldout_share_above_face_threshold_0.93": float((own_h >= 0.93).mean()),
-        "hog_face_detected": len(det) / max(1, len(det) + len(det.skipped)),
+        # HOG detection without the aligned shortcut: does dlib see a face at all?
+        "hog_face_detected": hog_rate(samples, cache, workers),
     }
 
 
@@ -208,7 +283,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy machine)")
     ap.add_argument("--workers", type=int, default=1, help="embedding processes")
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--results", default=None, help="also write the results JSON here")
+    ap.add_argument("--results", default=None, help="also keep the results in this JSON file")
+    ap.add_argument(
+        "--grid", default=None, metavar="STEP:FILE", help="draw snapshot STEP's samples (PNG)"
+    )
     ap.add_argument(
         "--export-decoder", default=None, metavar="STEP:FILE",
         help="VAE: save snapshot STEP's decoder (float16 safetensors) to FILE, for the golden test",
@@ -261,6 +339,13 @@ def main() -> None:
         return
     rows = []
     tag = f"seed{args.seed}-n{args.per_identity}-g{args.guidance:g}-t{args.temperature:g}"
+    if args.grid:
+        step, path = args.grid.split(":", 1)
+        snap = out / "model" / f"step-{int(step):06d}.safetensors"
+        model = ig.load_snapshot(snap, cfg, len(MEMBERS))
+        dest = out / "samples" / f"{tag}-step-{int(step):06d}"
+        sample_grid(write_samples(model, cfg, args.per_identity, dest, args), Path(path))
+        return
     for step in snapshots:
         snap = out / "model" / f"step-{step:06d}.safetensors"
         if not snap.exists():
@@ -270,7 +355,7 @@ def main() -> None:
         samples = write_samples(
             model, cfg, args.per_identity, out / "samples" / f"{tag}-step-{step:06d}", args
         )
-        row = {"steps": step, "sample_seconds": time.perf_counter() - t0}
+        row: dict[str, Any] = {"steps": step, "sample_seconds": sampling_seconds(samples)}
         t0 = time.perf_counter()
         row["identity"] = identity_attack(samples, ids, cache, args.workers, args.n_boot)
         row["copies"] = copy_check(train, samples, cache, args.workers)
@@ -288,11 +373,32 @@ def main() -> None:
         )
     # What real new photos of the members look like to the same checks, and the
     # ceiling: the attack when the "samples" are the 140 training photos.
+    # What the resolution costs the face model, on real photos: the 48 x 40 of
+    # these generators and the 24 x 24 of the earlier, unconditional DDPM; and
+    # the earlier experiment's own setting (23 x 28 photos squeezed to 24 x 24,
+    # queried with 23 x 28 photos): the best its generator could have done.
+    sizes = ((48, 40), (24, 24))
+    small = {f"{h}x{w}": downscaled(data / f"train_{h}x{w}", (h, w)) for h, w in sizes}
+    earlier_train = downscaled(data / "train_24x24_of_23x28", (24, 24), ORL_SMALL)
+    earlier_ids = link(data / "ids_23x28", range(1, 41), QUERY_PHOTOS, True, ORL_SMALL)
     baseline = {
         "heldout_photos_as_samples_copies": copy_check(train, held, cache, args.workers),
         "training_photos_as_samples_identity": identity_attack(
             train, ids, cache, args.workers, args.n_boot
         ),
+        **{
+            f"training_photos_{k}_as_samples_identity": identity_attack(
+                v, ids, cache, args.workers, args.n_boot
+            )
+            for k, v in small.items()
+        },
+        "earlier_setup_training_photos_24x24_as_samples_identity": identity_attack(
+            earlier_train, earlier_ids, cache, args.workers, args.n_boot
+        ),
+        "hog_face_detected": {
+            "heldout_photos_92x112": hog_rate(held, cache, args.workers),
+            **{f"training_photos_{k}": hog_rate(v, cache, args.workers) for k, v in small.items()},
+        },
     }
     summary = {
         "kind": args.kind,
@@ -310,13 +416,25 @@ def main() -> None:
         "rows": rows,
         "baseline": baseline,
         "total_seconds_this_run": time.perf_counter() - started,
-        "cores": os.cpu_count(),
+        "argv": sys.argv[1:],
+        "hardware": {
+            "device": "cpu",
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "note": "cores shared with other jobs; training and sampling on CPU, no GPU",
+        },
         "load_average_at_end": os.getloadavg(),
     }
     text = json.dumps(summary, indent=2)
     (out / f"results-{tag}.json").write_text(text, encoding="utf-8")
-    if args.results:
-        Path(args.results).write_text(text, encoding="utf-8")
+    if args.results:  # one entry per generator kind, the others kept
+        res = Path(args.results)
+        both = json.loads(res.read_text()) if res.exists() else {}
+        both = {"experiment": __doc__.splitlines()[0], **both}
+        both.setdefault("generators", {})[args.kind] = summary
+        res.write_text(json.dumps(both, indent=2), encoding="utf-8")
     print(
         "| training steps | identity AUC [95% CI] | TPR@1%FPR [95% CI] "
         "| pixel copies | tiled copies |"

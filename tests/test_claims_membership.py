@@ -18,8 +18,10 @@ members and checks, on real ORL photos with the real face model:
 * the negative control: the same attack on two groups of people the
   generator never saw (s21-s30 called "members", s31-s40 not) finds nothing.
 
-A few tens of seconds of CPU: sampling is one decoder pass, the face model
-embeds about 450 small images once (the session's embedding cache).
+About 100 s of CPU on one core (97 s measured on 2 shared cores): sampling
+is one decoder pass; the face model embeds the 320 samples and 120 query
+photos once (the session's embedding cache) and the bootstrap does the rest.
+Marked ``slow``, which ``make test`` still runs (it deselects nothing).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ ORL_BIG = DATA / "orl_faces_92x112"
 DECODER = Path(__file__).parent / "data" / "orl_cvae_decoder.safetensors"
 MEMBERS = range(1, 21)
 PER_IDENTITY = 16
-#: Pinned from this test's own run (the experiment's table has the same snapshot's numbers).
-AUC = 0.797
-TPR_1PCT = 0.05
+#: Pinned from this test's own run with the committed decoder. Its float16
+#: weights move some sample pixels by one grey level from the experiment's
+#: float32 snapshot (step 4000: AUC 0.797, TPR 0.05): enough to move the AUC
+#: by two of its 1/400 steps and one member over the highest non-member.
+AUC = 0.805
+TPR_1PCT = 0.10
 
 
 def _link(dest: Path, people: range, photos: range, per_person: bool) -> Path:
@@ -103,8 +108,9 @@ def test_samples_are_not_copies_of_training_photos(scene, cache_dir, encoder):
     s = r.report["summary"]
     assert r.report["threshold"]["method"] == "encoder-default"
     assert s["flagged"] == 0, s
-    # Not copies by a margin: every sample is further from its nearest training
-    # photo than the operating point, and as far as real new photos typically are.
+    # Every sample is further from its nearest training photo than the
+    # operating point (the experiment reports how close: nearer than the
+    # members' real held-out photos are, but under the threshold).
     nearest = np.array([m["similarity"] for m in r.report["matches"] if m["rank"] == 1])
     assert len(nearest) == len(MEMBERS) * PER_IDENTITY
     assert nearest.max() < r.report["threshold"]["value"]
