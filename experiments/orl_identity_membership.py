@@ -266,6 +266,58 @@ def identity_attack(
     }
 
 
+def _ci(v: float, ci: list[float], fmt: str = ".2f") -> str:
+    return f"{v:{fmt}} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The README's tables for one generator's results (``summary`` as written by :func:`main`)."""
+    head = (
+        "| training steps | identity AUC [95% CI] | TPR@1%FPR [95% CI] | pixel copies "
+        "| tiled copies | tiled similarity to nearest training photo, median / max "
+        "| nearest training photo (face) is the person's | own-person face similarity, median "
+        "| HOG finds a face |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in summary["rows"]:
+        i, c, f = r["identity"], r["copies"], r["face"]
+        t = c["tiled"]["nearest_train_similarity"]
+        lines.append(
+            f"| {r['steps']} | {_ci(i['auc'], i['auc_ci95'], '.3f')} "
+            f"| {_ci(i['tpr_at_1pct_fpr'], i['tpr_at_1pct_fpr_ci95'])} "
+            f"| {c['pixel']['copy_fraction']:.1%} | {c['tiled']['copy_fraction']:.1%} "
+            f"| {t['q50']:.2f} / {t['q100']:.2f} | {f['nearest_train_is_own_person']:.0%} "
+            f"| {f['own_person_best_similarity']['q50']:.3f} | {f['hog_face_detected']:.0%} |"
+        )
+    b, f = summary["baseline"], summary["rows"][-1]["face"]
+    t = b["heldout_photos_as_samples_copies"]["tiled"]["nearest_train_similarity"]
+    lines.append(
+        f"| members' real held-out photos (60) | | | "
+        f"{b['heldout_photos_as_samples_copies']['pixel']['copy_fraction']:.1%} "
+        f"| {b['heldout_photos_as_samples_copies']['tiled']['copy_fraction']:.1%} "
+        f"| {t['q50']:.2f} / {t['q100']:.2f} | {f['heldout_nearest_train_is_own_person']:.0%} "
+        f"| {f['heldout_own_person_best_similarity']['q50']:.3f} "
+        f"| {b['hog_face_detected']['heldout_photos_92x112']:.0%} |"
+    )
+    lines += ["", "| samples = the 140 training photos | identity AUC [95% CI] | TPR@1%FPR "
+              "| HOG finds a face |", "|---|---|---|---|"]  # fmt: skip
+    hog = b["hog_face_detected"]
+    for name, key, det in (
+        ("92 x 112 (original)", "training_photos_as_samples_identity", None),
+        ("48 x 40 (these generators)", "training_photos_48x40_as_samples_identity", "48x40"),
+        ("24 x 24, queries 92 x 112", "training_photos_24x24_as_samples_identity", "24x24"),
+        ("24 x 24 of the 23 x 28 copy, queries 23 x 28 (the earlier experiment's setting)",
+         "earlier_setup_training_photos_24x24_as_samples_identity", None),
+    ):  # fmt: skip
+        i = b[key]
+        rate = f"{hog[f'training_photos_{det}']:.0%}" if det else ""
+        lines.append(
+            f"| {name} | {_ci(i['auc'], i['auc_ci95'], '.3f')} | {i['tpr_at_1pct_fpr']:.2f} "
+            f"| {rate} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=("ddpm", "vae"), default="ddpm")
@@ -285,6 +337,9 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--results", default=None, help="also keep the results in this JSON file")
     ap.add_argument(
+        "--table", action="store_true", help="print --results' tables (markdown) and stop"
+    )
+    ap.add_argument(
         "--grid", default=None, metavar="STEP:FILE", help="draw snapshot STEP's samples (PNG)"
     )
     ap.add_argument(
@@ -292,6 +347,11 @@ def main() -> None:
         help="VAE: save snapshot STEP's decoder (float16 safetensors) to FILE, for the golden test",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.table:
+        for kind, summary in json.loads(Path(args.results).read_text())["generators"].items():
+            print(f"{kind}: {summary['steps_done']} steps, {summary['train_seconds']:.0f} s")
+            print(markdown(summary), end="\n\n")
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -435,19 +495,7 @@ def main() -> None:
         both = {"experiment": __doc__.splitlines()[0], **both}
         both.setdefault("generators", {})[args.kind] = summary
         res.write_text(json.dumps(both, indent=2), encoding="utf-8")
-    print(
-        "| training steps | identity AUC [95% CI] | TPR@1%FPR [95% CI] "
-        "| pixel copies | tiled copies |"
-    )
-    print("|---|---|---|---|---|")
-    for r in rows:
-        i, c = r["identity"], r["copies"]
-        print(
-            f"| {r['steps']} | {i['auc']:.3f} [{i['auc_ci95'][0]:.2f}, {i['auc_ci95'][1]:.2f}] | "
-            f"{i['tpr_at_1pct_fpr']:.2f} [{i['tpr_at_1pct_fpr_ci95'][0]:.2f}, "
-            f"{i['tpr_at_1pct_fpr_ci95'][1]:.2f}] | {c['pixel']['copy_fraction']:.1%} | "
-            f"{c['tiled']['copy_fraction']:.1%} |"
-        )
+    print(markdown(summary))
 
 
 if __name__ == "__main__":
