@@ -41,8 +41,13 @@ HEADER = ("settings", "argv", "created")
 def cluster():
     """One local Ray instance with 2 CPUs for the module (the engine joins it)."""
     if not ray.is_initialized():
+        # Ray's workers import the test encoders (crashing_encoder) from here, as a
+        # cluster's workers import a user's plugin module from its runtime_env.
+        here = str(Path(__file__).parent)
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+                 logging_level=logging.WARNING,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})  # fmt: skip
     yield
     ray.shutdown()
 
@@ -218,3 +223,26 @@ def test_cli_engine_ray_for_dedup_and_index_build(tmp_path, capsys):
     capsys.readouterr()
     assert main(["dedup", *args, "--ray-address", "auto", "--out", str(tmp_path / "x")]) == 2
     assert "--ray-address is for --engine ray" in capsys.readouterr().err
+
+
+def test_an_image_that_crashes_the_encoder_costs_that_image_on_ray(tmp_path):
+    """A marked image kills the encoder's process (SIGKILL); on Ray, as locally, only it is lost."""
+    from PIL import Image
+
+    from crashing_encoder import mark
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for view in range(0, 48, 2):
+        os.symlink(COIL / f"obj5__{view}.png", folder / f"obj5__{view:02d}.png")
+    marked = folder / "obj5__20-marked.png"
+    mark(Image.open(COIL / "obj6__0.png")).save(marked)
+    with Embedder("crash-test", workers=2, batch_size=8, cache=False) as emb:
+        local = emb.embed(folder, "x")
+    with Embedder("crash-test", batch_size=8, cache=False, engine=get_engine("ray")) as emb:
+        on_ray = emb.embed(folder, "x")
+    assert [(s.path, s.reason) for s in local.skipped] == [
+        (str(marked), "encoder process crashed (signal 9)")
+    ]
+    assert on_ray.ids == local.ids and on_ray.skipped == local.skipped
+    np.testing.assert_array_equal(on_ray.vectors, local.vectors)

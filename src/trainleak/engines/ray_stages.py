@@ -6,7 +6,11 @@ Each wraps the function the local engine runs, so both compute the same:
   on one record (a file, or a shard streamed member by member), hashes the
   bytes, and drops the bytes of inputs the store already holds.
 * :class:`EncodeActor` (a Ray Data actor pool): holds one encoder and runs
-  :func:`trainleak.workers.encode_chunk` on each batch of misses.
+  :func:`trainleak.workers.encode_chunk` on each batch of misses. On a CPU it
+  runs the encoder in one :class:`trainleak.workers.WorkerPool` process of its
+  own, so that an image that crashes the encoder (a segfault in a native
+  decoder or model) costs that image, as it does locally, not the actor and
+  its batch (Ray would retry the batch on a new actor, which crashes again).
 * :func:`search_shard` (Ray tasks): :meth:`trainleak.similarity.Similarity.knn`
   of a block of queries against one shard of the database.
 
@@ -26,6 +30,7 @@ from trainleak.archives import iter_inputs
 from trainleak.images import Record
 from trainleak.similarity import Similarity
 from trainleak.store import content_hash
+from trainleak.workers import encode_chunk, unavailable_reason
 
 
 def pack(text: str | None) -> bytes:
@@ -114,6 +119,11 @@ class EncodeActor:
             importlib.import_module(module)
         self.encoder = get_encoder(spec, **options)
         self.max_pixels = max_pixels
+        self.pool: Any = None
+        if self.encoder.device == "cpu" and unavailable_reason(spec) is None:
+            from trainleak.workers import WorkerPool
+
+            self.pool = WorkerPool(1, spec, options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed the misses of a batch; every row comes back, without its bytes.
@@ -122,16 +132,20 @@ class EncodeActor:
         result) and ``result`` (``""`` when ``vectors`` holds the rows, else
         the skip reason, ``!``-prefixed when it is not to be cached).
         """
-        from trainleak.workers import encode_chunk
-
         n = len(batch["digest"])
         todo: dict[str, bytes] = {}
         for j in range(n):
             data = batch["data"][j]
             if len(data) and batch["digest"][j] not in todo:
                 todo[str(batch["digest"][j])] = bytes(data)
-        embedded = encode_chunk(list(todo.values()), self.max_pixels, self.encoder)
-        done = dict(zip(todo, embedded, strict=True))
+        done: dict[str, Any]
+        if self.pool is not None and todo:
+            chunk = (list(todo), list(todo.values()))
+            done = {key: res for part in self.pool.run(iter([chunk]), self.max_pixels)
+                    for key, res in part}  # fmt: skip
+        else:
+            embedded = encode_chunk(list(todo.values()), self.max_pixels, self.encoder)
+            done = dict(zip(todo, embedded, strict=True))
         vectors = np.empty(n, dtype=object)
         result = np.empty(n, dtype=object)
         for j in range(n):
