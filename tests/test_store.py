@@ -111,3 +111,60 @@ def test_store_ignores_inconsistent_shard(tmp_path):
     assert again.get("b") == "no face detected"
     assert again.get("a").shape == (2, 3)
     assert EmbeddingStore(tmp_path, "k", dim=4).get("a") is None  # other dim: ignored
+
+
+def test_compaction_keeps_every_entry_in_bounded_shards(tmp_path, monkeypatch):
+    import trainleak.store as store_mod
+
+    rng = np.random.default_rng(0)
+    want = {}
+    store = EmbeddingStore(tmp_path, "k", dim=64)
+    for b in range(12):  # 12 shards of 10 entries, one skip reason each
+        batch = {f"{b:02d}{i:030d}": rng.random((1 + i % 2, 64), dtype=np.float32)
+                 for i in range(9)}  # fmt: skip
+        batch[f"{b:02d}{'r' * 30}"] = f"no face detected {b}"
+        store.put(batch)
+        want.update(batch)
+    monkeypatch.setattr(store_mod, "COMPACT_ABOVE", 4)
+    monkeypatch.setattr(store_mod, "COMPACT_SHARD_MB", 0.01)  # about 40 rows of 64-d each
+    merged = EmbeddingStore(tmp_path, "k", dim=64)
+    shards = sorted((tmp_path / "k").glob("shard-*.npz"))
+    assert 4 <= len(shards) < 12  # merged, but not into one file
+    assert len(merged) == len(want) == 120
+    for digest, value in want.items():
+        got = merged.get(digest)
+        if isinstance(value, str):
+            assert got == value
+        else:
+            np.testing.assert_array_equal(got, value)
+
+
+_OPEN_AND_GET = """
+import json, sys
+from trainleak.store import EmbeddingStore
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = hwm()
+store = EmbeddingStore(sys.argv[1], "k", dim=1024)
+row = store.get(sys.argv[2])
+print(json.dumps({"grew_mb": hwm() - before, "n": len(store), "shape": list(row.shape)}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM")
+def test_a_run_holds_the_shards_it_uses_not_the_whole_cache(tmp_path):
+    """200 MB of cached vectors; a run that needs one image reads one shard."""
+    import json
+
+    store = EmbeddingStore(tmp_path, "k", dim=1024)
+    block = np.ones((256, 1024), np.float32)
+    for b in range(200):
+        store.put({f"{b:03d}{i:029d}": block[i : i + 1] for i in range(256)}, remember=False)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(embed_mod.__file__))}
+    run = subprocess.run([sys.executable, "-c", _OPEN_AND_GET, str(tmp_path), f"{7:03d}{5:029d}"],
+                         capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    out = json.loads(run.stdout)
+    assert out["n"] == 200 * 256 and out["shape"] == [1, 1024]
+    assert out["grew_mb"] < 40, out  # the whole cache is 200 MB; the index about 2.5 MB
