@@ -94,6 +94,9 @@ def audit(
         train_set = embed_nonempty(embedder, train, "train")
         synth_set = embed_nonempty(embedder, synthetic, "synthetic")
         hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
+    # The embedder's store keeps a copy of every vector it read or wrote (1 kB
+    # per image at d = 256): let it go before the search, the audit's peak.
+    del embedder
     return audit_embeddings(
         train_set, synth_set, hold_set, config=config, argv=argv, decisions=decisions
     )
