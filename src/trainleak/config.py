@@ -348,8 +348,10 @@ class InvertConfig:
 
     Attributes:
         method: ``optimize``, ``dci`` or ``decoder``.
-        steps: optimisation steps (``optimize``; ``dci`` end-to-end refinement)
-            or training steps (``decoder``).
+        steps: optimisation steps (``optimize``), training steps
+            (``decoder``), or for ``dci`` the training steps of each block
+            inverse and of the end-to-end refinement (each block's own
+            refinement takes half as many).
         seed: seeds every random choice.
         size: model input ``(height, width)``; ``None`` = first image's size.
         mean: normalisation mean of pixels in [0, 1].

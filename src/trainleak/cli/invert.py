@@ -36,6 +36,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=defaults.method,
         help="default: %(default)s",
     )
+    v.add_argument(
+        "--dci-inputs",
+        choices=("noise", "generator"),
+        default=defaults.dci_inputs,
+        help="dci's synthesised block inputs: random images, or a generator fitted to the "
+        "batch-norm statistics (default: %(default)s)",
+    )
+    v.add_argument(
+        "--dci-gen-steps",
+        type=positive_int,
+        default=defaults.dci_gen_steps,
+        help="training steps of that generator (default: %(default)s)",
+    )
     v.add_argument("--aux", help="attacker's own images (needed by --method decoder)")
     v.add_argument(
         "--defense", default=defaults.defense, help="noise:SIGMA or quantize:BITS at the split"
@@ -117,6 +130,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         defense=args.defense,
         batch_size=args.batch_size,
         identity=args.identity,
+        dci_inputs=args.dci_inputs,
+        dci_gen_steps=args.dci_gen_steps,
     )
     result = invert(
         args.model,

@@ -59,18 +59,27 @@ METHODS: tuple[str, ...] = get_args(InvertMethod)
 Inverter = OptimizeInverter | DCIInverter | DecoderInverter
 
 
-def make_inverter(method: str, steps: int, seed: int) -> Inverter:
-    """Build the inverter of ``method`` with ``steps`` and ``seed``, other settings default.
+def make_inverter(config: InvertConfig) -> Inverter:
+    """Build the inverter of ``config.method`` from ``config``, other settings default.
 
     Example:
-        >>> type(make_inverter("dci", 10, 0)).__name__
-        'DCIInverter'
+        >>> inv = make_inverter(InvertConfig(method="dci", dci_inputs="generator"))
+        >>> type(inv).__name__, inv.inputs
+        ('DCIInverter', 'generator')
 
     """
+    method, steps, seed = config.method, config.steps, config.seed
     if method == "optimize":
         return OptimizeInverter(steps=steps, seed=seed)
     if method == "dci":
-        return DCIInverter(steps=steps, seed=seed)
+        return DCIInverter(
+            train_steps=steps,
+            block_steps=max(1, steps // 2),
+            steps=steps,
+            seed=seed,
+            inputs=config.dci_inputs,
+            gen_steps=config.dci_gen_steps,
+        )
     if method == "decoder":
         return DecoderInverter(steps=steps, seed=seed)
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -272,7 +281,7 @@ def invert(
     entries, recons = [], {}
     for sm in split_models:
         start = time.perf_counter()
-        inverter = make_inverter(config.method, config.steps, config.seed).fit(sm, aux_x)
+        inverter = make_inverter(config).fit(sm, aux_x)
         fit_s = time.perf_counter() - start
         with torch.no_grad():
             feats = torch.cat([sm.device(b) for b in x.split(config.batch_size)])

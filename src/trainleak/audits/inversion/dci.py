@@ -12,12 +12,17 @@ How the open choices are made here:
   (activation, pooling) and batch norm join the block before them. A
   residual unit whose forward is not a chain stays one block. When the
   device part is not a chain at all, it is one block.
-* **Synthesised inputs.** Each block's inverse is trained on inputs made
-  without real data: multi-scale random images (noise at 2-16 px scales,
-  random brightness and contrast), optionally nudged for ``synth_steps``
-  steps towards the network's batch-norm statistics and smoothness (the
-  paper uses a generator trained on the batch-norm statistics), pushed
-  through the known blocks to give every block's input and output.
+* **Synthesised inputs.** Each block's inverse is trained on ``synth``
+  inputs made without real data, pushed through the known blocks to give
+  every block's input and output. ``inputs="generator"`` (the paper's
+  way): samples of a :class:`~trainleak.audits.inversion.generator.BNGenerator`
+  fitted for ``gen_steps`` steps (batches of ``gen_batch``) to the device
+  part's batch-norm statistics, with the classifier's class terms when
+  ``gen_class_terms`` (that module's docstring lists its open choices).
+  ``inputs="noise"`` (ours, cheaper): multi-scale random images (noise at
+  2-16 px scales, random brightness and contrast). Either may then be
+  nudged for ``synth_steps`` steps towards the batch-norm statistics and
+  smoothness, image by image.
 * **Block inverses.** ``block_solver="net"``: a small
   :class:`~trainleak.audits.inversion.nets.InverseNet` per block, trained
   with a reconstruction loss on the synthesised inputs plus a cycle
@@ -42,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from trainleak.audits.inversion.generator import BNGenerator
 from trainleak.audits.inversion.nets import InverseNet
 from trainleak.audits.inversion.optimize import (
     BNPrior,
@@ -139,7 +145,13 @@ class DCIInverter:
         cycle_weight: float = 1.0,
         width: int = 32,
         seed: int = 0,
+        inputs: Literal["noise", "generator"] = "noise",
+        gen_steps: int = 300,
+        gen_batch: int = 64,
+        gen_class_terms: bool = True,
     ) -> None:
+        self.inputs, self.gen_steps, self.gen_batch = inputs, gen_steps, gen_batch
+        self.gen_class_terms = gen_class_terms
         self.block_solver, self.synth, self.synth_steps = block_solver, synth, synth_steps
         self.train_steps, self.block_steps, self.steps = train_steps, block_steps, steps
         self.lr, self.tv_weight, self.bn_weight = lr, tv_weight, bn_weight
@@ -152,7 +164,10 @@ class DCIInverter:
         """Build the blocks and train their inverses on synthesised inputs (``aux`` ignored)."""
         if self.block_solver not in ("net", "optimize"):
             raise ValueError(f"block_solver must be 'net' or 'optimize', got {self.block_solver!r}")
+        if self.inputs not in ("noise", "generator"):
+            raise ValueError(f"inputs must be 'noise' or 'generator', got {self.inputs!r}")
         self.split_ = split
+        self.generator_: BNGenerator | None = None
         if split.chain is None:
             log.warning("%s: forward is not a chain of modules; DCI uses one block", split.split)
         self.blocks_ = make_blocks(split.chain) if split.chain else []
@@ -162,7 +177,7 @@ class DCIInverter:
         if self.block_solver != "net" or not self.blocks_:
             return self
         torch.manual_seed(self.seed)
-        x = synthesise(self.synth, split.input_shape, self.seed)
+        x = self._synthesise(split)
         if self.synth_steps:
             x = self._refiner(self.synth_steps).fit(split).prior_images(x)
         with torch.no_grad():
@@ -190,6 +205,20 @@ class DCIInverter:
             self.block_histories_.append(history)
             self.loss_history_.extend(history)
         return self
+
+    def _synthesise(self, split: SplitModel) -> torch.Tensor:
+        if self.inputs == "noise":
+            return synthesise(self.synth, split.input_shape, self.seed)
+        default = BNGenerator()
+        on = self.gen_class_terms
+        self.generator_ = BNGenerator(
+            steps=self.gen_steps,
+            batch_size=self.gen_batch,
+            entropy_weight=default.entropy_weight if on else 0.0,
+            diversity_weight=default.diversity_weight if on else 0.0,
+            seed=self.seed,
+        ).fit(split)
+        return self.generator_.sample(self.synth)
 
     def _block(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
         chain = self.blocks_[k]

@@ -11,6 +11,9 @@ inverse net behaves the same on one image as on a batch.
 :func:`small_resnet` is the ResNet-style classifier with batch norm of the
 ORL experiment and the tests; the CLI can load it as
 ``python:trainleak.audits.inversion.nets:small_resnet``.
+:func:`resnet18_like` is the deeper one of the depth experiment (ResNet-18's
+layout of four stages of two residual units, narrower);
+``python:trainleak.audits.inversion.nets:resnet18_like``.
 """
 
 from __future__ import annotations
@@ -130,3 +133,53 @@ def small_resnet(classes: int = 40, channels: int = 1, width: int = 16) -> Small
 
     """
     return SmallResNet(classes, channels, width)
+
+
+class ResNet18Like(nn.Module):
+    """ResNet-18's layout, narrow and for small grey images: 21 conv/linear layers.
+
+    A 3x3 stem convolution with stride 2 (in place of ResNet-18's 7x7
+    stride-2 convolution and max pooling, which would leave 2x2 maps of a
+    64x64 input), four stages of two residual units of widths ``w, 2w, 4w,
+    8w`` (the last three halve the resolution), global average pooling and a
+    linear head. A 64x64 input gives 32, 16, 8 and 4 pixel maps.
+
+    Split points, with their depth in conv/linear layers (1x1 shortcut
+    projections included): ``stem`` 1, ``layer1`` 5, ``layer2`` 10,
+    ``layer3`` 15, ``layer4`` 20 (the last before global pooling), ``fc`` 21.
+    """
+
+    def __init__(self, classes: int = 40, channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        stages, c_in = [], width
+        for i, c_out in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out)))
+            c_in = c_out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(n, classes)``."""
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet18_like(classes: int = 40, channels: int = 1, width: int = 16) -> ResNet18Like:
+    """Build an untrained :class:`ResNet18Like` (a ``python:module:factory`` target).
+
+    Example:
+        >>> net = resnet18_like(classes=3, width=4)
+        >>> net(torch.zeros(2, 1, 64, 64)).shape
+        torch.Size([2, 3])
+        >>> sum(m.weight.ndim >= 2 for m in net.modules() if hasattr(m, "weight")
+        ...     and isinstance(m, (nn.Conv2d, nn.Linear)))
+        21
+
+    """
+    return ResNet18Like(classes, channels, width)
