@@ -40,7 +40,8 @@ embeddings cached under ``out/cache``: a re-run recomputes nothing.
 ``--grid STEP:FILE`` draws a snapshot's samples beside the person's training
 photos (PNG).
 
-Reproduce (see the README for the times it took):
+Reproduce (see the README for the times it took; the same command resumes,
+``--max-train-s 2400`` bounds one sitting):
     nice -n 10 .venv/bin/python experiments/orl_identity_membership.py --kind vae \\
         --out runs/orl_idm/vae --results experiments/results/orl_identity_membership.json
     nice -n 10 .venv/bin/python experiments/orl_identity_membership.py --kind ddpm \\
@@ -356,7 +357,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     defaults = {
-        "ddpm": (8000, "500,1000,2000,3000,4000,6000,8000"),
+        "ddpm": (16000, "500,1000,2000,3000,4000,6000,8000,10000,12000,14000,16000"),
         "vae": (6000, "500,1000,2000,4000,6000"),
     }
     steps = args.steps or defaults[args.kind][0]
