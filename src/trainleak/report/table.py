@@ -108,8 +108,10 @@ class _CsvWriter:
 
 class _ParquetWriter:
     def __init__(self, path: Path, columns: list[str]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from trainleak._optional import require
+
+        pa = require("pyarrow", extra="parquet", needed_for="--table parquet")
+        pq = require("pyarrow.parquet", extra="parquet", needed_for="--table parquet")
 
         self.pa = pa
         self.schema = pa.schema(
