@@ -150,7 +150,8 @@ def test_identity_score_rows_past_the_top_k_carry_their_true_rank():
     past = sum(r > 3 for _, _, r in expect)
     assert past > 10  # the case is exercised
     got = result.table.block(0, 300)
-    assert list(zip(got["synthetic"], got["train"], got["rank"].tolist(), strict=True)) == expect
+    cols = (got["synthetic"].tolist(), got["train"].tolist(), got["rank"].tolist())
+    assert list(zip(*cols, strict=True)) == expect
     blocks = list(result.table.blocks(samples=7))  # blocks join up to the same rows
     assert sum(len(b["train"]) for b in blocks) == len(expect)
     assert [r for b in blocks for r in b["rank"].tolist()] == [r for *_, r in expect]

@@ -19,6 +19,7 @@ import numpy as np
 
 from trainleak.audits.leak_scores import Scored
 from trainleak.embedding import EmbeddingSet
+from trainleak.report.table import Coded
 
 #: Synthetic samples per block of the table (rows = about ``k`` times as many).
 BLOCK_SAMPLES = 16_384
@@ -57,7 +58,8 @@ class MatchTable:
         Rows come sample by sample in the order given, each sample's neighbours
         by rank, then its verdict's pair when that is not among them (with its
         true rank among all training samples). Numeric columns are arrays,
-        text columns lists.
+        text columns :class:`~trainleak.report.table.Coded` (distinct values
+        and a code per row).
         """
         s = self.scored
         samples = np.asarray(samples, np.int64)
@@ -77,12 +79,14 @@ class MatchTable:
             order = np.argsort(pos, kind="stable")
             pos, rank, j, sim = pos[order], rank[order], j[order], sim[order]
         keep = j >= 0
-        sample, rank, j, sim = samples[pos[keep]], rank[keep], j[keep], sim[keep]
+        pos, rank, j, sim = pos[keep], rank[keep], j[keep], sim[keep]
+        sample = samples[pos]
+        rows, at = np.unique(j, return_inverse=True)
         train_ids, labels, synth_ids = self.train.ids, self.train.labels, self.synthetic.ids
         return {
-            "synthetic": [synth_ids[i] for i in sample.tolist()],
-            "train": [train_ids[t] for t in j.tolist()],
-            "train_identity": [labels[t] for t in j.tolist()],
+            "synthetic": Coded([synth_ids[i] for i in samples.tolist()], pos),
+            "train": Coded([train_ids[t] for t in rows.tolist()], at.reshape(-1)),
+            "train_identity": Coded([labels[t] for t in rows.tolist()], at.reshape(-1)),
             "rank": rank.astype(np.int32),
             "similarity": sim,
             "score": s.score[sample].astype(np.float64),
@@ -98,10 +102,8 @@ class MatchTable:
         """Return the rows of the given samples (in that order) as ``report.json`` dicts."""
         cols = self.take(np.fromiter(samples, np.int64))
         names = list(cols)
-        return [
-            {c: _py(v) for c, v in zip(names, values, strict=True)}
-            for values in zip(*(cols[c] for c in names), strict=True)
-        ]
+        lists = [cols[c].tolist() for c in names]
+        return [dict(zip(names, values, strict=True)) for values in zip(*lists, strict=True)]
 
     def _true_ranks(self, rows: np.ndarray) -> np.ndarray:
         ranks = np.empty(len(rows), np.int64)
@@ -117,10 +119,6 @@ class MatchTable:
     def flagged_ids(self) -> list[str]:
         """Return the ids of the flagged samples, sorted."""
         return sorted(self.synthetic.ids[i] for i in np.flatnonzero(self.flagged))
-
-
-def _py(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def listed_samples(

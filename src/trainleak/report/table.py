@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,27 @@ COLUMN_TYPES = {
     "score": "float64",
     "flagged": "bool_",
 }
+
+
+@dataclass
+class Coded:
+    """A text column as its distinct values and one code per row (a block repeats ids k times).
+
+    Example:
+        >>> Coded(["a", "b"], np.array([0, 0, 1])).tolist()
+        ['a', 'a', 'b']
+
+    """
+
+    values: list[Any]
+    codes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def tolist(self) -> list[Any]:
+        """Return the column's value row by row."""
+        return [self.values[c] for c in self.codes.tolist()]
 
 
 def resolve_format(fmt: TableFormat) -> Literal["parquet", "csv"]:
@@ -60,7 +82,8 @@ def write_table(
     """Write ``blocks`` to ``path`` (atomically), one block in memory at a time.
 
     Args:
-        blocks: dicts holding every name of ``columns`` (lists or 1-d arrays).
+        blocks: dicts holding every name of ``columns`` (lists, 1-d arrays or
+            :class:`Coded` text).
         columns: the columns, in file order.
         path: the file to write.
         fmt: ``parquet`` or ``csv`` (CSV cells are guarded against
@@ -124,7 +147,11 @@ class _ParquetWriter:
         arrays = []
         for f in self.schema:
             values = block[f.name]
-            if pa.types.is_string(f.type):
+            if isinstance(values, Coded):
+                # each distinct value encoded once, the rows gathered in C++
+                codes = _numeric_array(pa, pa.int64(), values.codes)
+                arrays.append(_text_array(pa, values.values).take(codes))
+            elif pa.types.is_string(f.type):
                 arrays.append(_text_array(pa, values))
             else:
                 arrays.append(_numeric_array(pa, f.type, values))
