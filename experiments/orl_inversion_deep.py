@@ -34,8 +34,12 @@ Defences at equal accuracy cost: per split, the largest noise level
 people) is at most ``--cost`` (0.05); then ``optimize`` and ``decoder``
 invert the defended features.
 
-Reproduce (2 shared CPU cores, ~1 h):
+Reproduce (2 shared CPU cores; see the README for the times measured):
     nice -n 10 .venv/bin/python experiments/orl_inversion_deep.py --threads 1
+The committed results joined two runs made side by side to fit the time
+available: ``--splits layer4,layer3`` at full steps and ``--splits
+layer2,layer1 --scale 0.5``, then ``--merge A.json B.json`` (each row has
+its ``scale``).
 Writes experiments/results/orl_inversion_deep.json and prints Markdown tables.
 """
 
@@ -172,7 +176,16 @@ def main() -> None:
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "orl_inversion_deep.json")
     )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge the rows of runs over different splits into --out, print the tables, stop",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     shape = (1, args.size, args.size)
@@ -293,6 +306,33 @@ def main() -> None:
     print_table(results)
 
 
+def merge(paths: list[str], out: str) -> None:
+    """Join runs made over different splits (same classifier) into one result file.
+
+    A split measured by several runs is taken from the first file given.
+    """
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({r["accuracy_clean"] for r in runs}) != 1:
+        raise SystemExit("the runs trained different classifiers: their accuracies differ")
+    merged = dict(runs[0])
+    merged["rows"], merged["defenses"], merged["runs"] = [], [], []
+    done: set[str] = set()
+    for path, r in zip(paths, runs, strict=True):
+        # A split measured by several runs is taken from the first one given.
+        splits = {row["split"] for row in r["rows"]} - done
+        for key in ("rows", "defenses"):
+            merged[key] += [
+                row | {"scale": r["settings"]["scale"]} for row in r[key] if row["split"] in splits
+            ]
+        done |= splits
+        merged["runs"].append(
+            {"file": Path(path).name, "settings": r["settings"], "seconds": r["seconds"]}
+        )
+    merged["seconds"] = sum(r["seconds"] for r in runs)
+    Path(out).write_text(json.dumps(merged, indent=2) + "\n")
+    print_table(merged)
+
+
 def print_table(r: dict) -> None:
     b = r["baseline"]
     print(
@@ -307,7 +347,8 @@ def print_table(r: dict) -> None:
     for row in sorted(r["rows"], key=lambda e: e["depth"]):
         print(
             f"| `{row['split']}` | {row['depth']} | {'x'.join(map(str, row['features_shape']))} "
-            f"| {row['method']} | {row['psnr']:.2f} | {row['ssim']:.3f} | "
+            f"| {row['method']}{'' if row.get('scale', 1) == 1 else ' (½ steps)'} | "
+            f"{row['psnr']:.2f} | {row['ssim']:.3f} | "
             f"{100 * row['face_found']:.0f}% | {100 * row['verified']:.0f}% | "
             f"{100 * row['rank1']:.0f}% |"
         )
