@@ -374,3 +374,24 @@ def test_relative_paths_resolve_from_another_folder(tmp_path, cache_dir, monkeyp
     client = TestClient(create_app(review), base_url=LOCAL)
     shown = client.get("/api/candidates").json()["candidates"][0]
     assert all(client.get(s["url"]).status_code == 200 for s in shown["left"] + shown["right"])
+
+
+def test_review_counts_cover_samples_the_report_does_not_list(tmp_path, cache_dir):
+    """report.json lists 1 sample (--report-samples 1); the review counts are over all 14."""
+    report = make_audit_report(tmp_path, cache_dir)
+    review = Review([report])
+    copy = review.candidates[0]
+    below = next(c for c in review.candidates if "other_s1" in c.synthetic)
+    review.decide(copy.id, "not a leak", "ana")
+    review.decide(below.id, "leak", "bob")
+    folders = make_folders(tmp_path)
+    out = tmp_path / "capped"
+    argv = ["audit", "--train", str(folders["train"]), "--synthetic", str(folders["synthetic"]),
+            "--encoder", "pixel", "--score", "nn", "--workers", "1", "--cache", str(cache_dir),
+            "--out", str(out), "--decisions", str(report), "--report-samples", "1"]  # fmt: skip
+    assert main(argv) == 0
+    rep = _report_json(out)
+    assert rep["listed"]["of_synthetic"] == 14
+    review_block = rep["summary"]["review"]
+    assert review_block["candidates"] == 5 and review_block["reviewed"] == 2
+    assert review_block["unreviewed"] == 3 and rep["summary"]["flagged"] == 4

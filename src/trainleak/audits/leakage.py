@@ -267,7 +267,7 @@ def build_report(
         "skipped": skipped,
     }
     if reviews is not None:
-        reviews.annotate(report, train, synth_set)
+        reviews.annotate(report, train, synth_set, flagged)
     return report, table
 
 

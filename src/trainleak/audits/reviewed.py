@@ -69,17 +69,30 @@ class Reviews:
                     flagged[i] = False
         return flagged, replace(synth, best=best, best_sim=best_sim)
 
-    def annotate(self, report: dict[str, Any], train: EmbeddingSet, synth: EmbeddingSet) -> None:
-        """Mark the decided rows of ``report["matches"]`` and add ``summary["review"]``."""
+    def annotate(
+        self,
+        report: dict[str, Any],
+        train: EmbeddingSet,
+        synth: EmbeddingSet,
+        flagged: np.ndarray,
+    ) -> None:
+        """Mark the decided rows of ``report["matches"]`` and add ``summary["review"]``.
+
+        Args:
+            report: the audit's report (its ``matches`` may list only some samples).
+            train: the training set.
+            synth: the synthetic set.
+            flagged: ``(n,)`` bool, every sample's flag after the decisions
+                (counts are over all samples, not only those listed).
+
+        """
         rows_of = {synth.ids[i]: i for i in range(len(synth))}
         train_of = {train.ids[j]: j for j in range(len(train))}
         for m in report["matches"]:
             d = self.pairs.get((rows_of[m["synthetic"]], train_of[m["train"]]))
             if d is not None:
                 m["reviewed"] = d.summary()
-        flagged = np.zeros(len(synth), bool)
-        for m in report["matches"]:
-            flagged[rows_of[m["synthetic"]]] |= m["flagged"]
+        flagged = np.asarray(flagged, bool)
         by_threshold = self.by_threshold if self.by_threshold is not None else flagged
         decided = {i: d for (i, _), d in self.pairs.items() if d.decision != "unsure"}
         unsure = {i for (i, _), d in self.pairs.items() if d.decision == "unsure"}
