@@ -180,8 +180,13 @@ def sample_grid(samples: Path, dest: Path, people: int = 6, per_row: int = 8) ->
 
 
 def nearest(result: Any) -> dict[str, float]:
-    """Path of each audited sample -> similarity to its nearest training image."""
-    return {m["synthetic"]: m["similarity"] for m in result.report["matches"] if m["rank"] == 1}
+    """Path of each audited sample -> similarity to its nearest training image.
+
+    From the audit's full table (``report.json`` lists at most 1,000 samples).
+    """
+    t = result.table
+    sims = t.scored.neighbours.sims[:, 0]
+    return {sid: float(sims[i]) for i, sid in enumerate(t.synthetic.ids)}
 
 
 def quantiles(values: list[float] | np.ndarray) -> dict[str, float]:
