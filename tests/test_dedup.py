@@ -170,6 +170,18 @@ def test_mirror_search_matches_brute_force(name):
     s, i = sim.knn(x, x, 3, exclude_self=True)
     assert np.allclose(s, -np.sort(-full, 1)[:, :3], atol=1e-5)
     assert (i[30:, 0] == np.arange(10)).all()  # each mirror finds its own original
+    # Queries that are not the database: the mirror images go a block at a time.
+    import trainleak.similarity as similarity_mod
+
+    np.fill_diagonal(full, [max(_slow_score(f, x[a], sim.tiles), 1.0) for a, f in
+                            enumerate(flipped)])  # fmt: skip
+    whole = sim.knn(x, x, 3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(similarity_mod, "MIRROR_BLOCK", 7)
+        blocked = sim.knn(x, x, 3)
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    assert np.allclose(whole[0], -np.sort(-full, 1)[:, :3], atol=1e-5)
 
 
 def _slow_score(a: np.ndarray, b: np.ndarray, tiles: int) -> float:

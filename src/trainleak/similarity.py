@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from trainleak.engines import Engine
 
 
+#: Query rows mirrored at a time (the mirror search copies one block, not every query).
+MIRROR_BLOCK = 16384
+
+
 @dataclass(frozen=True)
 class Similarity:
     """A comparison rule: ``metric``, ``tiles`` per row, optional ``mirror`` columns.
@@ -100,7 +104,14 @@ class Similarity:
         s1, i1 = search(queries)
         if self.mirror is None:
             return s1, i1
-        s2, i2 = search(np.asarray(queries, np.float32)[:, self.mirror])
+        rows = np.asarray(queries, np.float32)
+        if exclude_self:  # the self rows are positions: search the mirror images at once
+            s2, i2 = search(rows[:, self.mirror])
+        else:  # a block of mirror images at a time, not a second copy of every query
+            parts = [search(rows[b0 : b0 + MIRROR_BLOCK][:, self.mirror])
+                     for b0 in range(0, len(rows), MIRROR_BLOCK)]  # fmt: skip
+            s2 = np.concatenate([p[0] for p in parts]) if parts else s1[:0]
+            i2 = np.concatenate([p[1] for p in parts]) if parts else i1[:0]
         return _merge_best(np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1), k)
 
 
