@@ -37,8 +37,9 @@ class IBasicBlock(nn.Module):
         )
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.short(x)
@@ -60,8 +61,9 @@ class IResNet(nn.Module):
                 blocks.append(IBasicBlock(cin, cout, 2 if i == 0 else 1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.BatchNorm2d(512), nn.Flatten(), nn.Linear(512 * 7 * 7, dim),
-                                  nn.BatchNorm1d(dim))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(512), nn.Flatten(), nn.Linear(512 * 7 * 7, dim), nn.BatchNorm1d(dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -95,8 +97,13 @@ class MobileFaceNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [_conv_bn(3, 64, 3, 2), _conv_bn(64, 64, 3, 1, groups=64)]
         cin = 64
-        for expand, cout, n, stride in ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1),
-                                        (4, 128, 1, 2), (2, 128, 2, 1)):
+        for expand, cout, n, stride in (
+            (2, 64, 5, 2),
+            (4, 128, 1, 2),
+            (2, 128, 6, 1),
+            (4, 128, 1, 2),
+            (2, 128, 2, 1),
+        ):
             for i in range(n):
                 layers.append(_Bottleneck(cin, cout, stride if i == 0 else 1, expand))
                 cin = cout
@@ -119,14 +126,20 @@ class _ResBottleneck(nn.Module):
         super().__init__()
         cout = mid * 4
         self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.short(x))
@@ -137,8 +150,12 @@ class ResNet50GeM(nn.Module):
 
     def __init__(self, dim: int = 512) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                   nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        ]
         cin = 64
         for mid, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             for i in range(n):

@@ -55,15 +55,21 @@ def sync(device: str) -> None:
 def environment(device: str) -> str:
     import onnxruntime as ort
 
-    parts = [f"torch {torch.__version__} (CUDA {torch.version.cuda})",
-             f"onnxruntime {ort.__version__} {ort.get_available_providers()}",
-             f"trainleak {tl.__version__}"]
+    parts = [
+        f"torch {torch.__version__} (CUDA {torch.version.cuda})",
+        f"onnxruntime {ort.__version__} {ort.get_available_providers()}",
+        f"trainleak {tl.__version__}",
+    ]
     if device.startswith("cuda"):
         parts.insert(0, torch.cuda.get_device_name(device))
         smi = shutil.which("nvidia-smi")
         if smi:
-            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, check=False).stdout.strip()
+            out = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
             parts.insert(1, f"driver {out.splitlines()[0] if out else '?'}")
     return ", ".join(parts)
 
@@ -96,8 +102,10 @@ def model_alone(path: Path, device: str, half: bool, batch: int, seconds: float)
 def write_jpegs(folder: Path, n: int) -> None:
     from PIL import Image
 
-    faces = [np.asarray(Image.open(p).convert("RGB").resize((112, 112))) for p in
-             sorted(ORL.glob("s*/*.pgm"))]
+    faces = [
+        np.asarray(Image.open(p).convert("RGB").resize((112, 112)))
+        for p in sorted(ORL.glob("s*/*.pgm"))
+    ]
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     for i in range(n):  # distinct bytes: the cache key is the content
@@ -108,12 +116,18 @@ def write_jpegs(folder: Path, n: int) -> None:
 
 
 def end_to_end(path: Path, folder: Path, device: str, half: bool, batch: int) -> float:
-    opts = {"weights": str(path), "aligned": True, "device": device, "half": half,
-            "batch_size": batch}
+    opts = {
+        "weights": str(path),
+        "aligned": True,
+        "device": device,
+        "half": half,
+        "batch_size": batch,
+    }
     n = sum(1 for _ in folder.iterdir())
     start = time.perf_counter()
-    emb = tl.embed(folder, "arcface", encoder_options=opts, workers=1, batch_size=batch,
-                   cache=False)
+    emb = tl.embed(
+        folder, "arcface", encoder_options=opts, workers=1, batch_size=batch, cache=False
+    )
     took = time.perf_counter() - start
     assert len(emb) == n, (len(emb), n)
     return n / took
@@ -171,8 +185,12 @@ def audit_1m(n: int, device: str) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--only", choices=["model", "search", "audit"], nargs="+",
-                    default=["model", "search", "audit"])
+    ap.add_argument(
+        "--only",
+        choices=["model", "search", "audit"],
+        nargs="+",
+        default=["model", "search", "audit"],
+    )
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--files", type=int, default=20000, help="JPEG files for end to end")
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -186,34 +204,45 @@ def main() -> int:
         args.batch, args.files, args.seconds = 8, 24, 0.5
         args.n_search, args.n_audit = 2048, 3000
     elif not torch.cuda.is_available():
-        print(f"no CUDA device: torch {torch.__version__} (CUDA build: "
-              f"{torch.version.cuda or 'none'}) sees no GPU here, so nothing was measured. "
-              "Run this on a machine with an NVIDIA GPU; --cpu-smoke checks the code paths.")
+        print(
+            f"no CUDA device: torch {torch.__version__} (CUDA build: "
+            f"{torch.version.cuda or 'none'}) sees no GPU here, so nothing was measured. "
+            "Run this on a machine with an NVIDIA GPU; --cpu-smoke checks the code paths."
+        )
         return 2
     print(f"# {environment(args.device)}")
     with tempfile.TemporaryDirectory() as tmp:
         if "model" in args.only:
             path = save_model(Path(tmp))
-            get_encoder("arcface", weights=str(path), aligned=True, device=args.device,
-                        half=half)  # fails here, before the timing, if the device is unusable
+            get_encoder(
+                "arcface", weights=str(path), aligned=True, device=args.device, half=half
+            )  # fails here, before the timing, if the device is unusable
             alone = model_alone(path, args.device, half, args.batch, args.seconds)
             write_jpegs(Path(tmp) / "jpegs", args.files)
             e2e = end_to_end(path, Path(tmp) / "jpegs", args.device, half, args.batch)
-            print(f"model alone (IResNet-50, 112x112, {'fp16' if half else 'fp32'}, batch "
-                  f"{args.batch}): {alone:,.0f} img/s")
-            print(f"end to end from {args.files} JPEG files (arcface aligned, in-process, decode "
-                  f"thread): {e2e:,.0f} img/s = {e2e / alone:.0%} of the model alone "
-                  "(target >= 80%)")
+            print(
+                f"model alone (IResNet-50, 112x112, {'fp16' if half else 'fp32'}, batch "
+                f"{args.batch}): {alone:,.0f} img/s"
+            )
+            print(
+                f"end to end from {args.files} JPEG files (arcface aligned, in-process, decode "
+                f"thread): {e2e:,.0f} img/s = {e2e / alone:.0%} of the model alone "
+                "(target >= 80%)"
+            )
         if "search" in args.only:
             n = args.n_search
             raw = fp16_search(n, n, args.device)
             lib = knn_search(min(n, 200_000), n, args.device)
-            print(f"exact search d=512: fp16 matmul+topk {raw:.2e} pairs/s ({n:,} x {n:,}; "
-                  f"target >= 3.9e11 on an H100); trainleak.knn float32 {lib:.2e} pairs/s")
+            print(
+                f"exact search d=512: fp16 matmul+topk {raw:.2e} pairs/s ({n:,} x {n:,}; "
+                f"target >= 3.9e11 on an H100); trainleak.knn float32 {lib:.2e} pairs/s"
+            )
         if "audit" in args.only:
             took, flagged = audit_1m(args.n_audit, args.device)
-            print(f"{args.n_audit:,} x {args.n_audit:,} face-vector audit end to end: {took:.1f} s "
-                  f"(target < 300 s on one H100); flagged {flagged:.0f} at cosine 0.5")
+            print(
+                f"{args.n_audit:,} x {args.n_audit:,} face-vector audit end to end: {took:.1f} s "
+                f"(target < 300 s on one H100); flagged {flagged:.0f} at cosine 0.5"
+            )
     return 0
 
 

@@ -49,9 +49,16 @@ def export(name: str, folder: Path) -> Path:
     net, side = build(name), ARCHS[name][1]
     path = folder / Path(CARDS[name].file_name).with_suffix("").with_suffix(".onnx").name
     with torch.no_grad():
-        torch.onnx.export(net, (torch.zeros(1, 3, side, side),), str(path), dynamo=False,
-                          input_names=["x"], output_names=["y"], opset_version=17,
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, side, side),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
     return path
 
 
@@ -81,9 +88,11 @@ def main() -> None:
     args = ap.parse_args()
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    print(f"# {platform.processor() or platform.machine()}, {threads} cores available, "
-          f"onnxruntime {ort.__version__}, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f} (shared machine)")
+    print(
+        f"# {platform.processor() or platform.machine()}, {threads} cores available, "
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f} (shared machine)"
+    )
     images = photos(args.photos)
     head = ("model", "stand-in", "params", "alone img/s", "end-to-end img/s")
     print(f"{head[0]:12} {head[1]:44} {head[2]:>8} {head[3]:>18} {head[4]:>18}")
@@ -98,17 +107,22 @@ def main() -> None:
             alone = rate(lambda s=sess, x=x: s.run(None, {"x": x}), args.batch, args.seconds)
             enc = get_encoder(name, weights=str(path), batch_size=args.batch)
             e2e = rate(lambda e=enc: e.encode_batch(images), len(images), args.seconds)
-            print(f"{name:12} {ARCHS[name][2]:44} {params(build(name)) / 1e6:7.1f}M "
-                  f"{alone[0]:8.1f} (med {alone[1]:5.1f}) {e2e[0]:8.1f} (med {e2e[1]:5.1f})",
-                  flush=True)
+            print(
+                f"{name:12} {ARCHS[name][2]:44} {params(build(name)) / 1e6:7.1f}M "
+                f"{alone[0]:8.1f} (med {alone[1]:5.1f}) {e2e[0]:8.1f} (med {e2e[1]:5.1f})",
+                flush=True,
+            )
             path.unlink()
-    faces = (("face", "dlib ResNet, 150x150 chip + mirror (default)", {}),
-             ("face flip=0", "dlib ResNet, 150x150 chip, no mirror", {"flip": False}))
+    faces = (
+        ("face", "dlib ResNet, 150x150 chip + mirror (default)", {}),
+        ("face flip=0", "dlib ResNet, 150x150 chip, no mirror", {"flip": False}),
+    )
     for label, what, opts in faces:
         enc = get_encoder("face", **opts)
         e2e = rate(lambda e=enc: e.encode_batch(images), len(images), args.seconds)
-        print(f"{label:12} {what:44} {'-':>8} "
-              f"{'-':>18} {e2e[0]:8.1f} (med {e2e[1]:5.1f})", flush=True)
+        print(
+            f"{label:12} {what:44} {'-':>8} {'-':>18} {e2e[0]:8.1f} (med {e2e[1]:5.1f})", flush=True
+        )
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 
 

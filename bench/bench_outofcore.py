@@ -91,8 +91,10 @@ def main() -> None:
             f"({args.n_db * args.dim * 4 / 2**20:.0f} MB), k={args.k}, "
             f"query block {args.query_rows}"
         )
-        print("| mode | queries | q x db score matrix | peak RSS MB | before search MB | "
-              "search MB | seconds |")
+        print(
+            "| mode | queries | q x db score matrix | peak RSS MB | before search MB | "
+            "search MB | seconds |"
+        )
         print("|---|---|---|---|---|---|---|")
         for mode in modes:
             for n in counts:

@@ -74,8 +74,9 @@ def save_stand_in(name: str, folder: Path) -> Path:
     path = folder / card.file_name
     if path.suffix == ".onnx":
         side = card.size[0]
-        return save_pooled_onnx(path, side, card.dim, 8 if side == 112 else 16,
-                                with_norm=name == "adaface")
+        return save_pooled_onnx(
+            path, side, card.dim, 8 if side == 112 else 16, with_norm=name == "adaface"
+        )
     return save_pooled_torchscript(path, card.dim)
 
 

@@ -125,8 +125,10 @@ def test_torchscript_on_cuda_matches_the_cpu(files, half):
     if not HAS_CUDA:
         pytest.skip("no CUDA device")
     images = faces()
-    for spec, opts in [(f"torchscript:{files / 't.pt'}", {}),
-                       ("sscd", {"weights": str(files / "sscd_disc_mixup.torchscript.pt")})]:
+    for spec, opts in [
+        (f"torchscript:{files / 't.pt'}", {}),
+        ("sscd", {"weights": str(files / "sscd_disc_mixup.torchscript.pt")}),
+    ]:
         cpu = get_encoder(spec, **opts)
         gpu = get_encoder(spec, device="cuda", half=half, **opts)
         assert gpu.device == "cuda" and gpu.info.execution["device"] == "cuda"
@@ -140,8 +142,10 @@ def test_onnx_on_cuda_matches_the_cpu(files):
     if not HAS_CUDA or not ORT_CUDA:
         pytest.skip("no CUDA device or no onnxruntime-gpu")
     images = faces()
-    for spec, opts in [(f"onnx:{files / 't.onnx'}", {}),
-                       ("arcface", {"weights": str(files / "w600k_r50.onnx")})]:
+    for spec, opts in [
+        (f"onnx:{files / 't.onnx'}", {}),
+        ("arcface", {"weights": str(files / "w600k_r50.onnx")}),
+    ]:
         cpu, gpu = get_encoder(spec, **opts), get_encoder(spec, device="cuda", **opts)
         assert gpu.info.execution["runtime"] == "CUDAExecutionProvider"
         assert _cosines(cpu.encode_batch(images), gpu.encode_batch(images)).min() > 1 - 1e-3

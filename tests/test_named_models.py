@@ -140,8 +140,8 @@ def run_onnx(path, x):
 
 
 @pytest.mark.parametrize(
-    ("name", "photos"), [("arcface", ["s1/1", "s7/3", "s23/5"]), ("adaface", ["s2/1"]),
-                         ("sface", ["s3/2"])],
+    ("name", "photos"),
+    [("arcface", ["s1/1", "s7/3", "s23/5"]), ("adaface", ["s2/1"]), ("sface", ["s3/2"])],
 )
 def test_face_models_align_and_normalise_as_published(models, predictor, name, photos):
     enc = get_encoder(name, weights=weights(models, name))
@@ -152,8 +152,7 @@ def test_face_models_align_and_normalise_as_published(models, predictor, name, p
         box = enc._aligner._detector.detect(image)[0]  # detection itself is the face encoder's
         parts = [(p.x, p.y) for p in predictor(image, box).parts()]
         m = ref_similarity(ref_five(parts), TEMPLATE)
-        np.testing.assert_allclose(similarity_transform(five_points(parts), TEMPLATE), m,
-                                   atol=1e-9)
+        np.testing.assert_allclose(similarity_transform(five_points(parts), TEMPLATE), m, atol=1e-9)
         ref = ref_input(ref_warp(image, m), channels, lambda v, _c: value(v))
         one_level = abs(value(1) - value(0))
         diff = np.abs(x - ref)
@@ -172,8 +171,9 @@ def test_aligned_option_takes_crops_as_they_are(models):
     crop = enc.crops(tinted(load_image(ORL_BIG / "s1" / "1.pgm")))[0]
     pre = get_encoder("arcface", weights=weights(models, "arcface"), aligned=True)
     np.testing.assert_array_equal(pre.preprocess([crop]), enc.to_input([crop]))
-    np.testing.assert_allclose(pre.encode(crop), enc.encode(tinted(load_image(
-        ORL_BIG / "s1" / "1.pgm"))), atol=1e-6)
+    np.testing.assert_allclose(
+        pre.encode(crop), enc.encode(tinted(load_image(ORL_BIG / "s1" / "1.pgm"))), atol=1e-6
+    )
     assert str(enc.encode_batch([load_image(COIL / "obj1__0.png")])[0]) == "no face detected"
 
 
@@ -186,8 +186,9 @@ def test_sscd_square_and_short_edge_as_published(models):
     resized = np.asarray(Image.fromarray(face).resize((320, 320), Image.Resampling.BILINEAR))
     np.testing.assert_allclose(x, ref_input(resized, "rgb", imagenet), atol=2e-5)
     square = np.asarray(Image.fromarray(face).resize((320, 320)))  # already the input size
-    np.testing.assert_allclose(enc.preprocess([square])[0], ref_input(square, "rgb", imagenet),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        enc.preprocess([square])[0], ref_input(square, "rgb", imagenet), atol=2e-5
+    )
     short = get_encoder("sscd", weights=path, crop="short").preprocess([face])
     assert short.shape == (1, 3, 350, 288)  # short edge 92 -> 288, 112 -> int(288 * 112 / 92)
     net = torch.jit.load(path)
@@ -240,8 +241,13 @@ def test_download_checks_the_pin_and_leaves_nothing_on_a_mismatch(models, tmp_pa
 
 
 def test_licence_and_non_commercial_reach_the_report(models):
-    for name, flagged in [("arcface", True), ("sscd", True), ("sface", False),
-                          ("dinov2-s14", False), ("adaface", True)]:
+    for name, flagged in [
+        ("arcface", True),
+        ("sscd", True),
+        ("sface", False),
+        ("dinov2-s14", False),
+        ("adaface", True),
+    ]:
         info = get_encoder(name, weights=weights(models, name)).info.to_dict()
         assert info["non_commercial"] is flagged and info["licence"], name
         assert info["weights_sha256"] and info["execution"]["device"] == "cpu"
@@ -252,8 +258,10 @@ def test_cache_key_ignores_where_and_how_but_not_what(models, tmp_path):
     other.write_bytes((models / CARDS["arcface"].file_name).read_bytes())
     key = get_encoder("arcface", weights=weights(models, "arcface")).info.cache_key()
     assert get_encoder("arcface", weights=str(other), batch_size=3).info.cache_key() == key
-    assert get_encoder("arcface", weights=weights(models, "arcface"),
-                       flip=True).info.cache_key() != key
+    assert (
+        get_encoder("arcface", weights=weights(models, "arcface"), flip=True).info.cache_key()
+        != key
+    )
     changed = save_pooled_onnx(tmp_path / "w600k_r50.onnx", 112, 512, 8, seed=1)
     assert get_encoder("arcface", weights=str(changed)).info.cache_key() != key
 
@@ -265,16 +273,30 @@ def test_cli_records_the_licence_and_refuses_weights_for_other_encoders(models, 
         (tmp_path / sub).mkdir()
         for i in names:
             (tmp_path / sub / f"obj{i}.png").symlink_to(COIL / f"obj{i}__0.png")
-    base = ["audit", "--train", str(tmp_path / "train"), "--synthetic", str(tmp_path / "synthetic"),
-            "--threshold", "0.99", "--workers", "1", "--no-cache", "-q"]
+    base = [
+        "audit",
+        "--train",
+        str(tmp_path / "train"),
+        "--synthetic",
+        str(tmp_path / "synthetic"),
+        "--threshold",
+        "0.99",
+        "--workers",
+        "1",
+        "--no-cache",
+        "-q",
+    ]
     out = tmp_path / "out"
     sscd = ["--encoder", "sscd", "--weights", weights(models, "sscd")]
     assert main([*base, *sscd, "--out", str(out)]) == 0
     encoder = json.loads((out / "report.json").read_text())["encoder"]
     assert encoder["non_commercial"] is True and "CC-BY-NC" in encoder["licence"]
     assert encoder["execution"]["weights"] == weights(models, "sscd")
-    copies = [m for m in json.loads((out / "report.json").read_text())["matches"]
-              if m["rank"] == 1 and Path(m["synthetic"]).name in ("obj4.png", "obj5.png")]
+    copies = [
+        m
+        for m in json.loads((out / "report.json").read_text())["matches"]
+        if m["rank"] == 1 and Path(m["synthetic"]).name in ("obj4.png", "obj5.png")
+    ]
     assert len(copies) == 2  # the planted copies find themselves
     for m in copies:
         assert Path(m["train"]).name == Path(m["synthetic"]).name and m["similarity"] > 0.9999

@@ -79,8 +79,9 @@ def test_workers_run_from_every_entry_point(entry, coil_few, tmp_path):
     else:
         body = "".join(f"    {line}\n" for line in code.splitlines())
         (tmp_path / "test_entry.py").write_text(f"def test_embed():\n{body}")
-        proc = _python("-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:logging",
-                       cwd=tmp_path)
+        proc = _python(
+            "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:logging", cwd=tmp_path
+        )
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout
     # The work really ran in two worker processes, not in-process.
@@ -94,8 +95,7 @@ def test_encoder_defined_in_main_falls_back_to_in_process(coil_few, tmp_path):
         "from trainleak.encoders.pixel import PixelEncoder\n"
         "@ENCODERS.register('main-pixel')\n"
         "class MainPixel(PixelEncoder):\n"
-        "    pass\n"
-        + SCRIPT.replace('"pixel"', '"main-pixel"').format(folder=str(coil_few))
+        "    pass\n" + SCRIPT.replace('"pixel"', '"main-pixel"').format(folder=str(coil_few))
     )
     (tmp_path / "script.py").write_text(code)
     proc = _python("script.py", cwd=tmp_path)

@@ -169,9 +169,7 @@ def member_of(ident: str) -> tuple[str, str] | None:
     return None
 
 
-def read_members(
-    ids: Iterable[str], max_file_mb: float = DEFAULT_MAX_FILE_MB
-) -> dict[str, bytes]:
+def read_members(ids: Iterable[str], max_file_mb: float = DEFAULT_MAX_FILE_MB) -> dict[str, bytes]:
     """Read the bytes of shard members by id, streaming each shard once.
 
     Ids that are no member, and members that cannot be read, are left out.

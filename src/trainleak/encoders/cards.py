@@ -225,8 +225,7 @@ CARDS: dict[str, ModelCard] = {
             get="download sscd_disc_mixup.torchscript.pt from dl.fbaipublicfiles.com/"
             "sscd-copy-detection/ (no checksum is published, so not with --allow-download)",
             source="facebookresearch/sscd-copy-detection README (Preprocessing, Torchscript)",
-            url="https://dl.fbaipublicfiles.com/sscd-copy-detection/"
-            "sscd_disc_mixup.torchscript.pt",
+            url="https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt",
             assumptions=("no checksum published",),
         ),
         ModelCard(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from trainleak.neighbors import Backend
     from trainleak.similarity import Similarity
 
+
 class Engine(Protocol):
     """Where the embedding stage and the neighbour search run."""
 
