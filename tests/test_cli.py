@@ -217,10 +217,13 @@ def test_a_closed_stdout_pipe_is_not_an_internal_error(tmp_path):
 
     import trainleak
 
+    # More output (~100 kB of JSON lines) than a pipe holds (64 kB): the run is
+    # still writing when the reader goes away, as with a large outbox.
     train = tmp_path / "train"
     train.mkdir()
-    for v in range(12):
-        (train / f"obj1__{v}.png").write_bytes((COIL / f"obj1__{v}.png").read_bytes())
+    for obj in range(1, 10):
+        for v in range(50):
+            os.symlink(COIL / f"obj{obj}__{v}.png", train / f"obj{obj}__{v}.png")
     assert main(["index", "build", "--train", str(train), "--encoder", "pixel", "--out",
                  str(tmp_path / "idx"), "--workers", "1", "--no-cache", "-q"]) == 0  # fmt: skip
     argv = [sys.executable, "-m", "trainleak.cli", "check", "--index", str(tmp_path / "idx"),

@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_output_paths(args)
-        return int(args.func(args, ["trainleak", *argv]))
+        code = int(args.func(args, ["trainleak", *argv]))
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except (UsageError, SourceError, TrainleakError) as err:
         print(f"trainleak: error: {err}", file=sys.stderr)
         return EXIT_USAGE
