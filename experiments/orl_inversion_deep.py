@@ -69,7 +69,7 @@ from trainleak.audits.inversion import (
 from trainleak.audits.inversion.audit import class_indices, read_images
 from trainleak.audits.inversion.dci import synthesise
 from trainleak.audits.inversion.generator import batch_bn_loss
-from trainleak.audits.inversion.metrics import face_vectors, to_uint8_images
+from trainleak.audits.inversion.metrics import face_rates, face_vectors, to_uint8_images
 from trainleak.audits.inversion.nets import resnet18_like
 from trainleak.audits.inversion.optimize import BNPrior
 from trainleak.encoders import get_encoder
@@ -218,16 +218,7 @@ def main() -> None:
 
     def faces(recon: torch.Tensor) -> dict:
         vecs = face_vectors(to_uint8_images(recon, sizes), enc)
-        found = verified = rank1 = 0
-        for i, v in enumerate(vecs):
-            if v is None:
-                continue
-            found += 1
-            o = originals[i]
-            verified += int(o is not None and float(v @ o) >= THRESHOLD)
-            rank1 += int(g_lab[int(np.argmax(g_mat @ v))] == int(y_query[i]))
-        n = len(vecs)
-        return {"face_found": found / n, "verified": verified / n, "rank1": rank1 / n}
+        return face_rates(vecs, originals, g_mat, g_lab, y_query.numpy(), THRESHOLD)
 
     def scores(recon: torch.Tensor) -> dict:
         out = {"psnr": float(psnr(x, recon).mean()), "ssim": float(ssim(x, recon).mean())}

@@ -128,6 +128,42 @@ def identity_similarity(
     ]
 
 
+def face_rates(
+    reconstructions: list[np.ndarray | None],
+    originals: list[np.ndarray | None],
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+) -> dict[str, float]:
+    """Rates over all images: a face found, verified against its original, identified rank-1.
+
+    Args:
+        reconstructions: descriptor per reconstruction (``None``: no face found).
+        originals: descriptor per original image (``None``: no face found).
+        gallery: ``(g, d)`` unit descriptors of one photo per known person.
+        gallery_labels: ``(g,)`` the person of each gallery row.
+        labels: the true person of each reconstruction.
+        threshold: cosine at or above which a reconstruction verifies as its original.
+
+    Example:
+        >>> e = np.eye(2)
+        >>> face_rates([e[0], e[1], None], [e[0], e[0], e[1]], e, np.array([0, 1]),
+        ...            np.array([0, 0, 1]), 0.9)
+        {'face_found': 0.6666666666666666, 'verified': 0.3333333333333333, 'rank1': 0.3333333333333333}
+
+    """  # noqa: E501
+    found = verified = rank1 = 0
+    for v, o, label in zip(reconstructions, originals, labels, strict=True):
+        if v is None:
+            continue
+        found += 1
+        verified += int(o is not None and float(v @ o) >= threshold)
+        rank1 += int(gallery_labels[int(np.argmax(gallery @ v))] == int(label))
+    n = len(reconstructions)
+    return {"face_found": found / n, "verified": verified / n, "rank1": rank1 / n}
+
+
 @dataclass(frozen=True)
 class Defense:
     """A transform of the features at the split: ``noise:SIGMA`` or ``quantize:BITS``."""
