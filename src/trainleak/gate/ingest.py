@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trainleak.archives import is_archive, iter_archive
+from trainleak.archives import iter_inputs
 from trainleak.embedding import Embedder
-from trainleak.images import ImageSkip, Record, list_records, read_bytes
+from trainleak.images import Record, list_records
 from trainleak.store import content_hash
 
 #: Bytes of encoded images held at once, whatever the batch size.
@@ -130,24 +130,18 @@ def _read(
 ) -> Iterator[tuple[Record, str, bytes | None, str]]:
     """Yield ``(record, person, bytes or None, skip reason)``: files whole, shards by member.
 
-    A webdataset ``.tar`` or a parquet file is streamed member by member
-    (:func:`trainleak.archives.iter_archive`); a member's person is its own
-    label, else the shard's.
+    Reading is :func:`trainleak.archives.iter_inputs`: a webdataset ``.tar``
+    or a parquet file is streamed member by member; a member's person is its
+    own label, else the shard's.
     """
     for rec, person in records:
-        if not is_archive(rec.path):
-            try:
-                yield rec, person, read_bytes(rec.path, max_file_mb), ""
-            except ImageSkip as skip:
-                yield rec, person, None, str(skip)
-            continue
-        for member, reason in iter_archive(rec, max_file_mb):
-            data, member = member.data, replace(member, data=None)
-            who = member.label or person
+        for item, reason in iter_inputs([rec], max_file_mb):
+            data, item = item.data, replace(item, data=None)
+            who = item.label or person
             if reason is None and data is not None:
-                yield member, who, data, ""
+                yield item, who, data, ""
             else:
-                yield member, who, None, reason or "unreadable member"
+                yield item, who, None, reason or "unreadable member"
 
 
 def _embed(

@@ -150,12 +150,12 @@ class IndexDecisions:
     def __init__(self, folder: PathLike, encoder_key: str, extra: PathLike | None) -> None:
         self.own = Path(folder) / DB_NAME
         self.extra = Path(extra) if extra else None
-        if self.extra is not None:
-            load_decisions(self.extra)  # a wrong --decisions file fails now, not mid-run
         self.encoder_key = encoder_key
         self._stamp: tuple[Any, ...] | None = None
         self._checked = 0.0
         self._current = GateDecisions(encoder_key)
+        if self.extra is not None:
+            self.current()  # a wrong --decisions file fails now, not mid-run
 
     def _files(self) -> list[Path]:
         found = [self.own] if self.own.is_file() else []
