@@ -182,3 +182,42 @@ def test_serve_honours_stored_decisions_and_picks_up_new_ones(scene, monkeypatch
     assert [r["verdict"] for r in second] == ["release", "block"]
     assert second[0]["reviewed"].startswith("not a leak by ana")
     assert second[1]["reviewed"].startswith("leak by bob")
+
+
+def test_a_real_server_honours_decisions_file(scene):
+    """``trainleak serve --decisions`` as a process on 127.0.0.1, over real HTTP."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from serve_helpers import AUTH, TOKEN
+
+    from review_scene import free_port
+
+    _decide(scene)
+    port = free_port()
+    argv = [sys.executable, "-m", "trainleak.cli", "serve", "--index", str(scene["idx"]),
+            "--port", str(port), "--workers", "1", "--decisions", str(scene["report"])]  # fmt: skip
+    proc = subprocess.Popen(argv, env={**os.environ, "TRAINLEAK_TOKEN": TOKEN},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < end, "the server did not start"
+            time.sleep(0.1)
+        copy, below = Path(scene["copy"].synthetic), Path(scene["below"].synthetic)
+        upload = [("file", (p.name, p.read_bytes(), "image/pgm")) for p in (copy, below)]
+        got = httpx.post(f"{url}/v1/check", files=upload, headers=AUTH, timeout=60).json()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert [r["verdict"] for r in got["results"]] == ["release", "block"]
+    assert got["results"][0]["reviewed"].startswith("not a leak by ana")
