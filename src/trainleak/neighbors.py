@@ -54,7 +54,7 @@ Backend = Literal["auto", "torch", "numpy", "faiss"]
 #: The numpy backend's transient peak is about 5 times this (negated copy,
 #: argpartition's int64 indices): 60k x 6k pixel rows with the mirror rule grew
 #: 1,411 MB at 256 MB blocks and 356 MB at 64 MB, in the same 45 s (torch: 550
-#: and 291 MB, 35 s both).
+#: and 291 MB, 35 s both; bench/bench_search_memory.py).
 SCORE_BLOCK_BYTES = 64 * 2**20
 #: Candidates kept beyond ``k`` by the float32 search, for the float64 re-scoring to rank.
 RESCORE_MARGIN = 8
