@@ -91,10 +91,20 @@ def link(dest: Path, people: range, photos: range) -> Path:
     return dest
 
 
-def train(x: torch.Tensor, y: torch.Tensor, epochs: int, width: int) -> torch.nn.Module:
-    """Adam + one-cycle, mirror and +-4 px shift augmentation."""
+def train(
+    x: torch.Tensor, y: torch.Tensor, epochs: int, width: int, saved: str | None
+) -> torch.nn.Module:
+    """Adam + one-cycle, mirror and +-4 px shift augmentation.
+
+    With ``saved``, a classifier saved there is loaded instead of trained, and
+    a trained one is saved there: runs of different splits in parallel
+    processes then invert the same weights.
+    """
     torch.manual_seed(0)
-    model = resnet18_like(classes=40, width=width)
+    model = resnet18_like(classes=40, width=width).to(x.device)
+    if saved and Path(saved).is_file():
+        model.load_state_dict(torch.load(saved, map_location=x.device))
+        return model.eval()
     opt = torch.optim.Adam(model.parameters(), 5e-3, weight_decay=5e-4)
     steps = epochs * ((len(x) + 31) // 32)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=steps)
@@ -102,7 +112,7 @@ def train(x: torch.Tensor, y: torch.Tensor, epochs: int, width: int) -> torch.nn
         model.train()
         for idx in torch.randperm(len(x)).split(32):
             xb = x[idx]
-            flip = torch.rand(len(idx)) < 0.5
+            flip = torch.rand(len(idx), device=x.device) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             dy, dx = (int(v) for v in torch.randint(-4, 5, (2,)))
             xb = F.pad(xb, (4, 4, 4, 4), mode="replicate")[
@@ -113,6 +123,9 @@ def train(x: torch.Tensor, y: torch.Tensor, epochs: int, width: int) -> torch.nn
             loss.backward()
             opt.step()
             sched.step()
+    if saved:  # written whole, then renamed: a process waiting for it never reads half
+        torch.save(model.state_dict(), f"{saved}.part")
+        os.replace(f"{saved}.part", saved)
     return model.eval()
 
 
@@ -168,7 +181,26 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", default="64", help="input side N, or HxW (112x92: ORL as stored)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    ap.add_argument("--classifier", help="load the classifier's weights from here, or save them")
+    ap.add_argument("--methods", default=",".join(METHODS), help="in the order to run them")
+    ap.add_argument(
+        "--budget", type=float, help="seconds: start no new method or defence after this"
+    )
+    ap.add_argument(
+        "--no-faces",
+        action="store_true",
+        help="skip the face encoder (a machine without dlib); with --save-recon, add it later "
+        "with --rescore",
+    )
+    ap.add_argument("--save-recon", metavar="NPZ", help="save every reconstruction (float16)")
+    ap.add_argument(
+        "--rescore",
+        nargs=2,
+        metavar=("JSON", "NPZ"),
+        help="add the face scores to a --no-faces run from its reconstructions into --out, stop",
+    )
     ap.add_argument("--cost", type=float, default=0.05, help="accuracy cost of the defences")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on 2 shared cores)")
     # Deepest first: the split the claim is about is measured even if the run is cut short.
@@ -188,79 +220,90 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    shape = (1, args.size, args.size)
-    root = Path(tempfile.mkdtemp())
-    sets = {
-        "train": link(root / "train", range(1, 41), range(1, 8)),
-        "test": link(root / "test", range(1, 41), range(8, 11)),
-        "query": link(root / "query", range(1, 31), range(8, 9)),
-        "gallery": link(root / "gallery", range(1, 31), range(1, 2)),
-        "aux": link(root / "aux", range(31, 41), range(1, 11)),
-    }
-    data = {}
-    for name, folder in sets.items():
-        x, rows, _ = read_images(folder, name, 1, shape[1:])
-        data[name] = (x, torch.tensor(class_indices([r["label"] for r in rows])), rows)
-    model = train(data["train"][0], data["train"][1], args.epochs, args.width)
+    h, _, w = args.size.partition("x")
+    shape = (1, int(h), int(w or h))
+    data = load_sets(shape)
+    if args.rescore:
+        rescore(*args.rescore, data, args.out)
+        return
+    dev = torch.device(args.device)
+    model = train(
+        data["train"][0].to(dev), data["train"][1].to(dev), args.epochs, args.width, args.classifier
+    )
     train_s = time.perf_counter() - t0
+    if not args.splits:  # --splits "": train (and save with --classifier) only
+        return
+    for name, (xs, ys, rows) in list(data.items()):
+        data[name] = (xs.to(dev), ys.to(dev), rows)
     x_test, y_test, _ = data["test"]
     x, y_query, rows = data["query"]
-    sizes = [tuple(r["size"]) for r in rows]
-    # HOG detector only: dlib's CNN fallback costs ~2 s per image without a face,
-    # and most deep-split reconstructions have none.
-    enc = get_encoder("face", cnn_fallback=False)
-    g_sizes = [tuple(r["size"]) for r in data["gallery"][2]]
-    gallery = face_vectors(to_uint8_images(data["gallery"][0], g_sizes), enc)
-    g_ok = [i for i, v in enumerate(gallery) if v is not None]
-    g_mat = np.stack([gallery[i] for i in g_ok])
-    g_lab = data["gallery"][1].numpy()[g_ok]
-    originals = face_vectors(to_uint8_images(x, sizes), enc)
+    score_faces = face_scorer(data) if not args.no_faces else lambda _recon: {}
+    gallery_with_face = getattr(score_faces, "gallery_with_face", None)
+    saved: dict[str, np.ndarray] = {}
 
-    def faces(recon: torch.Tensor) -> dict:
-        vecs = face_vectors(to_uint8_images(recon, sizes), enc)
-        return face_rates(vecs, originals, g_mat, g_lab, y_query.numpy(), THRESHOLD)
-
-    def scores(recon: torch.Tensor) -> dict:
+    def scores(recon: torch.Tensor, key: str) -> dict:
+        if args.save_recon:
+            # uint8 (n, C, H, W), rounded as to_uint8_images rounds for the face encoder
+            pix = recon.detach().float().clamp(0, 1).cpu().numpy()
+            saved[key] = (pix * 255.0 + 0.5).astype(np.uint8)
         out = {"psnr": float(psnr(x, recon).mean()), "ssim": float(ssim(x, recon).mean())}
-        return out | faces(recon)
+        return out | score_faces(recon)
 
     mean_img = x.mean(0, keepdim=True).expand_as(x)
     clean = accuracy(SplitModel(model, "stem", shape), x_test, y_test)
     results = {
         "model": f"resnet18_like(classes=40, width={args.width})",
         "input": list(shape),
+        "device": f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu",
         "train_accuracy": accuracy(SplitModel(model, "stem", shape), *data["train"][:2]),
         "accuracy_clean": clean,
         "train_seconds": train_s,
-        "baseline": scores(mean_img),
-        "originals": faces(x),
-        "gallery_with_face": len(g_ok),
+        "baseline": scores(mean_img, "baseline"),
+        "originals": score_faces(x),
+        "gallery_with_face": gallery_with_face,
         "settings": {"scale": args.scale, "epochs": args.epochs, "cost": args.cost},
         "rows": [],
         "defenses": [],
+        "skipped": [],
     }
     head = ("train_accuracy", "accuracy_clean", "baseline", "originals", "train_seconds")
     print(json.dumps({k: results[k] for k in head}), flush=True)
+
+    def over_budget(what: str) -> bool:
+        late = args.budget is not None and time.perf_counter() - t0 > args.budget
+        if late:
+            results["skipped"].append(what)
+        return late
+
+    def save() -> None:
+        results["seconds"] = time.perf_counter() - t0
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        if args.save_recon:
+            np.savez_compressed(args.save_recon, **saved)
+
     aux = data["aux"][0]
     for split in args.splits.split(","):
         sm = SplitModel(model, split, shape)
         feats = sm.device(x).detach()
         fitted = {}
-        for method in METHODS:
+        for method in args.methods.split(","):
+            if over_budget(f"{split}/{method}"):
+                continue
             start = time.perf_counter()
             inv = inverter(method, args.scale).fit(sm, aux)
             fit_s = time.perf_counter() - start
             recon = inv.reconstruct(feats)
             row = {"split": split, "depth": sm.depth, "method": method}
             row["features_shape"] = list(feats.shape[1:])
-            row |= scores(recon)
+            row |= scores(recon, f"{split}/{method}")
             row["fit_seconds"] = fit_s
             row["seconds"] = time.perf_counter() - start
             if isinstance(inv, DCIInverter):
                 synth = (
                     inv.generator_.sample(256)
                     if isinstance(inv.generator_, BNGenerator)
-                    else synthesise(256, shape, 0)
+                    else synthesise(256, shape, 0).to(dev)
                 )
                 row["synth_bn_loss"] = bn_fit(sm, synth)
                 row["real_bn_loss"] = bn_fit(sm, data["train"][0][:256])
@@ -274,6 +317,7 @@ def main() -> None:
             fitted[method] = inv
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
+            save()
         chosen = calibrate(sm, x_test, y_test, clean, args.cost)
         for pick in chosen.values():
             if pick is None:
@@ -281,41 +325,102 @@ def main() -> None:
             spec, acc = pick
             defended = Defense.parse(spec, 0)(feats)
             for method in ("optimize", "decoder"):
+                if method not in fitted or over_budget(f"{split}/{method}/{spec}"):
+                    continue
                 start = time.perf_counter()
                 row = {"split": split, "depth": sm.depth, "method": method, "defense": spec}
-                row |= scores(fitted[method].reconstruct(defended))
+                recon = fitted[method].reconstruct(defended)
+                row |= scores(recon, f"{split}/{method}/{spec}")
                 row |= {"accuracy": acc, "accuracy_cost": clean - acc}
                 row["seconds"] = time.perf_counter() - start
                 results["defenses"].append(row)
                 print(json.dumps(row), flush=True)
-        results["seconds"] = time.perf_counter() - t0
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+                save()
     results["threads"] = args.threads
-    results["seconds"] = time.perf_counter() - t0
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    save()
+    print_table(results)
+
+
+def load_sets(shape: tuple[int, int, int]) -> dict:
+    """The five image sets, as ``(pixels, class indices, rows)`` at ``shape``."""
+    root = Path(tempfile.mkdtemp())
+    sets = {
+        "train": link(root / "train", range(1, 41), range(1, 8)),
+        "test": link(root / "test", range(1, 41), range(8, 11)),
+        "query": link(root / "query", range(1, 31), range(8, 9)),
+        "gallery": link(root / "gallery", range(1, 31), range(1, 2)),
+        "aux": link(root / "aux", range(31, 41), range(1, 11)),
+    }
+    data = {}
+    for name, folder in sets.items():
+        x, rows, _ = read_images(folder, name, 1, shape[1:])
+        data[name] = (x, torch.tensor(class_indices([r["label"] for r in rows])), rows)
+    return data
+
+
+def face_scorer(data: dict):
+    """``recon -> {face_found, verified, rank1}`` against the query originals and gallery."""
+    # HOG detector only: dlib's CNN fallback costs ~2 s per image without a face,
+    # and most deep-split reconstructions have none.
+    enc = get_encoder("face", cnn_fallback=False)
+    x, y_query, rows = data["query"]
+    sizes = [tuple(r["size"]) for r in rows]
+    g_sizes = [tuple(r["size"]) for r in data["gallery"][2]]
+    gallery = face_vectors(to_uint8_images(data["gallery"][0], g_sizes), enc)
+    g_ok = [i for i, v in enumerate(gallery) if v is not None]
+    g_mat = np.stack([gallery[i] for i in g_ok])
+    g_lab = data["gallery"][1].cpu().numpy()[g_ok]
+    originals = face_vectors(to_uint8_images(x, sizes), enc)
+
+    def faces(recon: torch.Tensor) -> dict:
+        vecs = face_vectors(to_uint8_images(recon, sizes), enc)
+        return face_rates(vecs, originals, g_mat, g_lab, y_query.cpu().numpy(), THRESHOLD)
+
+    faces.gallery_with_face = len(g_ok)  # type: ignore[attr-defined]
+    return faces
+
+
+def rescore(json_path: str, npz_path: str, data: dict, out: str) -> None:
+    """Add face scores to a ``--no-faces`` run from its saved reconstructions."""
+    results = json.loads(Path(json_path).read_text())
+    recons = np.load(npz_path)
+    faces = face_scorer(data)
+    x = data["query"][0]
+
+    def pixels(key: str) -> torch.Tensor:
+        return torch.from_numpy(recons[key].astype(np.float32) / 255.0)
+
+    results["baseline"] |= faces(pixels("baseline"))
+    results["originals"] = faces(x)
+    results["gallery_with_face"] = faces.gallery_with_face  # type: ignore[attr-defined]
+    for row in results["rows"] + results["defenses"]:
+        key = "/".join([row["split"], row["method"], row.get("defense", "")]).rstrip("/")
+        row |= faces(pixels(key))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 
 def merge(paths: list[str], out: str) -> None:
-    """Join runs made over different splits (same classifier) into one result file.
+    """Join runs made over different splits or methods (same classifier) into one file.
 
-    A split measured by several runs is taken from the first file given.
+    A row (split, method, defence) measured by several runs is taken from the
+    first file given.
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
     if len({r["accuracy_clean"] for r in runs}) != 1:
         raise SystemExit("the runs trained different classifiers: their accuracies differ")
     merged = dict(runs[0])
-    merged["rows"], merged["defenses"], merged["runs"] = [], [], []
-    done: set[str] = set()
+    merged["rows"], merged["defenses"], merged["runs"], merged["skipped"] = [], [], [], []
+    done: set[tuple] = set()
     for path, r in zip(paths, runs, strict=True):
-        # A split measured by several runs is taken from the first one given.
-        splits = {row["split"] for row in r["rows"]} - done
         for key in ("rows", "defenses"):
-            merged[key] += [
-                row | {"scale": r["settings"]["scale"]} for row in r[key] if row["split"] in splits
-            ]
-        done |= splits
+            for row in r[key]:
+                ident = (key, row["split"], row["method"], row.get("defense"))
+                if ident not in done:
+                    merged[key].append(row | {"scale": r["settings"]["scale"]})
+                    done.add(ident)
+        merged["skipped"] += r.get("skipped", [])
         merged["runs"].append(
             {"file": Path(path).name, "settings": r["settings"], "seconds": r["seconds"]}
         )
@@ -324,32 +429,37 @@ def merge(paths: list[str], out: str) -> None:
     print_table(merged)
 
 
+def pct(row: dict, key: str) -> str:
+    """A rate as a whole percentage; "-" where it was not measured (``--no-faces``)."""
+    return "-" if row.get(key) is None else f"{100 * row[key]:.0f}%"
+
+
 def print_table(r: dict) -> None:
     b = r["baseline"]
     print(
         f"\ntest accuracy {r['accuracy_clean']:.3f}; mean image: PSNR {b['psnr']:.2f} dB, "
-        f"SSIM {b['ssim']:.3f}, face found {100 * b['face_found']:.0f}%, rank-1 "
-        f"{100 * b['rank1']:.0f}%; {r['seconds'] / 60:.0f} min\n"
+        f"SSIM {b['ssim']:.3f}, face found {pct(b, 'face_found')}, rank-1 "
+        f"{pct(b, 'rank1')}; {r['seconds'] / 60:.0f} min\n"
     )
     print(
         "| split | depth | features | method | PSNR (dB) | SSIM | face found | verified | rank-1 |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in sorted(r["rows"], key=lambda e: e["depth"]):
+        scale = row.get("scale", r["settings"]["scale"])
         print(
             f"| `{row['split']}` | {row['depth']} | {'x'.join(map(str, row['features_shape']))} "
-            f"| {row['method']}{'' if row.get('scale', 1) == 1 else ' (½ steps)'} | "
+            f"| {row['method']}{'' if scale == 1 else f' ({scale:g}x steps)'} | "
             f"{row['psnr']:.2f} | {row['ssim']:.3f} | "
-            f"{100 * row['face_found']:.0f}% | {100 * row['verified']:.0f}% | "
-            f"{100 * row['rank1']:.0f}% |"
+            f"{pct(row, 'face_found')} | {pct(row, 'verified')} | {pct(row, 'rank1')} |"
         )
     print("\n| split | defence | test accuracy | method | PSNR (dB) | SSIM | face found | rank-1 |")
     print("|---|---|---|---|---|---|---|---|")
     for row in sorted(r["defenses"], key=lambda e: e["depth"]):
         print(
             f"| `{row['split']}` | {row['defense']} | {row['accuracy']:.3f} | {row['method']} | "
-            f"{row['psnr']:.2f} | {row['ssim']:.3f} | {100 * row['face_found']:.0f}% | "
-            f"{100 * row['rank1']:.0f}% |"
+            f"{row['psnr']:.2f} | {row['ssim']:.3f} | {pct(row, 'face_found')} | "
+            f"{pct(row, 'rank1')} |"
         )
 
 

@@ -188,11 +188,13 @@ class DCIInverter:
         for k in range(len(self.blocks_)):
             z_in, z_out = acts[k], acts[k + 1]
             net = InverseNet(tuple(z_out.shape[1:]), tuple(z_in.shape[1:]), self.width)
+            net = net.to(split.torch_device)
             opt = torch.optim.Adam(net.parameters(), lr=2e-3)
             block = self._block(k)
             history = []
             for _ in range(self.train_steps):
                 idx = torch.randint(len(z_in), (min(64, len(z_in)),), generator=g)
+                idx = idx.to(split.torch_device)
                 est = net(z_out[idx])
                 loss = _rel_mse(est, z_in[idx])
                 if self.cycle_weight:
@@ -208,7 +210,7 @@ class DCIInverter:
 
     def _synthesise(self, split: SplitModel) -> torch.Tensor:
         if self.inputs == "noise":
-            return synthesise(self.synth, split.input_shape, self.seed)
+            return synthesise(self.synth, split.input_shape, self.seed).to(split.torch_device)
         default = BNGenerator()
         on = self.gen_class_terms
         self.generator_ = BNGenerator(
@@ -273,11 +275,11 @@ class DCIInverter:
         if k == 0:
             return self._refiner(0).fit(self.split_).start(n)
         shape = self._input_shape(k)
-        return torch.zeros(n, *shape)
+        return torch.zeros(n, *shape, device=self.split_.torch_device)
 
     def _input_shape(self, k: int) -> tuple[int, ...]:
         with torch.no_grad():
-            z = torch.zeros(1, *self.split_.input_shape)
+            z = torch.zeros(1, *self.split_.input_shape, device=self.split_.torch_device)
             for j in range(k):
                 z = self._block(j)(z)
         return tuple(z.shape[1:])

@@ -69,15 +69,17 @@ class DecoderInverter:
             )
         self.split_ = split
         torch.manual_seed(self.seed)
-        images = torch.cat([aux, aux.flip(-1)])
+        images = torch.cat([aux, aux.flip(-1)]).to(split.torch_device)
         with torch.no_grad():
             feats = torch.cat([split.device(b) for b in images.split(64)])
         self.net_ = InverseNet(tuple(feats.shape[1:]), split.input_shape, self.width)
+        self.net_ = self.net_.to(split.torch_device)
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
         g = torch.Generator().manual_seed(self.seed)
         self.loss_history_: list[float] = []
         for _ in range(self.steps):
             idx = torch.randint(len(images), (min(self.batch_size, len(images)),), generator=g)
+            idx = idx.to(split.torch_device)
             loss = (self.net_(feats[idx]) - images[idx]).pow(2).mean()
             opt.zero_grad()
             loss.backward()

@@ -78,7 +78,7 @@ def batch_bn_loss(inputs: list[tuple[nn.Module, torch.Tensor]]) -> torch.Tensor:
         True
 
     """
-    total = torch.zeros(())
+    total = torch.zeros((), device=inputs[0][1].device if inputs else None)
     for layer, a in inputs:
         dims = (0, *range(2, a.ndim))
         mu, var = a.mean(dim=dims), a.var(dim=dims, unbiased=False)
@@ -149,7 +149,8 @@ class BNGenerator:
                 "fitted to batch-norm statistics; use --dci-inputs noise"
             )
         torch.manual_seed(self.seed)
-        self.net_ = _Net(split.input_shape, self.z_dim, self.width).train()
+        self.net_ = _Net(split.input_shape, self.z_dim, self.width).to(split.torch_device).train()
+        self.device_ = split.torch_device
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, betas=(0.5, 0.999))
         g = torch.Generator().manual_seed(self.seed)
         prior = BNPrior(split.bn_layers)
@@ -157,7 +158,7 @@ class BNGenerator:
         self.loss_history_: list[float] = []
         self.bn_history_: list[float] = []
         for _ in range(self.steps):
-            x = self.net_(torch.randn(self.batch_size, self.z_dim, generator=g))
+            x = self.net_(torch.randn(self.batch_size, self.z_dim, generator=g).to(self.device_))
             with prior:
                 out = split.logits(x) if use_classes else split.device(x)
             bn = batch_bn_loss(prior.inputs)
@@ -180,5 +181,6 @@ class BNGenerator:
         with torch.no_grad():
             for start in range(0, n, self.batch_size):
                 m = min(self.batch_size, n - start)
-                out.append(self.net_(torch.randn(max(m, 2), self.z_dim, generator=g))[:m])
+                z = torch.randn(max(m, 2), self.z_dim, generator=g).to(self.device_)
+                out.append(self.net_(z)[:m])
         return torch.cat(out)

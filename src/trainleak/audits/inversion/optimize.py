@@ -170,7 +170,7 @@ class OptimizeInverter:
     def start(self, n: int) -> torch.Tensor:
         """Return the seeded starting images ``(n, C, H, W)``, the same noise for every image."""
         g = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(1, *self.split_.input_shape, generator=g)
+        noise = torch.randn(1, *self.split_.input_shape, generator=g).to(self.split_.torch_device)
         return (0.5 + 0.1 * noise).clamp(0, 1).expand(n, -1, -1, -1).clone()
 
     def reconstruct(

@@ -29,6 +29,7 @@ network up to that module's output. Choices that are ours:
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -248,7 +249,13 @@ class SplitModel:
         last = max(i for i, n in enumerate(order) if n == split or n.startswith(split + "."))
         modules = dict(model.named_modules())
         self.depth = sum(_is_layer(modules[n]) for n in order[1 : last + 1])
+        # Inverters build their nets and inputs where the model's weights are.
+        self.torch_device = next(
+            (t.device for t in itertools.chain(model.parameters(), model.buffers())),
+            torch.device("cpu"),
+        )
         probe = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(self.torch_device)
         full = _expand("", model, self._normalise(probe))
         cut = [i for i, (n, _) in enumerate(full) if n == split or n.startswith(split + ".")]
         contiguous = bool(cut) and cut == list(range(cut[0], cut[-1] + 1))
