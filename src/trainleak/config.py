@@ -364,6 +364,9 @@ class InvertConfig:
             (multi-scale random images) or ``generator`` (a generator
             fitted to the batch-norm statistics, as in the paper).
         dci_gen_steps: training steps of that generator.
+        device: where the model runs and the inversion is optimised: ``auto``
+            (a CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda``
+            or ``cuda:N``.
 
     """
 
@@ -379,6 +382,7 @@ class InvertConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     dci_inputs: Literal["noise", "generator"] = "noise"
     dci_gen_steps: int = 300
+    device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""

@@ -51,14 +51,14 @@ def resolve_device(device: str, backend: str = "auto") -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cuda" and not device.startswith("cuda:"):
-        raise ValueError(f"unknown search device {device!r}: use auto, cpu, cuda or cuda:N")
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if on_cpu_only:
         raise ValueError(f"the {backend} backend searches on the CPU: use device 'cpu' or 'auto'")
     import torch
 
     if not torch.cuda.is_available():
         raise ValueError(
-            f"search device {device!r} asked for, but torch sees no CUDA GPU here: "
+            f"device {device!r} asked for, but torch sees no CUDA GPU here: "
             "use --device cpu (or auto)"
         )
     return device

@@ -84,6 +84,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="images inverted together (default: %(default)s)",
     )
     v.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default=defaults.device,
+        help="where the model runs and the inversion is optimised: auto (a CUDA GPU if torch "
+        "sees one), cpu, cuda or cuda:N (default: %(default)s)",
+    )
+    v.add_argument(
         "--no-identity",
         dest="identity",
         action="store_false",
@@ -132,6 +139,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         identity=args.identity,
         dci_inputs=args.dci_inputs,
         dci_gen_steps=args.dci_gen_steps,
+        device=args.device,
     )
     result = invert(
         args.model,

@@ -50,6 +50,7 @@ from trainleak.audits.inversion.optimize import OptimizeInverter
 from trainleak.audits.inversion.split import SplitModel, load_model
 from trainleak.config import InvertConfig as InvertConfig  # re-exported: it lived here
 from trainleak.config import InvertMethod
+from trainleak.device import resolve_device
 from trainleak.images import DEFAULT_MAX_PIXELS, SkipRecord, list_records
 from trainleak.report import report_header
 from trainleak.result import Result
@@ -170,7 +171,7 @@ class _Identity:
 def _accuracy(split: SplitModel, x: torch.Tensor, y: list[int], transform: Any = None) -> float:
     with torch.no_grad():
         pred = torch.cat([split.logits(b, transform).argmax(1) for b in x.split(64)])
-    return float((pred == torch.as_tensor(y)).float().mean())
+    return float((pred == torch.as_tensor(y, device=pred.device)).float().mean())
 
 
 def _measure(x: torch.Tensor, recon: torch.Tensor, identity: _Identity | None) -> dict[str, Any]:
@@ -258,10 +259,13 @@ def invert(
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
     defense = Defense.parse(config.defense, config.seed) if config.defense else None
+    dev = torch.device(resolve_device(config.device))
     net = load_model(model, weights, trust_pickle) if not isinstance(model, nn.Module) else model
     net.eval()
     channels = input_channels(net)
+    net.to(dev)
     x, rows, skipped = read_images(images, "images", channels, config.size, config.max_pixels)
+    x = x.to(dev)
     if not len(x):
         raise ValueError(f"no readable images in {os.fspath(images)!r} ({len(skipped)} skipped)")
     shape = (channels, int(x.shape[2]), int(x.shape[3]))
@@ -271,6 +275,7 @@ def invert(
         aux_x, aux_rows, aux_skipped = read_images(
             aux, "aux", channels, shape[1:], config.max_pixels
         )
+        aux_x = aux_x.to(dev)
         skipped += aux_skipped
     if config.method == "decoder" and (aux_x is None or not len(aux_x)):
         raise ValueError("the decoder method trains on the attacker's own images: give --aux PATH")
