@@ -224,7 +224,7 @@ def main() -> None:
     shape = (1, int(h), int(w or h))
     data = load_sets(shape)
     if args.rescore:
-        rescore(*args.rescore, data, args.out)
+        rescore(*args.rescore, data, args.out, args.classifier, args.width)
         return
     dev = torch.device(args.device)
     model = train(
@@ -241,12 +241,15 @@ def main() -> None:
     gallery_with_face = getattr(score_faces, "gallery_with_face", None)
     saved: dict[str, np.ndarray] = {}
 
+    y_model = model_labels(data)
+
     def scores(recon: torch.Tensor, key: str) -> dict:
         if args.save_recon:
             # uint8 (n, C, H, W), rounded as to_uint8_images rounds for the face encoder
             pix = recon.detach().float().clamp(0, 1).cpu().numpy()
             saved[key] = (pix * 255.0 + 0.5).astype(np.uint8)
         out = {"psnr": float(psnr(x, recon).mean()), "ssim": float(ssim(x, recon).mean())}
+        out["model_rank1"] = model_rank1(model, recon, y_model)
         return out | score_faces(recon)
 
     mean_img = x.mean(0, keepdim=True).expand_as(x)
@@ -259,7 +262,7 @@ def main() -> None:
         "accuracy_clean": clean,
         "train_seconds": train_s,
         "baseline": scores(mean_img, "baseline"),
-        "originals": score_faces(x),
+        "originals": score_faces(x) | {"model_rank1": model_rank1(model, x, y_model)},
         "gallery_with_face": gallery_with_face,
         "settings": {"scale": args.scale, "epochs": args.epochs, "cost": args.cost},
         "rows": [],
@@ -400,22 +403,56 @@ def face_scorer(data: dict):
     return faces
 
 
-def rescore(json_path: str, npz_path: str, data: dict, out: str) -> None:
-    """Add face scores to a ``--no-faces`` run from its saved reconstructions."""
+def model_labels(data: dict) -> torch.Tensor:
+    """The query people's class indices in the classifier's order (that of the training set)."""
+    order = sorted({r["label"] for r in data["train"][2]})
+    return torch.tensor([order.index(r["label"]) for r in data["query"][2]])
+
+
+def model_rank1(model: torch.nn.Module, recon: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of reconstructions the victim classifier itself assigns to the right person."""
+    p = next(model.parameters())
+    with torch.no_grad():
+        pred = model((recon.to(p.device) - 0.5) / 0.5).argmax(1).cpu()
+    return float((pred == labels).float().mean())
+
+
+def rescore(
+    json_path: str, npz_path: str, data: dict, out: str, classifier: str | None, width: int
+) -> None:
+    """Add face scores to a ``--no-faces`` run from its saved reconstructions.
+
+    Rows already scored keep their face scores (a second pass adds only what
+    is missing); with ``classifier`` (the run's weights), ``model_rank1`` too.
+    """
     results = json.loads(Path(json_path).read_text())
     recons = np.load(npz_path)
-    faces = face_scorer(data)
+    faces = None
+    model = None
+    if classifier:
+        model = resnet18_like(classes=40, width=width)
+        model.load_state_dict(torch.load(classifier, map_location="cpu"))
+        model.eval()
+    labels = model_labels(data)
     x = data["query"][0]
 
     def pixels(key: str) -> torch.Tensor:
         return torch.from_numpy(recons[key].astype(np.float32) / 255.0)
 
-    results["baseline"] |= faces(pixels("baseline"))
-    results["originals"] = faces(x)
-    results["gallery_with_face"] = faces.gallery_with_face  # type: ignore[attr-defined]
+    def add(row: dict, recon: torch.Tensor) -> None:
+        nonlocal faces
+        if "rank1_aligned" not in row:
+            faces = faces or face_scorer(data)
+            row |= faces(recon)
+            results["gallery_with_face"] = faces.gallery_with_face  # type: ignore[attr-defined]
+        if model is not None:
+            row["model_rank1"] = model_rank1(model, recon, labels)
+
+    add(results["baseline"], pixels("baseline"))
+    add(results.setdefault("originals", {}), x)
     for row in results["rows"] + results["defenses"]:
         key = "/".join([row["split"], row["method"], row.get("defense", "")]).rstrip("/")
-        row |= faces(pixels(key))
+        add(row, pixels(key))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -463,9 +500,9 @@ def print_table(r: dict) -> None:
     )
     print(
         "| split | depth | features | method | PSNR (dB) | SSIM | face found | verified | rank-1 "
-        "| rank-1, no detector |"
+        "| rank-1, no detector | victim model's top-1 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in sorted(r["rows"], key=lambda e: e["depth"]):
         scale = row.get("scale", r["settings"]["scale"])
         print(
@@ -473,7 +510,7 @@ def print_table(r: dict) -> None:
             f"| {row['method']}{'' if scale == 1 else f' ({scale:g}x steps)'} | "
             f"{row['psnr']:.2f} | {row['ssim']:.3f} | "
             f"{pct(row, 'face_found')} | {pct(row, 'verified')} | {pct(row, 'rank1')} "
-            f"| {pct(row, 'rank1_aligned')} |"
+            f"| {pct(row, 'rank1_aligned')} | {pct(row, 'model_rank1')} |"
         )
     print(
         "\n| split | defence | test accuracy | method | PSNR (dB) | SSIM | face found | rank-1 "
