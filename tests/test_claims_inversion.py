@@ -130,3 +130,32 @@ def test_last_split_before_pooling_gives_nothing_back(trained: dict) -> None:
     got = float(psnr(x, recon).mean())
     # Measured: baseline 15.2 dB, layer4 10.9 dB.
     assert got < base + 2, (got, base)
+
+
+def test_the_split_machine_workflow_scores_faces_afterwards(tmp_path: Path) -> None:
+    """The GPU runs' path, on the CPU: invert with no face encoder, save, score later.
+
+    ``orl_inversion_deep.py --no-faces --save-recon`` (a GPU machine without
+    dlib), then ``--rescore`` here: the face and victim-model scores appear,
+    the originals are recognised and the mean image is not.
+    """
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "orl_inversion_deep.py"
+    run = [sys.executable, str(script), "--size", "112x92", "--threads", "1"]
+    common = ["--classifier", str(tmp_path / "c.pt"), "--epochs", "2"]
+    first = ["--splits", "layer4", "--methods", "decoder", "--scale", "0.05", "--no-faces"]
+    first += ["--save-recon", str(tmp_path / "r.npz"), "--out", str(tmp_path / "r.json")]
+    subprocess.run(run + common + first, check=True, capture_output=True, timeout=600)
+    raw = json.loads((tmp_path / "r.json").read_text())
+    assert "rank1" not in raw["rows"][0] and raw["rows"][0]["features_shape"] == [128, 7, 6]
+    second = ["--rescore", str(tmp_path / "r.json"), str(tmp_path / "r.npz")]
+    second += ["--out", str(tmp_path / "s.json")]
+    out = subprocess.run(run + common + second, check=True, capture_output=True, text=True)
+    scored = json.loads((tmp_path / "s.json").read_text())
+    assert scored["originals"]["rank1"] >= 0.9 and scored["originals"]["rank1_aligned"] >= 0.6
+    assert scored["baseline"]["rank1"] <= 0.1 and scored["baseline"]["rank1_aligned"] <= 0.1
+    row = scored["rows"][0]
+    assert {"rank1", "rank1_aligned", "model_rank1", "face_found"} <= set(row)
+    assert "rank-1, no detector" in out.stdout
