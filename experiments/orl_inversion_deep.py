@@ -459,10 +459,10 @@ def rescore(
 
 
 def merge(paths: list[str], out: str) -> None:
-    """Join runs made over different splits or methods (same classifier) into one file.
+    """Join runs made over different splits, methods or step scales (same classifier).
 
-    A row (split, method, defence) measured by several runs is taken from the
-    first file given.
+    A row (split, method, defence, scale) measured by several runs is taken
+    from the first file given.
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
     if len({r["accuracy_clean"] for r in runs}) != 1:
@@ -473,9 +473,10 @@ def merge(paths: list[str], out: str) -> None:
     for path, r in zip(paths, runs, strict=True):
         for key in ("rows", "defenses"):
             for row in r[key]:
-                ident = (key, row["split"], row["method"], row.get("defense"))
+                scale = row.get("scale", r["settings"]["scale"])
+                ident = (key, row["split"], row["method"], row.get("defense"), scale)
                 if ident not in done:
-                    merged[key].append(row | {"scale": r["settings"]["scale"]})
+                    merged[key].append(row | {"scale": scale})
                     done.add(ident)
         merged["skipped"] += r.get("skipped", [])
         merged["runs"].append(
@@ -503,11 +504,18 @@ def print_table(r: dict) -> None:
         "| rank-1, no detector | victim model's top-1 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for row in sorted(r["rows"], key=lambda e: e["depth"]):
+
+    def label(row: dict) -> str:
         scale = row.get("scale", r["settings"]["scale"])
+        return row["method"] + ("" if scale == 1 else f" ({scale:g}x steps)")
+
+    def order(row: dict) -> tuple:
+        return row["depth"], row.get("scale", r["settings"]["scale"])
+
+    for row in sorted(r["rows"], key=order):
         print(
             f"| `{row['split']}` | {row['depth']} | {'x'.join(map(str, row['features_shape']))} "
-            f"| {row['method']}{'' if scale == 1 else f' ({scale:g}x steps)'} | "
+            f"| {label(row)} | "
             f"{row['psnr']:.2f} | {row['ssim']:.3f} | "
             f"{pct(row, 'face_found')} | {pct(row, 'verified')} | {pct(row, 'rank1')} "
             f"| {pct(row, 'rank1_aligned')} | {pct(row, 'model_rank1')} |"
@@ -517,9 +525,9 @@ def print_table(r: dict) -> None:
         "| rank-1, no detector |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for row in sorted(r["defenses"], key=lambda e: e["depth"]):
+    for row in sorted(r["defenses"], key=order):
         print(
-            f"| `{row['split']}` | {row['defense']} | {row['accuracy']:.3f} | {row['method']} | "
+            f"| `{row['split']}` | {row['defense']} | {row['accuracy']:.3f} | {label(row)} | "
             f"{row['psnr']:.2f} | {row['ssim']:.3f} | {pct(row, 'face_found')} | "
             f"{pct(row, 'rank1')} | {pct(row, 'rank1_aligned')} |"
         )
