@@ -37,7 +37,7 @@ def png_data_uri(image: torch.Tensor, scale: int = 3) -> str:
         True
 
     """
-    arr = (image.detach().float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr[:3].transpose(1, 2, 0))
     im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()

@@ -293,7 +293,7 @@ def invert(
         start = time.perf_counter()
         recon = _batched(inverter, feats, config.batch_size)
         per_image = (time.perf_counter() - start) / len(x)
-        recons[sm.split] = recon
+        recons[sm.split] = recon.cpu()
         m = _measure(x, recon, identity)
         entry = {
             "split": sm.split,
@@ -311,7 +311,7 @@ def invert(
         }
         if defense is not None:
             d_recon = _batched(inverter, defense(feats), config.batch_size)
-            recons[f"{sm.split} ({defense})"] = d_recon
+            recons[f"{sm.split} ({defense})"] = d_recon.cpu()
             dm = _measure(x, d_recon, identity)
             acc = _accuracy(sm, x, labels, defense) if labels is not None else None
             entry["defense"] = {
@@ -373,4 +373,5 @@ def invert(
         "splits": entries,
         "skipped": [s.to_dict() for s in skipped],
     }
-    return InversionResult(report, x, recons)
+    # The result keeps its images in host memory, wherever the inversion ran.
+    return InversionResult(report, x.cpu(), recons)
