@@ -62,7 +62,7 @@ def embeddings(
 
     """
     x = np.asarray(vectors, np.float32)
-    if x.ndim != 2 or not np.isfinite(x).all():
+    if x.ndim != 2 or not all(np.isfinite(b).all() for b in _blocks(x)):
         raise AuditInputError(f"vectors must be a finite (n, dim) array, got shape {x.shape}")
     ids = [str(i) for i in range(len(x))] if ids is None else [str(i) for i in ids]
     labels = [None] * len(x) if labels is None else list(labels)
@@ -77,8 +77,39 @@ def embeddings(
         threshold_note="vectors given by the caller: no operating point; pass a holdout "
         "or a threshold",
     )
-    rows = l2_normalise(x) if metric == "cosine" else x
+    rows = _unit_rows(x) if metric == "cosine" else x
     return EmbeddingSet(ids, labels, rows, [], len(x), info, name, list(ids))
+
+
+# Rows handled at a time when checking or normalising vectors: memory stays at a
+# few blocks, not a few copies of the array (a memory map is read block by block).
+ROWS_PER_BLOCK = 16384
+
+
+def _blocks(x: np.ndarray) -> Any:
+    return (x[i : i + ROWS_PER_BLOCK] for i in range(0, len(x), ROWS_PER_BLOCK))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows at unit L2 norm, normalised block by block into one new array.
+
+    A read-only array whose rows are already unit (within 1e-5), such as a
+    memory map from :func:`trainleak.outofcore.open_vectors`, is used as it is:
+    its rows stay on disk until a search reads them.
+
+    Example:
+        >>> _unit_rows(np.array([[3.0, 4.0]], np.float32)).tolist()
+        [[0.6000000238418579, 0.800000011920929]]
+
+    """
+    if not x.flags.writeable and all(
+        np.allclose(np.einsum("ij,ij->i", b, b), 1.0, rtol=0, atol=2e-5) for b in _blocks(x)
+    ):
+        return x
+    out = np.empty(x.shape, np.float32)
+    for i, b in enumerate(_blocks(x)):
+        out[i * ROWS_PER_BLOCK : i * ROWS_PER_BLOCK + len(b)] = l2_normalise(b)
+    return out
 
 
 def _sets(named: dict[str, Source | None], embed: EmbedConfig) -> dict[str, EmbeddingSet | None]:
