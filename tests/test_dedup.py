@@ -170,8 +170,16 @@ def test_mirror_search_matches_brute_force(name):
     s, i = sim.knn(x, x, 3, exclude_self=True)
     assert np.allclose(s, -np.sort(-full, 1)[:, :3], atol=1e-5)
     assert (i[30:, 0] == np.arange(10)).all()  # each mirror finds its own original
-    # Queries that are not the database: the mirror images go a block at a time.
+    # The mirror images go a block at a time (each block searches k + 1 and
+    # drops its own rows when the queries are the database).
     import trainleak.similarity as similarity_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(similarity_mod, "MIRROR_BLOCK", 7)
+        s7, i7 = sim.knn(x, x, 3, exclude_self=True)
+    np.testing.assert_array_equal(s7, s)
+    np.testing.assert_array_equal(i7, i)
+    assert (i7 != np.arange(len(x))[:, None]).all()
 
     np.fill_diagonal(full, [max(_slow_score(f, x[a], sim.tiles), 1.0) for a, f in
                             enumerate(flipped)])  # fmt: skip

@@ -18,7 +18,11 @@ from trainleak.encoders.base import EncoderInfo
 from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from trainleak.engines import Engine
+
+    Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 #: Query rows mirrored at a time (the mirror search copies one block, not every query).
@@ -105,14 +109,37 @@ class Similarity:
         if self.mirror is None:
             return s1, i1
         rows = np.asarray(queries, np.float32)
-        if exclude_self:  # the self rows are positions: search the mirror images at once
-            s2, i2 = search(rows[:, self.mirror])
-        else:  # a block of mirror images at a time, not a second copy of every query
-            parts = [search(rows[b0 : b0 + MIRROR_BLOCK][:, self.mirror])
-                     for b0 in range(0, len(rows), MIRROR_BLOCK)]  # fmt: skip
-            s2 = np.concatenate([p[0] for p in parts]) if parts else s1[:0]
-            i2 = np.concatenate([p[1] for p in parts]) if parts else i1[:0]
+        # A block of mirror images at a time, not a second copy of every query.
+        parts = [self._mirror_block(rows, b0, database, k, search, exclude_self, backend, device)
+                 for b0 in range(0, len(rows), MIRROR_BLOCK)]  # fmt: skip
+        s2 = np.concatenate([p[0] for p in parts]) if parts else s1[:0]
+        i2 = np.concatenate([p[1] for p in parts]) if parts else i1[:0]
         return _merge_best(np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1), k)
+
+    def _mirror_block(
+        self,
+        rows: np.ndarray,
+        b0: int,
+        database: np.ndarray,
+        k: int,
+        search: Search,
+        exclude_self: bool,
+        backend: Backend,
+        device: str,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the mirror images of query rows ``b0 ..`` (``MIRROR_BLOCK`` of them).
+
+        Leaving out each query's own row, the block searches ``k + 1`` and
+        drops that row: the top ``k`` of the other rows are always among the
+        top ``k + 1`` of all rows, so this is exact.
+        """
+        block = rows[b0 : b0 + MIRROR_BLOCK][:, self.mirror]
+        if not exclude_self:
+            return search(block)
+        s, i = knn(block, database, k + 1, metric=self.metric, tiles=self.tiles,
+                   backend=backend, device=device)  # fmt: skip
+        own = i == np.arange(b0, b0 + len(block))[:, None]
+        return np.where(own, -np.inf, s).astype(np.float32), np.where(own, -1, i)
 
 
 def _merge_best(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
