@@ -138,10 +138,31 @@ def accuracy(sm: SplitModel, x: torch.Tensor, y: torch.Tensor, transform=None) -
         return float((sm.logits(x, transform).argmax(1) == y).float().mean())
 
 
+class DecoderThenOptimize:
+    """The decoder's reconstruction as the start of input optimisation (lr 0.01).
+
+    Not in the paper: a check whether a face-like start keeps its face while
+    the optimisation matches the features (method ``decoder+optimize``).
+    """
+
+    def __init__(self, decoder: DecoderInverter, optimize: OptimizeInverter) -> None:
+        self.decoder, self.optimize = decoder, optimize
+
+    def fit(self, sm: SplitModel, aux: torch.Tensor) -> DecoderThenOptimize:
+        self.decoder.fit(sm, aux)
+        self.optimize.fit(sm)
+        return self
+
+    def reconstruct(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.optimize.reconstruct(feats, start=self.decoder.reconstruct(feats))
+
+
 def inverter(method: str, scale: float):
     def n(v: int) -> int:
         return max(1, int(v * scale))
 
+    if method == "decoder+optimize":
+        return DecoderThenOptimize(inverter("decoder", scale), OptimizeInverter(n(300), lr=0.01))
     if method == "optimize":
         return OptimizeInverter(steps=n(300))
     if method.startswith("dci"):
