@@ -173,6 +173,22 @@ def test_exclude_self(backend, n, k, block):
     _assert_matches_oracle(s, i, db, db, k, "cosine", exclude_self=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_self_offset_leaves_out_the_rows_the_queries_are(backend):
+    """A block of the database's own rows, and a shard of the queries' set."""
+    db = _unit(np.random.default_rng(21), 30, 8)
+    whole = knn(db, db, 4, backend=backend, block_size=7, exclude_self=True)
+    part = knn(db[10:19], db, 4, backend=backend, block_size=7, exclude_self=True, self_offset=10)
+    np.testing.assert_array_equal(part[1], whole[1][10:19])
+    np.testing.assert_array_equal(part[0], whole[0][10:19])
+    # Queries 0..29 against a shard holding rows 12..19: query i is shard row i - 12.
+    s, i = knn(db, db[12:20], 3, backend=backend, exclude_self=True, self_offset=-12)
+    assert not np.any(i + 12 == np.arange(30)[:, None])
+    ref = knn(db, db[12:20], 4, backend=backend)[1] + 12
+    for q in range(30):
+        np.testing.assert_array_equal(i[q] + 12, [r for r in ref[q] if r != q][:3])
+
+
 def test_exclude_self_keeps_duplicates():
     base = _unit(np.random.default_rng(13), 3, 8)
     db = np.concatenate([base, base])  # row i and row i + 3 are equal

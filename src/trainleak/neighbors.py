@@ -140,6 +140,7 @@ def knn(
     tiles: int = 16,
     exclude_self: bool = False,
     device: str = "cpu",
+    self_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the exact top-k database rows of every query.
 
@@ -157,6 +158,10 @@ def knn(
             ``i`` from the results of query ``i``.
         device: torch device for the ``torch`` backend, e.g. ``"cuda"``; never
             chosen implicitly.
+        self_offset: with ``exclude_self``, query ``i`` is database row
+            ``self_offset + i`` (a block of the database's own rows, or a
+            database that is a shard of the queries' set); it may lie partly
+            or wholly outside the database.
 
     Returns:
         ``(scores, idx)``, ``(n_query, k)`` float32 and int64, rows by descending
@@ -189,9 +194,10 @@ def knn(
     for q0 in range(0, n if m else 0, qb):
         q = queries[q0 : q0 + qb]
         if search is None:
-            s, i = _knn_faiss(q, database, kk, block_size, q0 if exclude_self else None)
+            own = self_offset + q0 if exclude_self else None
+            s, i = _knn_faiss(q, database, kk, block_size, own)
         else:
-            self_q0 = q0 if exclude_self else None
+            self_q0 = self_offset + q0 if exclude_self else None
             s, i = search(q, database, kk, metric, block_size, tiles, self_q0, device)
         scores[q0 : q0 + len(q), : s.shape[1]] = s
         idx[q0 : q0 + len(q), : s.shape[1]] = i

@@ -18,11 +18,7 @@ from trainleak.encoders.base import EncoderInfo
 from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from trainleak.engines import Engine
-
-    Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 #: Query rows mirrored at a time (the mirror search copies one block, not every query).
@@ -77,6 +73,7 @@ class Similarity:
         exclude_self: bool = False,
         device: str = "cpu",
         engine: Engine | None = None,
+        self_offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k under this rule; same shapes and padding as :func:`trainleak.neighbors.knn`.
 
@@ -84,16 +81,21 @@ class Similarity:
         top-k lists (a row outside both has k rows above it in either), so
         merging them, keeping each row's better score, is exact.
 
+        ``self_offset`` is :func:`~trainleak.neighbors.knn`'s (query ``i`` is
+        database row ``self_offset + i`` when leaving out its own row).
+
         ``engine`` runs the search elsewhere (e.g. sharded over a Ray cluster,
         see :mod:`trainleak.engines`) with the same results; ``None`` runs it here.
         """
         if engine is not None and engine.name != "local":
+            if self_offset:
+                raise ValueError("self_offset is for a search run here: leave engine out")
             return engine.knn(
                 self, queries, database, k,
                 backend=backend, exclude_self=exclude_self, device=device,
             )  # fmt: skip
 
-        def search(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def search(rows: np.ndarray, offset: int = self_offset) -> tuple[np.ndarray, np.ndarray]:
             return knn(
                 rows,
                 database,
@@ -103,6 +105,7 @@ class Similarity:
                 backend=backend,
                 exclude_self=exclude_self,
                 device=device,
+                self_offset=offset,
             )
 
         s1, i1 = search(queries)
@@ -110,36 +113,11 @@ class Similarity:
             return s1, i1
         rows = np.asarray(queries, np.float32)
         # A block of mirror images at a time, not a second copy of every query.
-        parts = [self._mirror_block(rows, b0, database, k, search, exclude_self, backend, device)
+        parts = [search(rows[b0 : b0 + MIRROR_BLOCK][:, self.mirror], self_offset + b0)
                  for b0 in range(0, len(rows), MIRROR_BLOCK)]  # fmt: skip
         s2 = np.concatenate([p[0] for p in parts]) if parts else s1[:0]
         i2 = np.concatenate([p[1] for p in parts]) if parts else i1[:0]
         return _merge_best(np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1), k)
-
-    def _mirror_block(
-        self,
-        rows: np.ndarray,
-        b0: int,
-        database: np.ndarray,
-        k: int,
-        search: Search,
-        exclude_self: bool,
-        backend: Backend,
-        device: str,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of the mirror images of query rows ``b0 ..`` (``MIRROR_BLOCK`` of them).
-
-        Leaving out each query's own row, the block searches ``k + 1`` and
-        drops that row: the top ``k`` of the other rows are always among the
-        top ``k + 1`` of all rows, so this is exact.
-        """
-        block = rows[b0 : b0 + MIRROR_BLOCK][:, self.mirror]
-        if not exclude_self:
-            return search(block)
-        s, i = knn(block, database, k + 1, metric=self.metric, tiles=self.tiles,
-                   backend=backend, device=device)  # fmt: skip
-        own = i == np.arange(b0, b0 + len(block))[:, None]
-        return np.where(own, -np.inf, s).astype(np.float32), np.where(own, -1, i)
 
 
 def _merge_best(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

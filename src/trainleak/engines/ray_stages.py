@@ -190,11 +190,15 @@ def search_shard(
     """
     from trainleak.device import resolve_device
 
-    extra = 1 if self_start is not None else 0
     device = resolve_device(device, backend)
-    scores, idx = similarity.knn(queries, shard, k + extra, backend=backend, device=device)
+    scores, idx = similarity.knn(
+        queries,
+        shard,
+        k,
+        backend=backend,
+        device=device,
+        exclude_self=self_start is not None,
+        self_offset=(self_start or 0) - offset,  # query i is shard row self_start - offset + i
+    )
     idx = np.where(idx >= 0, idx + offset, -1)
-    if self_start is not None:
-        own = idx == np.arange(self_start, self_start + len(queries))[:, None]
-        scores, idx = np.where(own, -np.inf, scores), np.where(own, -1, idx)
     return scores.astype(np.float32), idx.astype(np.int64)
