@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from orl_inversion_deep import load_sets  # noqa: E402
 
 from trainleak.audits.inversion import (  # noqa: E402
     DCIInverter,
@@ -46,7 +47,6 @@ from trainleak.audits.inversion import (  # noqa: E402
     psnr,
     ssim,
 )
-from trainleak.audits.inversion.audit import class_indices, read_images  # noqa: E402
 from trainleak.audits.inversion.metrics import face_rates, face_vectors, to_uint8_images  # noqa: E402
 from trainleak.audits.inversion.nets import small_resnet  # noqa: E402
 from trainleak.encoders import get_encoder  # noqa: E402
@@ -102,18 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    root = Path(tempfile.mkdtemp())
-    sets = {
-        "train": link_orl(root / "train", range(1, 41), range(1, 8)),
-        "test": link_orl(root / "test", range(1, 41), range(8, 11)),
-        "query": link_orl(root / "query", range(1, 31), range(8, 9)),
-        "gallery": link_orl(root / "gallery", range(1, 31), range(1, 2)),
-        "aux": link_orl(root / "aux", range(31, 41), range(1, 11)),
-    }
-    data = {}
-    for name, folder in sets.items():
-        x, rows, _ = read_images(folder, name, 1, SHAPE[1:])
-        data[name] = (x, torch.tensor(class_indices([r["label"] for r in rows])), rows)
+    data = load_sets(SHAPE, link_orl)
     model = train(data["train"][0], data["train"][1], epochs=20)
     x_test, y_test, _ = data["test"]
     x, y_query, rows = data["query"]
