@@ -150,7 +150,6 @@ class BNGenerator:
             )
         torch.manual_seed(self.seed)
         self.net_ = _Net(split.input_shape, self.z_dim, self.width).to(split.torch_device).train()
-        self.device_ = split.torch_device
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, betas=(0.5, 0.999))
         g = torch.Generator().manual_seed(self.seed)
         prior = BNPrior(split.bn_layers)
@@ -158,7 +157,8 @@ class BNGenerator:
         self.loss_history_: list[float] = []
         self.bn_history_: list[float] = []
         for _ in range(self.steps):
-            x = self.net_(torch.randn(self.batch_size, self.z_dim, generator=g).to(self.device_))
+            z = torch.randn(self.batch_size, self.z_dim, generator=g).to(split.torch_device)
+            x = self.net_(z)
             with prior:
                 out = split.logits(x) if use_classes else split.device(x)
             bn = batch_bn_loss(prior.inputs)
@@ -177,10 +177,11 @@ class BNGenerator:
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
         """Draw ``n`` inputs ``(n, C, H, W)`` in [0, 1] (batches of ``batch_size``)."""
         g = torch.Generator().manual_seed(self.seed + 1 if seed is None else seed)
+        device = next(self.net_.parameters()).device
         out = []
         with torch.no_grad():
             for start in range(0, n, self.batch_size):
                 m = min(self.batch_size, n - start)
-                z = torch.randn(max(m, 2), self.z_dim, generator=g).to(self.device_)
+                z = torch.randn(max(m, 2), self.z_dim, generator=g).to(device)
                 out.append(self.net_(z)[:m])
         return torch.cat(out)
