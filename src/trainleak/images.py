@@ -16,7 +16,8 @@ In a folder whose images sit in sub-folders, the first sub-folder under the
 root is the identity label (``root/alice/1.jpg`` -> ``alice``), the layout face
 datasets use.
 
-Decoding goes by content, never by extension. A file that cannot be used is
+Decoding goes by content, never by extension, and only in the documented
+formats (:mod:`trainleak.decoding`). A file that cannot be used is
 not an error: :func:`decode_image` raises :class:`ImageSkip` with a one-line
 reason and the pipeline turns it into a :class:`SkipRecord`. Only regular
 files are read, never more than ``max_file_mb`` of one (see :func:`read_bytes`):
@@ -28,30 +29,26 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import logging
 import os
 import stat
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Both live in light modules so the CLI can use them without numpy; re-exported here.
 from trainleak.config import DEFAULT_MAX_FILE_MB as DEFAULT_MAX_FILE_MB
 from trainleak.config import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from trainleak.decoding import FORMATS as FORMATS
+from trainleak.decoding import ImageSkip as ImageSkip
+from trainleak.decoding import decode_image as decode_image
 from trainleak.errors import SourceError as SourceError
 
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = set("*?[")
-
-
-class ImageSkip(Exception):
-    """An image that cannot be used; the message is the skip reason."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +287,7 @@ def read_bytes(path: Path, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> bytes:
         >>> read_bytes(Path("/dev/null"))
         Traceback (most recent call last):
         ...
-        trainleak.images.ImageSkip: not a regular file: a character device
+        trainleak.decoding.ImageSkip: not a regular file: a character device
 
     """
     limit = int(max_file_mb * 1024 * 1024)
@@ -314,75 +311,6 @@ def read_bytes(path: Path, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> bytes:
     if len(data) > limit:  # it grew after the check
         raise ImageSkip(f"file larger than {max_file_mb:g} MB (--max-file-mb)")
     return data
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes by content into an RGB ``uint8`` array ``(H, W, 3)``.
-
-    EXIF orientation is applied; the first frame of an animation is used;
-    grey, palette, CMYK, 16-bit and float images become 8-bit RGB; transparent
-    pixels are composited onto white.
-
-    Args:
-        data: the file's bytes.
-        max_pixels: images with more pixels are refused (decompression bombs).
-
-    Raises:
-        ImageSkip: with a one-line reason when the bytes are not a usable image.
-
-    Example:
-        >>> buf = io.BytesIO(); Image.new("L", (4, 3), 7).save(buf, "PNG")
-        >>> decode_image(buf.getvalue()).shape
-        (3, 4, 3)
-
-    """
-    if not data:
-        raise ImageSkip("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageSkip(
-                    f"too many pixels: {width}x{height} exceeds the limit of {max_pixels:,} "
-                    "(raise it with --max-pixels if the file is trusted)"
-                )
-            im.seek(0)
-            im.load()
-            return _to_rgb8(ImageOps.exif_transpose(im))
-    except ImageSkip:
-        raise
-    except UnidentifiedImageError:
-        raise ImageSkip("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageSkip(f"too many pixels (decompression-bomb limit {max_pixels:,})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImageSkip(f"truncated or corrupt image data: {message}") from None
-
-
-def _to_rgb8(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
-        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in im.info
-    )
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    rgb = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def load_image(

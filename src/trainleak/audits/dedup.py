@@ -26,7 +26,6 @@ near-duplicate removal. Those need an explicit ``threshold``.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from trainleak.archives import read_members
 from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
+from trainleak.decoding import image_format
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.images import read_bytes
@@ -341,14 +341,8 @@ class DedupResult(Result):
 
 def _suffix(data: bytes) -> str:
     """Return a file suffix for image bytes, from their content (``.jpg``, ``.png``...)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = (im.format or "").lower()
-    except Exception:  # noqa: BLE001 - an unreadable image still gets written
-        return ""
-    return {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}" if fmt else "")
+    fmt = (image_format(data) or "").lower()
+    return {"jpeg": ".jpg", "mpo": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}" if fmt else "")
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from trainleak.decoding import FORMATS
+
 #: Skipped files a page lists one by one (the reasons are counted over all).
 SKIPPED_ROWS = 500
 #: ``thumbnail(role, path)`` -> a ``data:`` URI, or ``None`` for an unreadable file.
@@ -115,7 +117,7 @@ def thumbnail_data_uri(path: str, size: int = 96) -> str | None:
     if "#" in path and not os.path.exists(path):
         path = path.rsplit("#", 1)[0]
     try:
-        with Image.open(path) as src:
+        with Image.open(path, formats=FORMATS) as src:
             src.seek(0)
             im = ImageOps.exif_transpose(src).convert("RGB")
             im.thumbnail((size, size))

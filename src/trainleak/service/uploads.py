@@ -10,14 +10,12 @@ out truncated or corrupt gets a ``skip`` verdict with the reason, as there.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from trainleak.decoding import ImageSkip, NotAnImage, TooManyPixels, open_image
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import SkipRecord
 
@@ -31,11 +29,13 @@ UPLOAD_SET = "upload"
 def refusal(name: str, data: bytes, max_pixels: int) -> tuple[int, str] | None:
     """Return ``(status, message)`` when an upload is refused before embedding, else ``None``.
 
-    415 when the bytes are not an image format trainleak reads (decided by
-    content, as everywhere in trainleak); 413 when the image has more than
+    415 when the bytes are not in an image format trainleak reads (decided
+    by content, as everywhere in trainleak:
+    :data:`trainleak.decoding.FORMATS`); 413 when the image has more than
     ``max_pixels`` pixels.
 
     Example:
+        >>> import io; from PIL import Image
         >>> buf = io.BytesIO(); Image.new("L", (4, 3)).save(buf, "PNG")
         >>> refusal("a.png", buf.getvalue(), 100) is None
         True
@@ -46,20 +46,13 @@ def refusal(name: str, data: bytes, max_pixels: int) -> tuple[int, str] | None:
     if not data:
         return 415, f"{name!r} is empty (0 bytes), not an image"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-    except UnidentifiedImageError:
-        return 415, f"{name!r} is not an image (unrecognised format)"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return 413, f"{name!r} has too many pixels (decompression-bomb limit {max_pixels:,})"
-    except (OSError, SyntaxError, ValueError, EOFError):
+        open_image(data, max_pixels).close()
+    except NotAnImage as err:
+        return 415, f"{name!r} is {err}"
+    except TooManyPixels as err:
+        return 413, f"{name!r} has {err}"
+    except ImageSkip:
         return None  # a known format with a damaged header: the embedder says why (skip)
-    if width * height > max_pixels:
-        return 413, (
-            f"{name!r} has too many pixels: {width}x{height} exceeds the limit of {max_pixels:,}"
-        )
     return None
 
 
