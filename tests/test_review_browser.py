@@ -87,10 +87,15 @@ def _open(page, url: str) -> None:
 
 
 def _press_and_wait(page, key: str) -> None:
-    """Press a decision/undo key and wait until the server has answered it."""
+    """Press a decision/undo key; wait until the server answered and the page drew the answer.
+
+    The response arriving in the browser is not the page having handled it: the
+    page marks ``body[data-busy]`` with its decisions and undos still in flight.
+    """
     with page.expect_response(lambda r: r.url.endswith(("/api/decide", "/api/undo"))) as info:
         page.keyboard.press(key)
     assert info.value.ok
+    _wait_until(page, "document.body.dataset.busy === '0'")
 
 
 def _wait_until(page, expression: str, timeout: float = 15.0) -> None:
@@ -140,6 +145,38 @@ def test_keys_decide_persist_and_undo(browser, served):
     page.select_option("#filter", "all")
     assert _decision_of(page, second) == "" and _decision_of(page, first) == "leak"
     assert [d for _, d in _rows(served.report)] == ["leak", "not a leak", "undecided"]
+    page.close()
+
+
+def test_a_state_poll_answered_after_a_decision_does_not_undo_it(browser, served):
+    """The flaky full-suite failure: a poll sent before a decision, answered after it.
+
+    The page polls ``/api/state`` every few seconds. Here one poll's answer is
+    taken from the server before the decision and handed to the page after the
+    decision's own answer: the page must keep the decision, as a person would
+    expect, instead of drawing the older state over it.
+    """
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    _open(page, served.url)
+    first = served.review.candidates[0].id
+    held: list = []
+    page.route("**/api/state", lambda route: held.append((route, route.fetch())))
+    page.evaluate("() => { poll(); }")
+    _wait_until(page, "true")  # lets Playwright dispatch the route handler
+    deadline = time.monotonic() + 15
+    while not held:
+        assert time.monotonic() < deadline, "the page sent no state poll"
+        page.wait_for_timeout(20)
+    _press_and_wait(page, "y")  # the old state (no decision) is held meanwhile
+    route, old_state = held[0]
+    assert '"leak"' not in old_state.text()
+    with page.expect_response(lambda r: r.url.endswith("/api/state")):
+        route.fulfill(response=old_state)
+    page.unroute("**/api/state")
+    _wait_until(page, "document.body.dataset.busy === '0'")
+    page.select_option("#filter", "all")
+    assert _decision_of(page, first) == "leak"
+    assert page.inner_text("#progress").startswith("1 of ")
     page.close()
 
 

@@ -15,8 +15,17 @@ const S = {
   current: null,
   revealed: new Set(),
   pending: 0,
+  // Counts decisions and undos sent from this page. A state poll answered after one of them
+  // was sent may describe the server before it: such an answer is dropped, not drawn.
+  sent: 0,
   reviewer: "",
 };
+
+function busy(delta) {
+  S.pending += delta;
+  if (delta > 0) S.sent++;
+  document.body.dataset.busy = String(S.pending);
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -223,7 +232,7 @@ async function decide(decision) {
   $("note").value = "";
   const next = nextUndecided(c.id);
   if (next) select(next); else draw();
-  S.pending++;
+  busy(1);
   try {
     const res = await api("/api/decide", { id: c.id, decision, reviewer: S.reviewer, note });
     S.decisions[c.id] = res.decision;
@@ -235,7 +244,7 @@ async function decide(decision) {
     S.decisions[c.id] = before;
     status(`not saved: ${err.message}`, true);
   } finally {
-    S.pending--;
+    busy(-1);
     draw();
   }
 }
@@ -244,7 +253,7 @@ async function undo() {
   const stack = undoStack();
   const last = stack.pop();
   if (!last) { status("nothing to undo"); return; }
-  S.pending++;
+  busy(1);
   try {
     const res = await api("/api/undo", { id: last.id, row: last.row, reviewer: S.reviewer });
     S.decisions[last.id] = res.decision;
@@ -254,16 +263,19 @@ async function undo() {
   } catch (err) {
     status(`undo failed: ${err.message}`, true);
   } finally {
-    S.pending--;
+    busy(-1);
     draw();
   }
 }
 
 async function poll() {
   if (S.pending || document.hidden) return;
+  const sentBefore = S.sent;
   try {
     const res = await api("/api/state");
-    if (S.pending) return;  // a decision went out meanwhile: its answer is newer
+    // A decision sent after this poll left may have been answered before this poll was:
+    // checking only S.pending here would put the older state back over it.
+    if (S.pending || S.sent !== sentBefore) return;
     S.decisions = res.decisions;
     drawProgress();
     drawList();
@@ -315,6 +327,7 @@ async function start() {
   const first = S.byId.has(wanted) ? wanted : (nextUndecided(S.candidates.length ? S.candidates[S.candidates.length - 1].id : null) || (S.candidates[0] || {}).id);
   S.current = first || null;
   if (S.current) select(S.current); else draw();
+  document.body.dataset.busy = "0";
   document.body.dataset.ready = "1";
 }
 
