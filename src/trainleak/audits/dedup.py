@@ -26,6 +26,7 @@ near-duplicate removal. Those need an explicit ``threshold``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -39,7 +40,7 @@ from trainleak.config import DedupConfig
 from trainleak.decoding import image_format
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
-from trainleak.images import read_bytes
+from trainleak.images import SkipRecord, read_bytes
 from trainleak.report import report_header
 from trainleak.result import Result
 from trainleak.similarity import Similarity
@@ -47,6 +48,8 @@ from trainleak.store import content_hash
 
 if TYPE_CHECKING:
     from trainleak.engines import Engine
+
+log = logging.getLogger(__name__)
 
 #: Encoders whose default operating point means "the same picture".
 COPY_ENCODERS = ("pixel", "tiled")
@@ -263,6 +266,8 @@ class DedupResult(Result):
     def __init__(self, report: dict[str, Any], embedded: EmbeddingSet) -> None:
         super().__init__(report)
         self.embedded = embedded
+        #: Kept images :meth:`copy_kept` did not write, with the reason.
+        self.copy_skipped: list[SkipRecord] = []
 
     @property
     def verdict(self) -> str:
@@ -294,6 +299,10 @@ class DedupResult(Result):
         id, with the suffix of its image format. Each copy is checked against
         its source's content hash.
 
+        Every written path resolves inside ``dest``: a kept id that would lead
+        out of it (``..``, an absolute name, a symlink already in ``dest``) is
+        not written and becomes a skip record in :attr:`copy_skipped`.
+
         Returns:
             The number of files written (each verified).
 
@@ -317,6 +326,8 @@ class DedupResult(Result):
         # Members of tar shards and parquet files are written out as image files.
         members = read_members(str(s) for s in sources if not s.exists())
         written: set[Path] = set()
+        self.copy_skipped = []
+        inside = dest.resolve()
         for src in sources:
             rel = src.relative_to(base) if _inside(src, base) else Path(src.name)
             data = members.get(str(src))
@@ -327,6 +338,11 @@ class DedupResult(Result):
             while target in written:  # only for sources outside base (symlinked from elsewhere)
                 target = dest / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
                 n += 1
+            why = _outside(target, inside)
+            if why is not None:
+                log.warning("--copy-kept: %s not copied: %s", src, why)
+                self.copy_skipped.append(SkipRecord("copy-kept", str(src), why))
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             if data is None:
                 shutil.copy2(src, target)
@@ -343,6 +359,19 @@ def _suffix(data: bytes) -> str:
     """Return a file suffix for image bytes, from their content (``.jpg``, ``.png``...)."""
     fmt = (image_format(data) or "").lower()
     return {"jpeg": ".jpg", "mpo": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}" if fmt else "")
+
+
+def _outside(target: Path, dest: Path) -> str | None:
+    """Why ``target`` may not be written under ``dest`` (resolved), or ``None`` when it may.
+
+    Resolving follows ``..`` and symlinks already in the destination, so a
+    name or a link that leads out of it is caught before anything is written.
+    """
+    if "\x00" in str(target):
+        return "unsafe file name: holds a NUL byte"
+    if not _inside(target.resolve(), dest) or target.resolve() == dest:
+        return f"unsafe file name: {str(target)!r} would be written outside {str(dest)!r}"
+    return None
 
 
 def _inside(path: Path, root: Path) -> bool:

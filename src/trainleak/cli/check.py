@@ -68,7 +68,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak check``; return the exit code."""
     from trainleak.gate.index import Index
-    from trainleak.gate.output import VerdictWriter, printable
+    from trainleak.gate.output import VerdictWriter, for_terminal
 
     config = CheckConfig(
         embed=runtime_embed(args), batch=args.batch, search=args.search, decisions=args.decisions
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             if writer is not None:
                 writer.write(v)
             if not jsonl_stdout and (args.identity or v.verdict != "release"):
-                print(printable(f"{v.verdict}\t{v.path}\t{v.reason}"), file=say)
+                # Names come from whoever made the files: one line per input, no escapes run.
+                print("\t".join(map(for_terminal, (v.verdict, v.path, v.reason))), file=say)
         t = index.manifest["threshold"]
     n = sum(counts.values())
     what = ("person" if n == 1 else "people") if args.identity else "inputs"

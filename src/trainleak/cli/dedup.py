@@ -81,7 +81,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
     print_skipped(result.report)
     if args.copy_kept:
+        from trainleak.gate.output import for_terminal
+
         n = result.copy_kept(args.copy_kept)
         print(f"copied {n} kept images to {args.copy_kept}")
+        for skip in result.copy_skipped:
+            print(f"  not copied {for_terminal(skip.path)}: {for_terminal(skip.reason)}")
     print(f"keep-list: {paths['csv']}\nreport: {paths['html']}")
     return EXIT_OK

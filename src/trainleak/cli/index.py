@@ -163,6 +163,7 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
 def run_add(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak index add``; return the exit code."""
     from trainleak.gate.index import Index
+    from trainleak.gate.output import for_terminal
 
     with Index.open(args.index, config=CheckConfig(embed=runtime_embed(args))) as index:
         result = index.add(args.images)
@@ -171,7 +172,7 @@ def run_add(args: argparse.Namespace, argv: list[str]) -> int:
             f"in the index, {result['skipped']} skipped"
         )
         for s in result["skipped_files"][:20]:
-            print(f"  skipped {s['path']}: {s['reason']}")
+            print(f"  skipped {for_terminal(s['path'])}: {for_terminal(s['reason'])}")
         print_summary(index.info())
     return EXIT_OK
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import unicodedata
 from typing import IO, Literal
 
 from trainleak.gate.check import COLUMNS, Verdict
 from trainleak.report import ENCODING_ERRORS, csv_cell
 
-__all__ = ["VerdictWriter", "csv_cell", "printable"]
+__all__ = ["VerdictWriter", "csv_cell", "for_terminal", "printable"]
 
 
 def printable(text: str) -> str:
@@ -33,6 +34,33 @@ def printable(text: str) -> str:
 
     """
     return text.encode("utf-8", ENCODING_ERRORS).decode("utf-8")
+
+
+def for_terminal(text: str) -> str:
+    r"""Return ``text`` safe to print on a terminal line: control characters as escapes.
+
+    File names are chosen by whoever made the files: a newline in one would
+    forge a line of output (``release\tfake.png``), an ANSI escape would
+    recolour, move the cursor or retitle the terminal, a bidi override would
+    reorder what is shown. Those characters (Unicode categories Cc, Cf, Zl,
+    Zp) are written as Python escapes (``\n``, ``\x1b``), so each printed
+    line is one record; undecodable bytes as in :func:`printable`.
+
+    Example:
+        >>> for_terminal("a\nrelease\x1b[2J.png")
+        'a\\nrelease\\x1b[2J.png'
+
+    """
+    out = []
+    for ch in printable(text):
+        if unicodedata.category(ch) in _CONTROL:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_CONTROL = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 class VerdictWriter:
