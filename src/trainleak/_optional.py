@@ -19,6 +19,7 @@ PACKAGES: dict[str, str] = {
     "skimage": "scikit-image",
     "onnxruntime": "onnxruntime",
     "faiss": "faiss-cpu",
+    "cv2": "opencv-python-headless",
     "diffusers": "diffusers",
     "pyarrow": "pyarrow",
     "ray": "ray[data]",

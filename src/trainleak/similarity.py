@@ -10,7 +10,7 @@ rule and the mirror rule in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -44,11 +44,23 @@ class Similarity:
     metric: MetricName = "cosine"
     tiles: int = 1
     mirror: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: True for rules that re-score candidates themselves (local features
+    #: verified pair by pair): a plain vector search cannot stand in for them.
+    rescoring: ClassVar[bool] = False
 
     @classmethod
     def of(cls, info: EncoderInfo) -> Similarity:
-        """Build the rule of one encoder: tiles from its ``grid``, mirror from its layout."""
+        """Build the rule of one encoder: tiles from its ``grid``, mirror from its layout.
+
+        Encoders with the ``local`` metric get :class:`trainleak.local_search.LocalSimilarity`
+        (descriptor votes, then geometric verification of the shortlist).
+        """
         from trainleak.encoders.pixel import mirror_permutation
+
+        if info.metric == "local":
+            from trainleak.local_search import LocalSimilarity
+
+            return LocalSimilarity.of_local(info)
 
         tiles = int(info.options.get("grid", 4)) ** 2 if info.metric == "tiled_l2" else 1
         return cls(info.metric, tiles, mirror_permutation(info))

@@ -73,7 +73,10 @@ def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
                 "with an 'identity' column"
             )
         if train.info.metric != "cosine":
-            raise AuditInputError("--score identity needs a cosine encoder (not 'tiled')")
+            raise AuditInputError(
+                f"--score identity needs a cosine encoder (not {train.info.name!r}): "
+                "use --score nn, or an identity encoder such as --encoder face"
+            )
         return "identity"
     if config.score == "auto":
         missing = sum(lab is None or lab == "" for lab in train.labels)
@@ -85,7 +88,11 @@ def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
                 missing,
                 len(train.labels),
             )
-        usable = train.has_labels and train.info.metric == "cosine"
+        # A copy encoder (pixel, tiled, copy, sscd, dinov2) looks for the same
+        # picture: one folder per person does not make its score an identity score.
+        usable = (
+            train.has_labels and train.info.metric == "cosine" and train.info.kind == "identity"
+        )
         return "identity" if usable and len(set(train.labels)) > 1 else "nn"
     return "nn"
 

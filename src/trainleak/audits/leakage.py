@@ -310,6 +310,14 @@ def _meehan(
     synth_set: EmbeddingSet,
     synth: Scored,
 ) -> dict[str, Any]:
+    if train.info.metric == "local":
+        # Packed keypoints are no vector space: k-means cells over them mean nothing.
+        return {
+            "value": None,
+            "cells": 0,
+            "note": "not computed: this encoder's rows are "
+            "local features (compared by verified matches), not points to cluster",
+        }
     value, used = meehan_ct(
         train.vectors,
         hold_set.vectors,

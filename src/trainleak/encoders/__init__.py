@@ -64,7 +64,7 @@ def encoder_factory(name: str) -> Callable[..., Encoder]:
 def _load_builtin() -> None:
     # Imported for their registration side effect; kept lazy so that importing
     # trainleak does not load dlib, torch or onnxruntime.
-    from trainleak.encoders import face, model, named, pixel  # noqa: F401
+    from trainleak.encoders import copydetect, face, model, named, pixel  # noqa: F401
 
 
 def _load_plugins() -> None:

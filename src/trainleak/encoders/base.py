@@ -17,7 +17,12 @@ import numpy as np
 
 from trainleak.config import DEFAULT_MAX_PIXELS
 
-Metric = Literal["cosine", "tiled_l2"]
+Metric = Literal["cosine", "tiled_l2", "local"]
+#: What an encoder looks for: the same picture (``copy``: pixel, tiled, copy,
+#: sscd, dinov2) or the same person (``identity``: face, arcface, adaface,
+#: sface). Audits read it instead of switching on names (a copy encoder never
+#: scores by identity).
+Kind = Literal["copy", "identity"]
 
 
 class EncodeSkip(Exception):
@@ -53,6 +58,8 @@ class EncoderInfo:
     #: Where and how the vectors were computed (device, execution provider,
     #: weights file): recorded in reports, never part of the cache key.
     execution: dict[str, Any] = field(default_factory=dict)
+    #: ``copy`` or ``identity`` (see :data:`Kind`); not part of the cache key.
+    kind: Kind = "copy"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form used in ``report.json``."""
@@ -61,6 +68,7 @@ class EncoderInfo:
             "version": self.version,
             "dim": self.dim,
             "metric": self.metric,
+            "kind": self.kind,
             "options": dict(self.options),
             "default_threshold": self.default_threshold,
             "weights_sha256": self.weights_sha256,
@@ -95,7 +103,9 @@ class Encoder:
     shape ``(m, dim)`` float32: one row per item found (``m`` is 1 except for the
     face encoder with ``all_faces``), raising :class:`EncodeSkip` when there is
     nothing to embed. ``cosine`` encoders return L2-normalised rows; ``tiled_l2``
-    encoders return raw tile pixels in [0, 1] (see :mod:`trainleak.encoders.pixel`).
+    encoders return raw tile pixels in [0, 1] (see :mod:`trainleak.encoders.pixel`);
+    ``local`` encoders return packed local features that the search verifies
+    pair by pair (see :mod:`trainleak.encoders.keypoints`).
     """
 
     info: EncoderInfo

@@ -123,6 +123,8 @@ class ModelCard:
     url: str | None = None
     sha256: str | None = None
     assumptions: tuple[str, ...] = ()
+    #: What the model looks for (see :data:`trainleak.encoders.base.Kind`).
+    kind: Literal["copy", "identity"] = "copy"
 
 
 _LANDMARKS = (
@@ -142,6 +144,7 @@ CARDS: dict[str, ModelCard] = {
             file_name="w600k_r50.onnx",
             dim=512,
             crop="align5",
+            kind="identity",
             size=(112, 112),
             channels="rgb",
             mean=(127.5, 127.5, 127.5),
@@ -163,6 +166,7 @@ CARDS: dict[str, ModelCard] = {
             file_name="adaface_ir101_webface12m.onnx",
             dim=512,
             crop="align5",
+            kind="identity",
             size=(112, 112),
             channels="bgr",
             mean=(127.5, 127.5, 127.5),
@@ -187,6 +191,7 @@ CARDS: dict[str, ModelCard] = {
             file_name="face_recognition_sface_2021dec.onnx",
             dim=128,
             crop="align5",
+            kind="identity",
             size=(112, 112),
             channels="rgb",
             mean=(0.0, 0.0, 0.0),

@@ -145,6 +145,7 @@ class FaceEncoder(Encoder):
             version=2,
             dim=128,
             metric="cosine",
+            kind="identity",
             default_threshold=0.93,
             threshold_note=(
                 "encoder default operating point (cosine 0.93, chosen by trainleak on ORL faces); "

@@ -134,6 +134,7 @@ class NamedEncoder(Encoder):
             version=1,
             dim=card.dim,
             metric="cosine",
+            kind=card.kind,
             default_threshold=card.default_threshold,
             threshold_note=card.threshold_note,
             options={k: v for k, v in opts.items() if k not in _EXECUTION},

@@ -51,7 +51,9 @@ def choose_search(wanted: str, similarity: Similarity, live_bytes: int, config: 
         'exact'
 
     """
-    eligible = similarity.metric == "cosine" and similarity.mirror is None
+    eligible = (
+        similarity.metric == "cosine" and similarity.mirror is None and not similarity.rescoring
+    )
     if wanted == "exact":
         return "exact"
     if wanted == "faiss":
