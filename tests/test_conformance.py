@@ -9,7 +9,7 @@ from stand_ins import stand_in_folder
 from trainleak.encoders import ENCODERS, _load_builtin, get_encoder
 from trainleak.images import load_image
 
-from conftest import COIL, ORL
+from conftest import COIL, DATA, ORL
 from models import save_onnx, save_torchscript
 
 _load_builtin()
@@ -30,6 +30,7 @@ def specs(tmp_path_factory):
             "face": "face",
             "pixel": "pixel",
             "tiled": "tiled",
+            "copy": "copy",
             "onnx": f"onnx:{root / 't.onnx'}",
             "torchscript": f"torchscript:{root / 't.pt'}",
             **{name: name for name in NAMED},
@@ -42,12 +43,13 @@ def test_every_registered_encoder_is_covered(specs):
     assert builtin == set(specs)
 
 
-@pytest.mark.parametrize("name", ["face", "pixel", "tiled", "onnx", "torchscript", *NAMED])
+@pytest.mark.parametrize("name", ["face", "pixel", "tiled", "copy", "onnx", "torchscript", *NAMED])
 def test_encoder_contract(specs, name):
     enc = get_encoder(specs[name])
     info = enc.info
     assert info.name == name and info.version >= 1 and info.dim > 0
-    assert info.metric in ("cosine", "tiled_l2")
+    assert info.metric in ("cosine", "tiled_l2", "local")
+    assert info.kind in ("copy", "identity")
     assert 0 < info.default_threshold < 1 and info.threshold_note
     assert info.cache_key() == get_encoder(specs[name]).info.cache_key()
     images = [
@@ -55,6 +57,8 @@ def test_encoder_contract(specs, name):
         load_image(COIL / "obj1__0.png"),
         load_image(ORL / "s2" / "3.pgm"),
     ]
+    if info.metric == "local":  # keypoints: 23 x 28 thumbnails have too few, a 92 x 112 face enough
+        images[2] = load_image(DATA / "orl_faces_92x112" / "s2" / "3.pgm")
     results = enc.encode_batch(images)
     assert len(results) == 3
     rows = [r for r in results if isinstance(r, np.ndarray)]
@@ -64,6 +68,10 @@ def test_encoder_contract(specs, name):
         assert np.all(np.isfinite(r))
         if info.metric == "cosine":
             np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
+        elif info.metric == "local":  # packed keypoints, as many as the row says
+            from trainleak.encoders.keypoints import unpack
+
+            assert len(unpack(r[0])) == int(r[0, 0]) >= int(info.options["min_keypoints"])
         elif info.options.get("normalise"):  # standardised pixels: zero mean, unit spread
             spread = float(r.std())
             assert abs(float(r.mean())) < 1e-4 and spread in (0.0, pytest.approx(1, abs=1e-3))
