@@ -200,7 +200,18 @@ class ServeConfig:
         queue_size: requests waiting for the encoder; more are answered 503.
         queue_mb: megabytes of uploads waiting for the encoder; more are answered 503.
         request_timeout: seconds a request waits for its verdicts (503 after).
-        max_connections: concurrent connections; more are answered 503.
+        header_timeout: seconds a request's headers may take to arrive, from
+            the connection's opening; a slower request is answered 408 and
+            closed (a client trickling headers cannot hold a connection).
+        body_timeout: seconds a request's body may take to arrive after its
+            headers (408 and close after): 30 s is 20 MB at 0.7 MB/s.
+        max_requests: requests answered at once; more are answered 503.
+            Connections still sending their headers are not counted.
+        max_connections: open connections; past it the oldest connection not
+            being answered (sending headers, idle, or done) is closed.
+        decode_mpix: megapixels decoded at once: a micro-batch holds uploads
+            of at most this many pixels in all (one larger image runs alone),
+            so concurrent large images cost one image's memory at a time.
         graceful_timeout: seconds a shutdown waits for requests in flight.
         access_log: log every request (with the client's address) on stderr.
 
@@ -216,7 +227,11 @@ class ServeConfig:
     queue_size: int = 64
     queue_mb: float = 256.0
     request_timeout: float = 60.0
-    max_connections: int = 256
+    header_timeout: float = 5.0
+    body_timeout: float = 30.0
+    max_requests: int = 256
+    max_connections: int = 512
+    decode_mpix: float = 100.0
     graceful_timeout: float = 30.0
     access_log: bool = False
 
@@ -407,6 +422,8 @@ class ReviewConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     reviewer: str | None = None
+        header_timeout: seconds a request's headers may take (408 after).
+        body_timeout: seconds a request's body may take after its headers.
     image_size: int = 512
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -417,6 +434,8 @@ class ReviewConfig:
 class DDPMConfig:
     """Settings of :func:`trainleak.ddpm.train_ddpm`; its module docstring gives their sources."""
 
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
     size: int = 32
     grey: bool = True
     channels: tuple[int, ...] = (16, 32, 64)

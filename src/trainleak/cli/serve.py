@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import os
+import stat
 from typing import Any, get_args
 
 from trainleak.cli.common import DECISIONS_HELP, EMBEDDING_GROUP, EXIT_OK, UsageError, positive_int
@@ -108,10 +109,37 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="seconds a request waits for its verdicts (default: %(default)s)",
     )
     q.add_argument(
+        "--max-requests",
+        type=positive_int,
+        default=d.max_requests,
+        help="requests answered at once; more get 503 (default: %(default)s)",
+    )
+    q.add_argument(
         "--max-connections",
         type=positive_int,
         default=d.max_connections,
-        help="concurrent connections; more get 503 (default: %(default)s)",
+        help="open connections; past it the oldest one not being answered is closed "
+        "(default: %(default)s)",
+    )
+    q.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=d.header_timeout,
+        help="seconds a request's headers may take to arrive; slower ones get 408 "
+        "(default: %(default)s)",
+    )
+    q.add_argument(
+        "--body-timeout",
+        type=_positive,
+        default=d.body_timeout,
+        help="seconds a request's body may take after its headers; slower ones get 408 "
+        "(default: %(default)s)",
+    )
+    q.add_argument(
+        "--decode-mpix",
+        type=_positive,
+        default=d.decode_mpix,
+        help="megapixels of uploads decoded at once (bounds memory; default: %(default)s)",
     )
     q.add_argument(
         "--graceful-timeout",
@@ -163,20 +191,37 @@ def _add_embedding(s: argparse.ArgumentParser, d: EmbedConfig) -> None:
     )
 
 
+def read_secret(path: str, what: str) -> str:
+    """Return the text of a file of secrets, refused unless only its owner may read it.
+
+    Raises:
+        UsageError: the file cannot be read, is readable by other users
+            (say how to fix: ``chmod 600``), or is not UTF-8.
+
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if os.name == "posix" and mode & 0o077:
+                raise UsageError(
+                    f"the {what} file {path} can be read by other users (mode "
+                    f"{stat.S_IMODE(mode):o}): make it private with: chmod 600 {path}"
+                )
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read the {what} file {path}: {err}") from None
+
+
 def read_token(path: str | None, env: str, what: str) -> str | None:
     """Return the token from the file ``path`` or else the environment variable ``env``.
 
     Raises:
-        UsageError: the file cannot be read or holds no token.
+        UsageError: the file cannot be read, is readable by others, or holds no token.
 
     """
     if path is None:
         return os.environ.get(env) or None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read the {what} file {path}: {err}") from None
+    token = read_secret(path, what).strip()
     if not token:
         raise UsageError(f"the {what} file {path} is empty")
     return token
@@ -222,7 +267,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         queue_size=args.queue_size,
         queue_mb=args.queue_mb,
         request_timeout=args.request_timeout,
+        max_requests=args.max_requests,
         max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        decode_mpix=args.decode_mpix,
         graceful_timeout=args.graceful_timeout,
         access_log=args.access_log,
     )

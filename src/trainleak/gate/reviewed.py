@@ -187,9 +187,13 @@ class IndexDecisions:
         found = self._files()
         stamp = self._stamp_now(found)
         if stamp != self._stamp:
-            self._current = GateDecisions.merge(
-                self.encoder_key, [load_decisions(p) for p in found]
-            )
+            try:
+                self._current = GateDecisions.merge(
+                    self.encoder_key, [load_decisions(p) for p in found]
+                )
+            except Exception:
+                self._stamp = None  # no stale decisions until the files read again: fail closed
+                raise
             self._stamp = stamp
             if self._current.other_encoders and not len(self._current):
                 log.warning(

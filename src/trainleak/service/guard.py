@@ -62,12 +62,8 @@ class Tokens:
 
     def __post_init__(self) -> None:
         for name, token in (("token", self.check), ("admin token", self.admin)):
-            if token is not None and (len(token) < MIN_TOKEN_CHARS or token != token.strip()):
-                raise ValueError(
-                    f"the {name} must be at least {MIN_TOKEN_CHARS} characters without "
-                    "surrounding spaces; make one with: "
-                    'python -c "import secrets; print(secrets.token_urlsafe(32))"'
-                )
+            if token is not None:
+                check_token(token, name)
         if self.admin is not None and self.check is not None and self.admin == self.check:
             raise ValueError("the admin token must differ from the check token")
 
@@ -82,6 +78,33 @@ class Tokens:
         if is_admin:
             return "admin"
         return "check" if is_check else None
+
+
+def check_token(token: str, name: str = "token") -> None:
+    """Refuse a token that is short or that no client could send as it is.
+
+    A token is sent in an HTTP header, which carries ASCII: a token with
+    spaces, control or non-ASCII characters would be accepted at start and
+    never match.
+
+    Raises:
+        ValueError: saying how to make a good token.
+
+    Example:
+        >>> check_token("s3cret-token-0123456789")
+        >>> check_token("sécret-token-0123456789")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the token must be printable ASCII without spaces ...
+
+    """
+    make = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if not all("!" <= ch <= "~" for ch in token):
+        raise ValueError(
+            f"the {name} must be printable ASCII without spaces (letters, digits, -._~+/=); {make}"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"the {name} must be at least {MIN_TOKEN_CHARS} characters; {make}")
 
 
 def is_loopback(host: str) -> bool:

@@ -8,8 +8,13 @@ Routes (all JSON unless said):
   uploaded file name; the other keys are the :class:`~trainleak.gate.check.Verdict`
   that ``trainleak check`` gives for the same bytes (the same function,
   :meth:`Index.check_encoded <trainleak.gate.index.Index.check_encoded>`).
-* ``GET /healthz``: liveness, no token needed; 503 when the encoder worker is down.
-* ``GET /v1/index``: the index's manifest.
+* ``GET /healthz``: no token needed; 200 ``{"status": "ok"}`` when a check
+  can be answered, else 503 with the ``problems``: the encoder worker is
+  down, the index's encoder cannot be rebuilt (an index built from vectors
+  checks vectors only), or the ``--decisions`` file cannot be read.
+* ``GET /v1/index``: the index's manifest without the host's file paths
+  (:meth:`Index.public_manifest <trainleak.gate.index.Index.public_manifest>`,
+  then :func:`without_paths`).
 * ``GET /metrics``: Prometheus text format (see :mod:`trainleak.service.metrics`).
 * ``POST /v1/index/add``: multipart ``file`` (and an optional ``label`` field,
   the identity of every file), admin token only: :meth:`Index.add` with the
@@ -20,9 +25,12 @@ admin route (or admin routes off); 413 body over ``--max-upload-mb`` (counted
 while streaming) or an image over ``--max-pixels``; 415 an upload that is
 not an image; 422 a missing ``file`` field (or an upload ``index add``
 refuses); 429 over ``--rate-limit``; 503 with ``Retry-After`` when the queue
-is full, a request waited past ``--request-timeout``, or the service is
-stopping. Auth and limits are middleware (:mod:`~trainleak.service.guard`),
-declared once in :func:`create_app`; routes parse, call the gate, serialise.
+is full, a request waited past ``--request-timeout``, the service is
+stopping, or it cannot check at all (the reasons of ``/healthz``); 408 a
+request whose headers or body did not arrive within ``--header-timeout`` /
+``--body-timeout`` (:mod:`~trainleak.service.httpserver`). Auth and limits
+are middleware (:mod:`~trainleak.service.guard`), declared once in
+:func:`create_app`; routes parse, call the gate, serialise.
 """
 
 from __future__ import annotations
@@ -39,13 +47,15 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from trainleak._version import __version__
-from trainleak.config import ServeConfig
+from trainleak.config import DEFAULT_MAX_PIXELS, ServeConfig
+from trainleak.decoding import ImageSkip, open_image
 from trainleak.errors import TrainleakError
 from trainleak.gate.check import Verdict
 from trainleak.gate.index import Index
 from trainleak.gate.shards import MANIFEST
 from trainleak.service.batcher import Batcher, QueueFull, TimedOut
 from trainleak.service.guard import Guard, Tokens, check_bind
+from trainleak.service.httpserver import Limits, listen, make_server
 from trainleak.service.metrics import RecordRequests, ServiceMetrics
 from trainleak.service.uploads import refusal, upload_set
 
@@ -114,7 +124,12 @@ class Service:
 
     def _check_batch(self, items: list[Upload]) -> list[Verdict]:
         self._refresh()
-        verdicts = self.index.check_encoded(items)
+        verdicts: list[Verdict] = []
+        # Decoded pixels are what costs memory (a 99 KB PNG can hold 81 MP):
+        # the batch is checked in groups of at most decode_mpix pixels.
+        budget, most = int(self.config.decode_mpix * 1e6), self.config.check.embed.max_pixels
+        for group in pixel_groups(items, budget, most):
+            verdicts += self.index.check_encoded(group)
         for v in verdicts:
             self.metrics.verdicts.labels(v.verdict).inc()
         return verdicts
@@ -126,10 +141,23 @@ class Service:
         self._manifest_mtime = self._mtime()
         return result
 
+    def problems(self) -> list[str]:
+        """Return why checks cannot be answered now (empty when they can).
+
+        The index's own :meth:`~trainleak.gate.index.Index.health` (a
+        threshold that is not finite, an encoder that cannot be rebuilt, an
+        unreadable decisions file, a damaged shard), and the worker.
+        """
+        found = [] if self.batcher.alive() else ["the encoder worker is not running"]
+        problems: list[str] = self.index.health()["problems"]
+        return found + problems
+
     def start(self) -> None:
         """Load the search and the encoder, then start the worker: no request pays for loading."""
         self.index.warm()
         self.batcher.start()
+        for problem in self.problems():
+            log.error("checks will be answered 503: %s", problem)
 
     def stop(self) -> None:
         """Finish the queued requests, stop the worker, close the index if we opened it."""
@@ -173,8 +201,14 @@ async def check_images(
     """Give one verdict per uploaded image, as ``trainleak check`` does."""
     items = await read_uploads(file, service.config.check.embed.max_pixels)
     service.batcher.start()
+    problems = service.problems()
+    if problems:  # fail closed: no verdict rather than one the gate cannot stand behind
+        raise HTTPException(503, "; ".join(problems), headers={"Retry-After": "60"})
     nbytes = sum(len(data) for _, data in items)
-    verdicts = await service.batcher.results(items, nbytes, service.config.request_timeout)
+    try:
+        verdicts = await service.batcher.results(items, nbytes, service.config.request_timeout)
+    except TrainleakError as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": "60"}) from None
     # A verdict's path is the upload's name; the API calls it "name".
     results = [{"name": v.path, **v.to_dict()} for v in verdicts]
     for r in results:
@@ -203,15 +237,16 @@ async def add_images(
 
 @router.get("/v1/index")
 async def index_manifest(service: Service = Depends(service_of)) -> dict[str, Any]:  # noqa: B008
-    """Return the index's manifest."""
-    return dict(service.index.manifest)
+    """Return the index's manifest, without file paths of this machine."""
+    return without_paths(service.index.public_manifest())
 
 
 @router.get("/healthz")
 async def healthz(service: Service = Depends(service_of)) -> JSONResponse:  # noqa: B008
-    """Answer ``ok`` while the encoder worker runs."""
-    if not service.batcher.alive():
-        return JSONResponse({"status": "unavailable"}, status_code=503)
+    """Answer ``ok`` when checks can be answered, else 503 and the problems."""
+    problems = service.problems()
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -300,30 +335,113 @@ def create_app(
     return app
 
 
+def limits(config: ServeConfig) -> Limits:
+    """Return the connection deadlines and caps of ``config``."""
+    return Limits(
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        max_requests=config.max_requests,
+        max_connections=config.max_connections,
+    )
+
+
 def serve(index: PathLike, config: ServeConfig | None = None, tokens: Tokens | None = None) -> None:
     """Serve an index over HTTP until interrupted (SIGINT/SIGTERM: graceful shutdown).
 
+    The port is bound before the index is opened, so a busy port fails at once.
+
     Raises:
         ValueError: no token and a non-loopback ``config.host``.
+        PortError: the port is in use (or the address is not this machine's).
         IndexFormatError: the folder is not a usable index.
 
     """
-    import uvicorn
-
     config = config or ServeConfig()
     tokens = tokens or Tokens(None)
     check_bind(config.host, tokens)
-    app = create_app(index, config, tokens)
-    server = uvicorn.Server(
-        uvicorn.Config(
+    sock = listen(config.host, config.port)
+    try:
+        app = create_app(index, config, tokens)
+        server = make_server(
             app,
-            host=config.host,
-            port=config.port,
-            limit_concurrency=config.max_connections,
+            limits(config),
             timeout_graceful_shutdown=int(config.graceful_timeout),
-            server_header=False,
             access_log=config.access_log,
             log_level="info",
         )
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+#: Manifest keys that name files or folders of the host (``GET /v1/index`` leaves them out).
+PATH_KEYS = frozenset(
+    ("root", "cache", "path", "weights", "files", "spec", "spec_options", "execution")
+    + ("ray_address",)
+)
+
+
+def without_paths(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Return ``manifest`` without what tells where things are on the host.
+
+    Keys in :data:`PATH_KEYS` are dropped at any depth (the holdout's root,
+    the cache folder, weights files, an ``onnx:FILE`` spec, shard file
+    names), and so is any other string that is an absolute path.
+
+    Example:
+        >>> without_paths({"generation": 3, "holdout": {"n": 5, "root": "/data/hold"},
+        ...                  "settings": {"embed": {"cache": "/home/me/.cache", "workers": 2},
+        ...                               "note": "/srv/x"}})
+        {'generation': 3, 'holdout': {'n': 5}, 'settings': {'embed': {'workers': 2}}}
+
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in PATH_KEYS and not _is_path(v)}
+        if isinstance(value, list):
+            return [clean(v) for v in value if not _is_path(v)]
+        return value
+
+    out: dict[str, Any] = clean(manifest)
+    return out
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(("/", "~", "\\\\")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))
     )
-    server.run()
+
+
+def pixel_groups(
+    items: Sequence[Upload], budget: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[list[Upload]]:
+    """Split uploads, in order, into groups of at most ``budget`` pixels (read from headers).
+
+    An image over the budget is a group alone; one whose header cannot be
+    read, or over ``max_pixels``, counts as none (the embedder skips it
+    with the reason, without decoding it).
+
+    Example:
+        >>> import io; from PIL import Image
+        >>> def png(w, h):
+        ...     buf = io.BytesIO(); Image.new("L", (w, h)).save(buf, "PNG"); return buf.getvalue()
+        >>> items = [("a", png(10, 10)), ("b", png(10, 10)), ("c", png(30, 10)), ("d", b"?")]
+        >>> [[n for n, _ in g] for g in pixel_groups(items, 250)]
+        [['a', 'b'], ['c', 'd']]
+
+    """
+    groups: list[list[Upload]] = []
+    used = budget + 1
+    for name, data in items:
+        try:
+            with open_image(data, max_pixels) as im:
+                pixels = im.width * im.height
+        except ImageSkip:
+            pixels = 0
+        if not groups or (pixels > 0 and used > 0 and used + pixels > budget):
+            groups.append([])
+            used = 0
+        groups[-1].append((name, data))
+        used += pixels
+    return groups
