@@ -1,11 +1,15 @@
 """Parquet files of image bytes, read in row batches bounded by bytes.
 
 A parquet file can pack megabytes per row into a few bytes on disk (zstd of a
-repeated pattern), so the batch size comes from each row group's metadata:
-as many rows as fit :data:`PARQUET_BATCH_BYTES` uncompressed (at least one,
-at most :data:`PARQUET_BATCH_ROWS`). A row over ``max_file_mb`` is a skip,
-found from the column's lengths before its bytes become a Python object; a
-row group of one row over the limit is skipped unread.
+repeated pattern, one dictionary value repeated in every row), so the batch
+size comes from each row group's metadata: as many rows as fit
+:data:`PARQUET_BATCH_BYTES` at the largest size a row may have there (at
+least one, at most :data:`PARQUET_BATCH_ROWS`; see :func:`_batch_rows`). A
+row over ``max_file_mb`` is a skip, found from the column's lengths before its
+bytes become a Python object; a row group of one row over the limit is
+skipped unread. Not bounded: one row's own size (pyarrow decodes a value
+before its length can be seen), so a single row larger than the limit costs
+its size once before it is skipped.
 """
 
 from __future__ import annotations
@@ -37,14 +41,23 @@ PARQUET_BATCH_BYTES = 16 * 2**20
 
 
 def _batch_rows(meta: Any, group: int, column: int | None) -> tuple[int, int]:
-    """Rows per batch that fit the budget, and the image column's uncompressed bytes."""
-    rg = meta.row_group(group)
+    """Rows per batch that fit the budget, and the image column's uncompressed bytes.
+
+    The column chunk's uncompressed size ``S`` is honest about the bytes
+    stored, not about the bytes a batch becomes: a dictionary (or a
+    prefix-shared ``DELTA_BYTE_ARRAY``) lets every row repeat one large value.
+    There, any row may be as large as ``S``; with plain values a batch is at
+    most the rows' share of ``S``.
+    """
     if column is None:  # an image column of a shape we cannot measure: a row at a time
         return 1, 0
-    size = int(rg.column(column).total_uncompressed_size)
-    rows = int(rg.num_rows)
-    per_row = max(1, size // max(1, rows))
-    return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // per_row)), size
+    rg = meta.row_group(group)
+    chunk = rg.column(column)
+    size = int(chunk.total_uncompressed_size)
+    rows = max(1, int(rg.num_rows))
+    shared = chunk.has_dictionary_page or "DELTA_BYTE_ARRAY" in chunk.encodings
+    per_row = size if shared else -(-size // rows)
+    return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // max(1, per_row))), size
 
 
 def iter_parquet(shard: Record, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Iterator[Read]:
