@@ -137,14 +137,18 @@ def test_verdicts_equal_audit(coil, coil_index, cache_dir):
 
 
 def test_identity_scoring_equals_audit(tmp_path, cache_dir):
-    """ORL has a sub-folder per person: both audit and the index score by identity."""
+    """ORL has a sub-folder per person: asked to, audit and the index both score by identity.
+
+    (``pixel`` is a copy encoder: under ``--score auto`` it scores ``nn``.)
+    """
     train = link_orl(tmp_path / "train", range(1, 11), range(1, 6))
     synth = link_orl(tmp_path / "synth", range(1, 6), range(6, 11), per_person=False)
     link_orl(synth, range(21, 26), range(1, 6), per_person=False)
     hold = link_orl(tmp_path / "hold", range(31, 41), range(1, 6))
-    result = audit(train, synth, hold, config=AuditConfig(embed=_embed(cache_dir), fpr=0.05))
+    acfg = AuditConfig(embed=_embed(cache_dir), fpr=0.05, score="identity")
+    result = audit(train, synth, hold, config=acfg)
     assert result.report["summary"]["score"] == "identity"
-    cfg = IndexConfig(embed=_embed(cache_dir), fpr=0.05)
+    cfg = IndexConfig(embed=_embed(cache_dir), fpr=0.05, score="identity")
     with Index.build(
         tmp_path / "idx", train, hold, config=cfg, check_config=_checks(cache_dir)
     ) as ix:

@@ -18,12 +18,25 @@ verified scores. Retrieval is approximate by design (a copy whose keypoints
 win no votes is missed); verification is exact. Columns beyond the
 shortlist are filled with other rows at score 0.0 (no verified evidence), so
 a top-k list never has holes.
+
+Persistence: the descriptor index of a memory-mapped array (a gate index
+shard, ``np.load(..., mmap_mode="r")``) is written beside its file, named by
+the encoder's matching options and the shard file's size and modification
+time, and read back by the next process instead of rebuilt (``index build``
+writes them through :meth:`LocalSimilarity.prepare`). A folder that cannot
+be written keeps the index in memory only. Each array's index is kept in
+memory for as long as the array lives (at most :data:`KEEP` arrays).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +60,8 @@ TRAIN_SAMPLE = 120_000
 NPROBE = 12
 #: Rows unpacked at a time while adding to the index (bounds memory).
 ADD_BLOCK = 1024
+#: Descriptor indexes kept in memory (one per database array, e.g. per shard).
+KEEP = 64
 
 
 class DescriptorIndex:
@@ -58,9 +73,12 @@ class DescriptorIndex:
 
     """
 
-    def __init__(self, rows: np.ndarray, seed: int = 0) -> None:
+    def __init__(self, rows: np.ndarray, seed: int = 0, *, index: Any = None) -> None:
         faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
         self.n_rows = len(rows)
+        if index is not None:
+            self.index = index
+            return
         counts = np.asarray(rows[:, 0], np.int64) if len(rows) else np.zeros(0, np.int64)
         total = int(counts.sum())
         if total <= EXACT_MAX:
@@ -84,6 +102,30 @@ class DescriptorIndex:
             )
             if len(labels):
                 self.index.add_with_ids(np.ascontiguousarray(np.concatenate(desc)), labels)
+
+    @classmethod
+    def load(cls, path: Path, rows: np.ndarray) -> DescriptorIndex | None:
+        """Read an index written by :meth:`save`, or ``None`` when it is unreadable."""
+        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
+        try:
+            index = faiss.read_index(os.fspath(path))
+        except RuntimeError as err:  # faiss reports a bad file as a RuntimeError
+            log.warning("descriptor index %s unreadable (%s): building it again", path, err)
+            return None
+        if hasattr(index, "nprobe"):
+            index.nprobe = NPROBE
+        return cls(rows, index=index)
+
+    def save(self, path: Path) -> None:
+        """Write the index atomically (a temporary name, then a rename); log a failure."""
+        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            faiss.write_index(self.index, os.fspath(tmp))
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            log.info("descriptor index kept in memory only (%s: %s)", path, err)
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _sample(rows: np.ndarray, counts: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -123,7 +165,7 @@ class LocalSimilarity(Similarity):
     """
 
     options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     #: The rows are not compared by a metric: exact vector searches (faiss
     #: inner product) cannot stand in for this rule.
@@ -149,12 +191,45 @@ class LocalSimilarity(Similarity):
         return out
 
     def index_for(self, database: np.ndarray) -> DescriptorIndex:
-        """Return the descriptor index of ``database``, built once per array and kept."""
-        key = f"{id(database)}:{database.shape}"
-        cached = self._cache.get("index")
-        if cached is None or cached[0] != key or cached[1] is not database:
-            self._cache["index"] = (key, database, DescriptorIndex(database))
-        return self._cache["index"][2]  # type: ignore[no-any-return]
+        """Return the descriptor index of ``database``: kept, read from beside it, or built."""
+        key = id(database)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0]() is database:
+            return hit[1]  # type: ignore[no-any-return]
+        side = self._sidecar(database)
+        index = DescriptorIndex.load(side, database) if side and side.is_file() else None
+        if index is None:
+            index = DescriptorIndex(database)
+            if side is not None:
+                index.save(side)
+        if len(self._cache) >= KEEP:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = (weakref.ref(database), index)
+        return index
+
+    def prepare(self, databases: list[np.ndarray]) -> None:
+        """Build (and, for memory-mapped files, persist) the descriptor index of each array."""
+        for db in databases:
+            self.index_for(db)
+
+    def _sidecar(self, database: np.ndarray) -> Path | None:
+        name = getattr(database, "filename", None)
+        if not name or not isinstance(database, np.memmap):
+            return None
+        path = Path(name)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        # Only a whole file (its rows after a header of at most 4 KiB): a slice
+        # of a memory-map keeps the file's name but holds fewer rows.
+        if not st.st_size - 4096 < database.nbytes <= st.st_size:
+            return None
+        matching = {k: self.options.get(k) for k in ("max_keypoints", "long_side")}
+        shape = list(database.shape)
+        ident = json.dumps([matching, shape, st.st_size, st.st_mtime_ns, EXACT_MAX], sort_keys=True)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        return path.with_name(f"{path.name}.copy-{digest}.faiss")
 
     def knn(
         self,

@@ -65,6 +65,13 @@ class Similarity:
         tiles = int(info.options.get("grid", 4)) ** 2 if info.metric == "tiled_l2" else 1
         return cls(info.metric, tiles, mirror_permutation(info))
 
+    def prepare(self, databases: list[np.ndarray]) -> None:
+        """Build whatever the search of these arrays needs ahead of the first query.
+
+        Nothing for a plain vector rule; a re-scoring rule (local features)
+        builds and persists its descriptor index here.
+        """
+
     def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(n_a, n_b)`` float32 scores of two small sets, higher is more similar."""
         a = np.asarray(a, np.float32)

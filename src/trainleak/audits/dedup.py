@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Encoders whose default operating point means "the same picture".
-COPY_ENCODERS = ("pixel", "tiled")
+#: Encoders whose default operating point means "the same picture" (``copy``:
+#: a verified geometric match of 12 keypoints, edits included).
+COPY_ENCODERS = ("pixel", "tiled", "copy")
 
 KEEP_RULE = "star centre: the image with the most near-duplicates (then highest total similarity)"
 
@@ -176,7 +177,7 @@ def _require_threshold(encoder: str, threshold: float | None) -> str:
             f"dedup with --encoder {encoder} groups images by "
             f"{'person (identity dedup)' if mode == 'identity' else 'learned similarity'}, "
             "not near-duplicate pictures, and has no safe default: pass --threshold T "
-            "(e.g. the face encoder's same-person point 0.93), or use --encoder pixel|tiled"
+            "(e.g. the face encoder's same-person point 0.93), or use --encoder pixel|tiled|copy"
         )
     return mode
 

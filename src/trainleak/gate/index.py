@@ -179,7 +179,10 @@ class Index:
         from trainleak.gate.build import build_index
 
         build_index(Path(out), train, holdout, config or IndexConfig())
-        return cls.open(out, config=check_config)
+        index = cls.open(out, config=check_config)
+        # E.g. the copy encoder's descriptor index, written beside each shard.
+        index.similarity.prepare(index.shards)
+        return index
 
     def reload(self) -> None:
         """Re-read the manifest after a change (ours or another process's)."""
