@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 import warnings
 
@@ -108,14 +109,18 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's limit is at least ours (_allow_pixels): an image over it is
+            # over ours too, and the size check below says so with its size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise NotAnImage("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow's limit is at least max_pixels (_allow_pixels), so the image is over ours.
+    except Image.DecompressionBombError as err:
+        # Over twice Pillow's limit, which is at least max_pixels: over ours.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "the image"
         raise TooManyPixels(
-            f"too many pixels: more than the limit of {max_pixels:,} "
+            f"too many pixels: {size} exceeds the limit of {max_pixels:,} "
             "(raise it with --max-pixels if the file is trusted)"
         ) from None
     except Exception as err:  # noqa: BLE001 - crafted headers raise anything; one input's skip

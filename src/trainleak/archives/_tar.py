@@ -156,10 +156,11 @@ def iter_tar(shard: Record, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Iterato
     if ending is not None:
         last = f"after sample {sample.key!r}" if sample else "before any sample"
         log.warning("%s: truncated tar: the shard %s %s", shard.id, ending, last)
-        yield shard, (
+        reason = (
             f"truncated tar: the shard {ending} {last} ({count} members read); any samples "
             "after it are lost: copy the shard again"
         )
+        yield shard, reason
 
 
 def _take(
