@@ -20,6 +20,10 @@ from trainleak.config import AuditConfig, EmbedConfig
 
 from conftest import COIL, ORL
 
+#: The reviewers of the test servers and their tokens (each signs with their own).
+TOKENS = {"ana": "ana-review-token-0123456789", "bob": "bob-review-token-0123456789"}
+LOCAL = "http://127.0.0.1:8765"
+
 COPIES = [(1, 1), (2, 2), (3, 3), (4, 4)]
 SAME_PEOPLE = [(s, p) for s in (1, 2, 3) for p in (6, 7)]
 OBJECTS = [1, 5, 9, 13]
@@ -90,3 +94,37 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def reviewers() -> Any:
+    """The test servers' :class:`~trainleak.service.review_auth.Reviewers` (ana and bob)."""
+    from trainleak.service.review_auth import Reviewers
+
+    return Reviewers(TOKENS)
+
+
+def app_of(review: Any) -> Any:
+    """The guarded review app of ``review``, with ana's and bob's tokens."""
+    from trainleak.service.review import create_app
+
+    return create_app(review, reviewers())
+
+
+def client(app_or_review: Any, who: str = "ana") -> Any:
+    """A TestClient of the app (made from a Review if given one) carrying ``who``'s token."""
+    from fastapi.testclient import TestClient
+
+    from trainleak.service.review import Review
+
+    app = app_of(app_or_review) if isinstance(app_or_review, Review) else app_or_review
+    auth = {"Authorization": f"Bearer {TOKENS[who]}"}
+    return TestClient(app, base_url=LOCAL, headers=auth)
+
+
+def login(page: Any, url: str, who: str = "ana", then: str = "/") -> None:
+    """Open the review page in a browser page as ``who``: ``/?token=`` once, then ``then``."""
+    page.goto(f"{url}/?token={TOKENS[who]}")
+    page.wait_for_selector("body[data-ready='1']")
+    if then != "/":
+        page.goto(url + then)
+        page.wait_for_selector("body[data-ready='1']")

@@ -20,21 +20,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from trainleak.cli import main
-from trainleak.images import load_image
-from trainleak.service.decisions import (
+from trainleak.decide.decisions import (
     DB_NAME,
     Decision,
     DecisionsError,
     DecisionStore,
     load_decisions,
 )
-from trainleak.service.review import Review, ReviewServerError, create_app
+from trainleak.images import load_image
+from trainleak.service.review import Review, create_app
+from trainleak.service.review_auth import COOKIE, Reviewers
 from trainleak.service.review_items import ReviewInputError, encoder_key
 from trainleak.store import content_hash
 
-from review_scene import COPIES, make_audit_report, make_folders
-
-LOCAL = "http://127.0.0.1:8765"
+from review_scene import COPIES, LOCAL, TOKENS, app_of, make_audit_report, make_folders
+from review_scene import client as client_of
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def report(tmp_path, cache_dir) -> Path:
 
 @pytest.fixture
 def client(report) -> TestClient:
-    return TestClient(create_app(Review([report])), base_url=LOCAL)
+    return client_of(Review([report]))
 
 
 def _report_json(report: Path) -> dict:
@@ -107,7 +107,7 @@ def test_a_report_naming_a_non_image_file_shows_nothing(tmp_path, report):
     rep = _report_json(report)
     rep["matches"][0]["train"] = "/etc/passwd"
     (report / "report.json").write_text(json.dumps(rep))
-    client = TestClient(create_app(Review([report])), base_url=LOCAL)
+    client = client_of(Review([report]))
     cands = client.get("/api/candidates").json()["candidates"]
     urls = [s["url"] for c in cands for s in c["right"] if s["path"] == "/etc/passwd"]
     assert urls and all(client.get(u).status_code == 404 for u in urls)
@@ -119,11 +119,14 @@ def _decide(client, cid, decision, **extra):
     return res.json()
 
 
-def test_decisions_persist_append_only_and_undo_is_a_new_row(client, report):
+def test_decisions_persist_append_only_and_undo_is_a_new_row(report):
+    app = app_of(Review([report]))
+    client, bob = client_of(app, "ana"), client_of(app, "bob")
     first, second = (c["id"] for c in client.get("/api/candidates").json()["candidates"][:2])
-    a = _decide(client, first, "leak", reviewer="ana", note="same photo")
-    b = _decide(client, first, "not a leak", reviewer="bob")
-    _decide(client, second, "unsure", reviewer="ana")
+    a = _decide(client, first, "leak", note="same photo")
+    # The name in the body is not who decided: the token is.
+    b = _decide(bob, first, "not a leak", reviewer="ana")
+    _decide(client, second, "unsure")
     state = client.get("/api/state").json()["decisions"]
     assert state[first]["decision"] == "not a leak" and state[first]["reviewer"] == "bob"
     assert state[second]["decision"] == "unsure"
@@ -133,7 +136,7 @@ def test_decisions_persist_append_only_and_undo_is_a_new_row(client, report):
     assert client.post("/api/undo", json={"id": first, "row": a["row"]}).json()["decision"] is None
     assert client.get("/api/state").json()["decisions"][first] is None
     # A fresh server on the same folder reads the same state from decisions.sqlite.
-    again = TestClient(create_app(Review([report])), base_url=LOCAL)
+    again = client_of(Review([report]), "bob")
     assert again.get("/api/state").json()["decisions"][second]["decision"] == "unsure"
     with sqlite3.connect(report / DB_NAME) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -211,11 +214,19 @@ def test_concurrent_requests_lose_nothing(client):
 
 def test_export_csv_and_formula_injection(tmp_path, cache_dir):
     report = make_audit_report(tmp_path, cache_dir, formula_name=True)
-    client = TestClient(create_app(Review([report])), base_url=LOCAL)
+    sly = {"=HYPERLINK(1)": "sly-review-token-0123456789", "ana": TOKENS["ana"]}
+    app = create_app(Review([report]), Reviewers(sly))
+    client = TestClient(app, base_url=LOCAL, headers={"Authorization": f"Bearer {sly['ana']}"})
     cands = client.get("/api/candidates").json()["candidates"]
     formula = next(c for c in cands if Path(c["synthetic"]).name.startswith("="))
-    _decide(client, formula["id"], "not a leak", reviewer="=HYPERLINK(1)", note="-1+1")
-    _decide(client, cands[-1]["id"], "leak", reviewer="ana")
+    bearer = {"Authorization": f"Bearer {sly['=HYPERLINK(1)']}"}
+    res = client.post(
+        "/api/decide",
+        json={"id": formula["id"], "decision": "not a leak", "note": "-1+1"},
+        headers=bearer,
+    )
+    assert res.status_code == 200
+    _decide(client, cands[-1]["id"], "leak")
     out = tmp_path / "decisions.csv"
     assert main(["review", str(report), "--export", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
@@ -302,30 +313,59 @@ def test_bad_decisions_file_is_a_usage_error(tmp_path, capsys):
 # --- guards -------------------------------------------------------------------------------
 
 
-def test_non_loopback_without_token_is_refused(report, monkeypatch, capsys):
-    with pytest.raises(ReviewServerError, match="TRAINLEAK_TOKEN"):
-        create_app(Review([report]), token=None, host="0.0.0.0")
-    monkeypatch.delenv("TRAINLEAK_TOKEN", raising=False)
-    assert main(["review", str(report), "--host", "0.0.0.0"]) == 2
-    assert "without a token" in capsys.readouterr().err
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_reviewers_token_is_required_on_every_address(report, host):
+    """On loopback too: another user of a shared machine can reach its port."""
+    app = create_app(Review([report]), Reviewers(TOKENS), host=host)
+    client = TestClient(app, base_url=LOCAL)
+    for path in ("/", "/api/candidates", "/api/state", "/image/0", "/report/0"):
+        assert client.get(path).status_code == 401, path
+    body = {"id": "0-0", "decision": "leak"}
+    assert client.post("/api/decide", json=body).status_code == 401
+    for wrong in ("nope", TOKENS["ana"][:-1], TOKENS["ana"] + "x", f"Basic {TOKENS['ana']}"):
+        headers = {"Authorization": wrong if " " in wrong else f"Bearer {wrong}"}
+        assert client.get("/api/candidates", headers=headers).status_code == 401
+    ana = {"Authorization": f"Bearer {TOKENS['ana']}"}
+    assert client.get("/api/candidates", headers=ana).json()["reviewer"] == "ana"
 
 
-def test_token_is_required_when_set(report):
-    token = "s3cret-token-for-the-review"
-    client = TestClient(create_app(Review([report]), token=token, host="0.0.0.0"))
-    assert client.get("/api/candidates").status_code == 401
-    wrong = {"Authorization": "Bearer nope"}
-    assert client.get("/api/candidates", headers=wrong).status_code == 401
-    auth = {"Authorization": f"Bearer {token}"}
-    assert client.get("/api/candidates", headers=auth).status_code == 200
-    # A browser opens /?token=... once: a cookie keeps it, the URL loses it.
-    res = client.get(f"/?token={token}", follow_redirects=False)
+def test_the_token_link_opens_a_session_and_redirects_home(report):
+    client = TestClient(app_of(Review([report])), base_url=LOCAL)
+    res = client.get(f"/?token={TOKENS['bob']}", follow_redirects=False)
     assert res.status_code == 303 and res.headers["location"] == "/"
     cookie = res.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    assert client.get("/api/candidates").status_code == 200  # the cookie now
-    fresh = TestClient(client.app)
-    assert fresh.get("/?token=wrong", follow_redirects=False).status_code == 401
+    assert TOKENS["bob"] not in cookie  # a session id, not the token
+    assert client.cookies.get(COOKIE)
+    # The session is bob's: the page and his decisions say so.
+    assert client.get("/api/candidates").json()["reviewer"] == "bob"
+    cid = client.get("/api/candidates").json()["candidates"][0]["id"]
+    assert _decide(client, cid, "unsure", reviewer="ana")["decision"]["reviewer"] == "bob"
+    # Never a redirect elsewhere: //evil.example/x?token= is no login, and a wrong token is 401.
+    fresh = TestClient(client.app, base_url=LOCAL)
+    evil = fresh.get(f"//evil.example/x?token={TOKENS['bob']}", follow_redirects=False)
+    assert evil.status_code in (401, 404) and "location" not in evil.headers
+    assert fresh.get("/?token=wrong-token-0123456789", follow_redirects=False).status_code == 401
+    forged = TestClient(client.app, base_url=LOCAL, cookies={COOKIE: TOKENS["bob"]})
+    assert forged.get("/api/candidates").status_code == 401  # the raw token is no session
+
+
+def test_review_cli_refuses_shared_token_files_and_bad_logs(report, tmp_path, capsys):
+    listing = tmp_path / "reviewers.txt"
+    listing.write_text(f"# who and their token\nana {TOKENS['ana']}\nbob {TOKENS['bob']}\n")
+    listing.chmod(0o644)
+    assert main(["review", str(report), "--reviewers", str(listing)]) == 2
+    assert f"chmod 600 {listing}" in capsys.readouterr().err
+    listing.chmod(0o600)
+    assert main(["review", str(report), "--reviewers", str(listing), "--reviewer", "x"]) == 2
+    listing.write_text(f"ana {TOKENS['ana']}\nana {TOKENS['bob']}\n")
+    assert main(["review", str(report), "--reviewers", str(listing)]) == 2
+    assert "repeats the name 'ana'" in capsys.readouterr().err
+    # A damaged decisions log is an input error that says what to do, not a crash.
+    listing.write_text(f"ana {TOKENS['ana']}\n")
+    (report / DB_NAME).write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    assert main(["review", str(report), "--reviewers", str(listing)]) == 2
+    assert "not a trainleak decisions log" in capsys.readouterr().err
 
 
 def test_loopback_server_refuses_other_hosts_and_cross_site_posts(client):
@@ -371,7 +411,7 @@ def test_relative_paths_resolve_from_another_folder(tmp_path, cache_dir, monkeyp
     monkeypatch.chdir(tmp_path.parent)
     review = Review([tmp_path / "report"])
     assert review.candidates[0].synthetic.startswith("synthetic/")
-    client = TestClient(create_app(review), base_url=LOCAL)
+    client = client_of(review)
     shown = client.get("/api/candidates").json()["candidates"][0]
     assert all(client.get(s["url"]).status_code == 200 for s in shown["left"] + shown["right"])
 

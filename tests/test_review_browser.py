@@ -25,9 +25,9 @@ import pytest
 from PIL import Image
 
 from trainleak.service.decisions import DB_NAME
-from trainleak.service.review import Review, create_app
+from trainleak.service.review import Review
 
-from review_scene import ServerThread, make_audit_report
+from review_scene import ServerThread, app_of, login, make_audit_report
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -75,15 +75,15 @@ def browser():
 def served(tmp_path, cache_dir):
     report = make_audit_report(tmp_path, cache_dir)
     review = Review([report], base=tmp_path)
-    with ServerThread(create_app(review)) as server:
+    with ServerThread(app_of(review)) as server:
         server.report = report
         server.review = review
         yield server
 
 
-def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("body[data-ready='1']")
+def _open(page, url: str, who: str = "ana", then: str = "/") -> None:
+    """Open the page as ``who``: their token link once (a session cookie), then ``then``."""
+    login(page, url, who, then)
 
 
 def _press_and_wait(page, key: str) -> None:
@@ -210,8 +210,9 @@ def test_two_reviewers_at_once_lose_nothing(browser, served):
     ids = [c.id for c in served.review.candidates]
     a = browser.new_context().new_page()
     b = browser.new_context().new_page()
-    _open(a, f"{served.url}/#{ids[2]}")
-    _open(b, f"{served.url}/#{ids[8]}")
+    _open(a, served.url, "ana", f"/#{ids[2]}")
+    _open(b, served.url, "bob", f"/#{ids[8]}")
+    assert a.inner_text("#reviewer") == "ana" and b.inner_text("#reviewer") == "bob"
     for key_a, key_b in [("y", "n"), ("n", "y"), ("u", "n")]:
         # Both presses go out before either answer is awaited.
         with (
@@ -226,6 +227,9 @@ def test_two_reviewers_at_once_lose_nothing(browser, served):
     assert [state[i]["decision"] for i in ids[8:11]] == ["not a leak", "leak", "not a leak"]
     assert sum(d is not None for d in state.values()) == 6
     assert len(_rows(served.report)) == 6
+    # Each decision is signed by whoever holds its token.
+    assert [state[i]["reviewer"] for i in ids[2:5]] == ["ana"] * 3
+    assert [state[i]["reviewer"] for i in ids[8:11]] == ["bob"] * 3
     # Each page learns the other's decisions by polling the server.
     sync_api.expect(a.locator("#progress")).to_contain_text("6 of", timeout=15_000)
     sync_api.expect(b.locator("#progress")).to_contain_text("6 of", timeout=15_000)
@@ -269,6 +273,7 @@ def test_review_page_fits_a_phone(browser, served):
 @pytest.mark.parametrize("viewport", [PHONE, WIDE], ids=["phone", "1920"])
 def test_report_html_links_to_the_review_page(browser, served, viewport, tmp_path):
     page = browser.new_page(viewport=viewport)
+    _open(page, served.url)
     page.goto(f"{served.url}/report/0")
     page.wait_for_selector("a.review-link")
     links = page.eval_on_selector_all(
@@ -295,7 +300,7 @@ def test_report_html_links_to_the_review_page(browser, served, viewport, tmp_pat
 def test_redacted_report_shows_images_only_on_click(browser, tmp_path, cache_dir):
     report = make_audit_report(tmp_path, cache_dir, redact=True)
     review = Review([report])
-    with ServerThread(create_app(review)) as server:
+    with ServerThread(app_of(review)) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         images: list[str] = []
         page.on("request", lambda r: images.append(r.url) if "/image/" in r.url else None)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 import trainleak as tl
@@ -21,13 +20,12 @@ from trainleak.audits.dedup import dedup
 from trainleak.audits.extraction import PAPER_TILED, extract
 from trainleak.audits.membership import membership
 from trainleak.config import DedupConfig, EmbedConfig, ExtractConfig, MembershipConfig
-from trainleak.service.review import Review, create_app
+from trainleak.service.review import Review
 from trainleak.store import content_hash
 
 from conftest import COIL, link_orl
+from review_scene import client as client_of
 from review_scene import make_audit_report, make_folders
-
-LOCAL = "http://127.0.0.1:8765"
 
 
 def _markers(report: Path) -> set[str]:
@@ -36,7 +34,7 @@ def _markers(report: Path) -> set[str]:
 
 
 def _all_images_load(review: Review) -> None:
-    client = TestClient(create_app(review), base_url=LOCAL)
+    client = client_of(review)
     for c in client.get("/api/candidates").json()["candidates"]:
         for shown in c["left"] + c["right"]:
             assert client.get(shown["url"]).status_code == 200, shown["path"]
@@ -134,12 +132,12 @@ def test_two_reports_at_once_keep_their_own_logs(tmp_path, cache_dir):
     review.decide(first_a.id, "leak", "ana")
     review.decide(first_b.id, "unsure", "ana")
     assert len(tl_log(a)) == 1 and len(tl_log(b)) == 1
-    payload = review.payload()
+    payload = review.payload("ana")
     assert [r["redacted"] for r in payload["reports"]] == [False, True]
 
 
 def tl_log(report: Path) -> list:
-    from trainleak.service.decisions import DB_NAME, DecisionStore
+    from trainleak.decide.decisions import DB_NAME, DecisionStore
 
     return DecisionStore(report / DB_NAME).history()
 

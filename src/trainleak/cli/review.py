@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
+import sqlite3
 from typing import Any
 
 from trainleak.cli.common import EXIT_OK, UsageError, positive_int
+from trainleak.cli.serve import read_secret, read_token
 from trainleak.config import ReviewConfig
 
 #: Environment variable holding the token (the one ``serve`` reads).
@@ -25,7 +28,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Serve a local page where a person judges each candidate pair of audit, "
         "extract, dedup or membership reports, from the keyboard (y leak, n not a leak, "
         "u unsure, arrows move, z undo, ? help). Decisions are kept in decisions.sqlite "
-        "beside each report; `audit --decisions` honours them.",
+        "beside each report; `audit --decisions` honours them. Every request needs a "
+        "reviewer's token, whose reviewer signs the decisions: --reviewers FILE, or one "
+        f"reviewer (--reviewer) with --token-file, ${TOKEN_ENV} or a token made and printed "
+        "at start.",
     )
     a.add_argument("reports", nargs="+", metavar="REPORT_DIR", help="report folder(s) to review")
     a.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s)")
@@ -35,12 +41,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument(
         "--reviewer",
         default=defaults.reviewer,
-        help="name kept with each decision (default: your login name)",
+        help="the one reviewer's name, kept with each decision (default: your login name)",
     )
     a.add_argument(
         "--token-file",
-        help=f"file holding the token every request must carry (else ${TOKEN_ENV}); "
-        "required off loopback",
+        help=f"file holding that reviewer's token (else ${TOKEN_ENV}, else one is made and "
+        "printed); readable by you only",
+    )
+    a.add_argument(
+        "--reviewers",
+        metavar="FILE",
+        help="several reviewers: one 'NAME TOKEN' per line (the token is the last word; # "
+        "comments); each signs decisions with their own token. Readable by you only",
     )
     a.add_argument(
         "--base",
@@ -66,23 +78,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return a
 
 
-def read_token(path: str | None) -> str | None:
-    """Return the token from the file ``path``, else from ``$TRAINLEAK_TOKEN``, else ``None``.
+def read_reviewers(path: str) -> dict[str, str]:
+    """Read ``NAME TOKEN`` lines (the token is the last word; blank and ``#`` lines skipped).
 
     Raises:
-        UsageError: the file cannot be read or is empty.
+        UsageError: the file cannot be read, others can read it, or a line
+            has no name or repeats one.
 
     """
-    if path is None:
-        return os.environ.get(TOKEN_ENV) or None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read().strip()
-    except OSError as err:
-        raise UsageError(f"cannot read --token-file {path}: {err.strerror}") from None
-    if not token:
-        raise UsageError(f"--token-file {path} is empty")
-    return token
+    tokens: dict[str, str] = {}
+    for n, line in enumerate(read_secret(path, "--reviewers").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, _, token = text.rpartition(" ")
+        name = name.strip()
+        if not name or name in tokens:
+            what = "repeats the name " + repr(name) if name else "has no 'NAME TOKEN'"
+            raise UsageError(f"{path} line {n} {what}: one 'NAME TOKEN' line per reviewer")
+        tokens[name] = token
+    if not tokens:
+        raise UsageError(f"{path} lists no reviewer: write one 'NAME TOKEN' line per reviewer")
+    return tokens
+
+
+def _reviewers(args: argparse.Namespace, name: str) -> tuple[dict[str, str], bool]:
+    """Return the reviewers' tokens and whether the one token was made here (to print it)."""
+    if args.reviewers:
+        if args.token_file or args.reviewer:
+            raise UsageError("--reviewers names every reviewer: leave out --reviewer/--token-file")
+        return read_reviewers(args.reviewers), False
+    token = read_token(args.token_file, TOKEN_ENV, "token")
+    if token is not None:
+        return {name: token}, False
+    return {name: secrets.token_urlsafe(32)}, True
 
 
 def require_review() -> None:
@@ -104,35 +133,46 @@ def require_review() -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak review``; return the exit code."""
-    from trainleak.service.decisions import DB_NAME, DecisionStore, export_csv
+    from trainleak.decide.decisions import DB_NAME, DecisionsError, DecisionStore, export_csv
 
     for folder in args.reports:
         if not os.path.isfile(os.path.join(folder, "report.json")):
             raise UsageError(f"{folder} holds no report.json: give the --out folder of a run")
     if args.export:
-        stores = [DecisionStore(os.path.join(f, DB_NAME)) for f in args.reports]
+        try:
+            stores = [DecisionStore(os.path.join(f, DB_NAME)) for f in args.reports]
+        except sqlite3.DatabaseError as err:
+            raise DecisionsError(
+                f"a {DB_NAME} of {args.reports} is not a trainleak decisions log ({err}): "
+                "restore it from a copy"
+            ) from None
         n = export_csv(stores, args.export, history=args.history)
         print(f"wrote {n} decision(s) to {args.export}")
         return EXIT_OK
     if args.history:
         raise UsageError("--history goes with --export")
     require_review()
-    from trainleak.service.review import Review, check_bind
+    from trainleak.service.review import Review
     from trainleak.service.review import run as serve
+    from trainleak.service.review_auth import Reviewers
 
-    token = read_token(args.token_file)
-    check_bind(args.host, token)
     config = ReviewConfig(
         host=args.host, port=args.port, reviewer=args.reviewer, image_size=args.image_size
     )
     review = Review(args.reports, config, base=args.base)
+    tokens, made = _reviewers(args, review.reviewer)
+    try:
+        reviewers = Reviewers(tokens)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{args.port}/?token="
     print(
-        f"reviewing {len(review.candidates)} candidates from {len(review.reports)} report(s) "
-        f"as {review.reviewer}: open http://{host}:{args.port}/"
-        + ("?token=<your token>" if token else "")
-        + "  (Ctrl-C stops)"
+        f"reviewing {len(review.candidates)} candidates from {len(review.reports)} report(s); "
+        + (f"open {url}{tokens[review.reviewer]}" if made else f"each reviewer opens {url}TOKEN")
+        + f"  (reviewers: {', '.join(reviewers.names)}; Ctrl-C stops)",
+        flush=True,
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a review ends
-        serve(review, token)
+        serve(review, reviewers)
     return EXIT_OK

@@ -1,8 +1,10 @@
 """The routes of ``trainleak review``: each parses, calls :class:`~.review.Review`, serialises.
 
-Auth, host and origin checks are not here: :class:`~trainleak.service.review.Guard`
-wraps the whole application. The one check a route shares, a JSON body read
-with a byte limit, is the dependency :func:`json_body`.
+Auth, host and origin checks are not here: :class:`~trainleak.service.review_auth.Guard`
+wraps the whole application and names the request's reviewer
+(:func:`reviewer_of`); decisions are signed with that name, never with one
+from the body. The one check a route shares, a JSON body read with a byte
+limit, is the dependency :func:`json_body`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,22 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 if TYPE_CHECKING:
     from trainleak.service.review import Review
 
-#: Longest note and reviewer name kept with a decision.
-MAX_NOTE, MAX_NAME = 2000, 100
+#: Longest note kept with a decision.
+MAX_NOTE = 2000
 
 
 def review_of(request: Request) -> Review:
     """Return the :class:`~trainleak.service.review.Review` the app serves."""
     review: Review = request.app.state.review
     return review
+
+
+def reviewer_of(request: Request) -> str:
+    """Return the reviewer the guard found for this request (their token or session)."""
+    reviewer = getattr(request.state, "reviewer", None)
+    if not reviewer:  # only an app used without its guard gets here
+        raise HTTPException(401, "no reviewer: serve the app through create_app")
+    return str(reviewer)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -73,8 +83,11 @@ def build_app(review: Review) -> FastAPI:
         return Response((STATIC / name).read_bytes(), media_type=STATIC_FILES[name])
 
     @app.get("/api/candidates")
-    def candidates(r: Review = Depends(review_of)) -> dict[str, Any]:  # noqa: B008
-        return r.payload()
+    def candidates(
+        r: Review = Depends(review_of),  # noqa: B008
+        who: str = Depends(reviewer_of),  # noqa: B008
+    ) -> dict[str, Any]:
+        return r.payload(who)
 
     @app.get("/api/state")
     def state(r: Review = Depends(review_of)) -> dict[str, Any]:  # noqa: B008
@@ -84,11 +97,11 @@ def build_app(review: Review) -> FastAPI:
     def decide(
         data: dict[str, Any] = Depends(json_body),  # noqa: B008
         r: Review = Depends(review_of),  # noqa: B008
+        who: str = Depends(reviewer_of),  # noqa: B008
     ) -> dict[str, Any]:
         cid = _text(data, "id", 64)
         try:
-            d = r.decide(cid, _text(data, "decision", 20), _text(data, "reviewer", MAX_NAME),
-                         _text(data, "note", MAX_NOTE))  # fmt: skip
+            d = r.decide(cid, _text(data, "decision", 20), who, _text(data, "note", MAX_NOTE))
         except KeyError:
             raise HTTPException(404, f"no candidate {cid!r}") from None
         except ValueError as err:
@@ -99,12 +112,13 @@ def build_app(review: Review) -> FastAPI:
     def undo(
         data: dict[str, Any] = Depends(json_body),  # noqa: B008
         r: Review = Depends(review_of),  # noqa: B008
+        who: str = Depends(reviewer_of),  # noqa: B008
     ) -> dict[str, Any]:
         cid, row = _text(data, "id", 64), data.get("row")
         if not isinstance(row, int):
             raise HTTPException(400, "row must be an integer")
         try:
-            d = r.undo(cid, row, _text(data, "reviewer", MAX_NAME))
+            d = r.undo(cid, row, who)
         except KeyError as err:
             raise HTTPException(404, str(err.args[0] if err.args else err)) from None
         now = None if d.decision == "undecided" else {**d.summary(), "row": d.row}

@@ -234,7 +234,8 @@ async function decide(decision) {
   if (next) select(next); else draw();
   busy(1);
   try {
-    const res = await api("/api/decide", { id: c.id, decision, reviewer: S.reviewer, note });
+    // The server signs the decision with the reviewer whose token this page holds.
+    const res = await api("/api/decide", { id: c.id, decision, note });
     S.decisions[c.id] = res.decision;
     const stack = undoStack();
     stack.push({ id: c.id, row: res.row });
@@ -255,7 +256,7 @@ async function undo() {
   if (!last) { status("nothing to undo"); return; }
   busy(1);
   try {
-    const res = await api("/api/undo", { id: last.id, row: last.row, reviewer: S.reviewer });
+    const res = await api("/api/undo", { id: last.id, row: last.row });
     S.decisions[last.id] = res.decision;
     saveUndoStack(stack);
     select(last.id);
@@ -318,8 +319,8 @@ async function start() {
   S.byId = new Map(S.candidates.map((c) => [c.id, c]));
   S.decisions = data.decisions;
   S.reports = data.reports;
-  S.reviewer = localStorage.getItem("trainleak-reviewer") || data.reviewer;
-  $("reviewer").value = S.reviewer;
+  S.reviewer = data.reviewer;
+  $("reviewer").textContent = S.reviewer;
   $("reports").replaceChildren(...data.reports.map((r) => el("div", {},
     el("a", { href: `/report/${r.number}`, text: `report ${r.number}` }),
     ` ${r.command} · ${r.folder} · ${r.encoder} · ${r.candidates} candidates` + (r.redacted ? " · redacted" : ""))));
@@ -343,10 +344,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("help").addEventListener("click", (ev) => { if (ev.target === $("help")) $("help").hidden = true; });
   for (const id of ["filter", "min", "max"]) $(id).addEventListener("input", draw);
   $("filters").addEventListener("submit", (ev) => ev.preventDefault());
-  $("reviewer").addEventListener("change", () => {
-    S.reviewer = $("reviewer").value.trim() || S.reviewer;
-    localStorage.setItem("trainleak-reviewer", S.reviewer);
-  });
   window.addEventListener("hashchange", () => select(decodeURIComponent(location.hash.slice(1))));
   start().catch((err) => status(`could not load the candidates: ${err.message}`, true));
   setInterval(poll, POLL_MS);
