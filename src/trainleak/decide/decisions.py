@@ -331,9 +331,14 @@ def load_decisions(path: str | os.PathLike[str]) -> Decisions:
     return Decisions(_read_csv(p), str(p))
 
 
+#: What :func:`trainleak.report.csv_cell` quotes (besides any white space) and so
+#: what a quote is removed before on reading (kept here: decide sits below report).
+_QUOTED = "=+-@\t\r\n\uff1d\uff0b\uff0d\uff20'"
+
+
 def _uncell(value: str) -> str:
-    """Undo :func:`trainleak.report.csv_cell`'s quote before a formula character."""
-    if len(value) > 1 and value[0] == "'" and value[1] in "=+-@\t\r":
+    """Undo :func:`trainleak.report.csv_cell`'s quote (before a formula character, a space or ')."""
+    if len(value) > 1 and value[0] == "'" and (value[1] in _QUOTED or value[1].isspace()):
         return value[1:]
     return value
 

@@ -108,21 +108,38 @@ def write_report_files(
     return paths
 
 
-#: First characters that make a spreadsheet read a cell as a formula (OWASP's list).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's list,
+#: a newline, and the fullwidth = + - @ that some spreadsheets fold to ASCII).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def needs_quote(text: str) -> bool:
+    """Whether :func:`csv_cell` puts a ``'`` before ``text``.
+
+    A formula character, any leading white space (a spreadsheet may trim a
+    space or NBSP and then read ``=``), or a ``'`` of the text's own (quoted
+    too, so that reading the file back removes exactly one).
+    """
+    first = text[:1]
+    return bool(first) and (first in FORMULA_START or first.isspace() or first == "'")
 
 
 def csv_cell(value: Any) -> Any:
     """Return a CSV cell that no spreadsheet runs as a formula (file names are user data).
 
+    ``trainleak.decide.decisions`` removes the quote again when it reads an
+    export back, so every text round-trips.
+
     Example:
         >>> csv_cell("=HYPERLINK(1)"), csv_cell("a.png"), csv_cell(-0.5), csv_cell(None)
         ("'=HYPERLINK(1)", 'a.png', -0.5, '')
+        >>> csv_cell(" =1"), csv_cell("\uff1d1"), csv_cell("'a")
+        ("' =1", "'\uff1d1", "''a")
 
     """
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    if isinstance(value, str) and needs_quote(value):
         return "'" + value
     return value
 
