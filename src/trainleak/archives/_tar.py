@@ -20,7 +20,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO, Any, Self, cast
 
 from trainleak.archives._common import (
     IMAGE_EXTS,
@@ -60,7 +60,7 @@ class _EndAwareInfo(tarfile.TarInfo):
     """Records on its :class:`_Shard` why the member list ended (tarfile keeps it to itself)."""
 
     @classmethod
-    def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:  # noqa: D102
+    def fromtarfile(cls, tf: tarfile.TarFile) -> Self:  # noqa: D102
         try:
             return super().fromtarfile(tf)
         except tarfile.HeaderError as err:
@@ -73,6 +73,7 @@ class _Shard(tarfile.TarFile):
     """A stream-mode tar that remembers the header error that ended it."""
 
     end: tarfile.HeaderError | None = None
+    members: list[tarfile.TarInfo]  # tarfile's own list, not in its type stubs
 
 
 #: What a damaged shard or its compression raises while it is read.
@@ -91,19 +92,20 @@ def _decompressed(fh: IO[bytes]) -> IO[bytes]:
     magic = fh.read(6)
     fh.seek(0)
     if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")
+        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
     if magic[:3] == b"BZh":
-        return bz2.BZ2File(fh)
+        return cast(IO[bytes], bz2.BZ2File(fh))
     if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(fh)
+        return cast(IO[bytes], lzma.LZMAFile(fh))
     return fh
 
 
-#: Why a header read ended the member list, for each of tarfile's silent endings.
+#: Why a header read ended the member list, for each of tarfile's silent endings
+#: (by class name: they are not in tarfile's type stubs). EOFHeaderError is the marker.
 _ENDINGS = {
-    tarfile.EmptyHeaderError: "ends without tar's end-of-archive marker (cut at a member header)",
-    tarfile.TruncatedHeaderError: "is cut inside a member header",
-    tarfile.InvalidHeaderError: "has a damaged member header",
+    "EmptyHeaderError": "ends without tar's end-of-archive marker (cut at a member header)",
+    "TruncatedHeaderError": "is cut inside a member header",
+    "InvalidHeaderError": "has a damaged member header",
 }
 
 
@@ -152,7 +154,7 @@ def iter_tar(shard: Record, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Iterato
             tar.close()
     if sample is not None:
         yield _finish(shard, sample, seen)
-    ending = _ENDINGS.get(type(tar.end)) if tar.end is not None else None
+    ending = _ENDINGS.get(type(tar.end).__name__) if tar.end is not None else None
     if ending is not None:
         last = f"after sample {sample.key!r}" if sample else "before any sample"
         log.warning("%s: truncated tar: the shard %s %s", shard.id, ending, last)
