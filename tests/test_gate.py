@@ -21,6 +21,7 @@ import trainleak as tl
 from trainleak.audits.leakage import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, CheckConfig, EmbedConfig, IndexConfig
+from trainleak.decide.calibration import ThresholdChangeError
 from trainleak.errors import EncoderMismatchError, IndexFormatError
 from trainleak.gate.check import COLUMNS, Verdict, check
 from trainleak.gate.index import Index
@@ -213,7 +214,13 @@ def test_add_remove_info_compact(coil, index_copy, cache_dir, tmp_path):
     with Index.open(index_copy, config=_checks(cache_dir)) as index:
         before = index.threshold
         assert index.check(probe)[0].verdict == "release"
-        result = index.add(more)
+        # Other views of a holdout object move the calibrated threshold: refused unless accepted.
+        files_before = sorted(p.name for p in index_copy.iterdir())
+        with pytest.raises(ThresholdChangeError, match=r"from 0\.\d{4} to 0\.\d{4}"):
+            index.add(more)
+        assert index.manifest["generation"] == 1 and index.threshold == before
+        assert sorted(p.name for p in index_copy.iterdir()) == files_before
+        result = index.add(more, accept_threshold_change=True)
         assert (result["files"], result["added"], result["present"]) == (3, 2, 1)
         assert len(index) == 102 and index.manifest["generation"] == 2
         assert index.manifest["threshold"]["rows_at_calibration"] == 102
@@ -249,7 +256,7 @@ ADD = (
     "from trainleak.config import CheckConfig, EmbedConfig\n"
     "from trainleak.gate.index import Index\n"
     "cfg = CheckConfig(embed=EmbedConfig(workers=1, no_cache=True), batch=4)\n"
-    "Index.open(sys.argv[1], config=cfg).add(sys.argv[2])\n"
+    "Index.open(sys.argv[1], config=cfg).add(sys.argv[2], accept_threshold_change=True)\n"
 )
 
 
@@ -273,7 +280,10 @@ def test_kill_9_during_add_leaves_the_index_before_or_after(coil_index, tmp_path
     shutil.copytree(pristine, idx)
     proc = _start_add(idx, images, delay=120)
     deadline = time.monotonic() + 60
-    while not (idx / "vectors-00001.npy").exists() or not (idx / "offsets-00001.npy").exists():
+    new_shard = {"vectors-00002-00001.npy", "rows-00002-00001.jsonl", "offsets-00002-00001.npy"}
+    while not (idx / "vectors-00002-00001.npy").exists() or not (
+        idx / "offsets-00002-00001.npy"
+    ).exists():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     time.sleep(0.2)
@@ -286,7 +296,7 @@ def test_kill_9_during_add_leaves_the_index_before_or_after(coil_index, tmp_path
     assert not (
         set(os.listdir(idx))
         - set(os.listdir(pristine))
-        - {"vectors-00001.npy", "rows-00001.jsonl", "offsets-00001.npy"}
+        - new_shard
     )
     # Killed at random moments: always one of the two states, and every file checks out.
     seen = set()
@@ -309,7 +319,7 @@ def test_damaged_or_foreign_index_is_refused(index_copy, tmp_path, capsys):
     with pytest.raises(EncoderMismatchError, match="built with encoder 'pixel'"):
         Index.open(index_copy, encoder="tiled")
     Index.open(index_copy, encoder="pixel").close()
-    vectors = index_copy / "vectors-00000.npy"
+    vectors = next(index_copy.glob("vectors-*.npy"))
     data = vectors.read_bytes()
     # a flipped byte in the data: opening (size + header) passes, verify does not
     flipped = bytearray(data)

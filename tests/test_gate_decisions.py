@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from trainleak.cli import main
-from trainleak.service.decisions import DB_NAME, Decision, DecisionStore
+from trainleak.decide.decisions import DB_NAME, Decision, DecisionStore
 from trainleak.service.review import Review
 from trainleak.store import content_hash
 

@@ -116,6 +116,12 @@ class AuditConfig:
         return asdict(self)
 
 
+#: ``index add``: the largest change of a calibrated threshold committed without
+#: ``--accept-threshold-change`` (absolute; recalibrating on new training rows
+#: can silently release what the old threshold blocked).
+MAX_THRESHOLD_CHANGE = 0.01
+
+
 @dataclass
 class IndexConfig:
     """Settings of ``index build``; the resolved values are written into the manifest.

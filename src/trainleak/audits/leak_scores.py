@@ -1,43 +1,33 @@
 """How ``audit`` scores a query set against the training set, and picks its threshold.
 
 The set-level layer over :mod:`trainleak.audits.scoring` (which works on
-arrays): which score an audit uses (``nn`` or ``identity``), each query's
-score against the training set, and the threshold rule (holdout calibration,
-then a fixed value, then the encoder's default). :mod:`trainleak.audits.leakage`
-runs the audit and builds its report from these.
+arrays): which score an audit uses (``nn`` or ``identity``) and each query's
+score against the training set, as :class:`~trainleak.decide.scores.Scores`;
+the threshold rule is :func:`trainleak.decide.calibration.choose_calibration`,
+shared with the release gate. :mod:`trainleak.audits.leakage` runs the audit
+and builds its report from these.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from trainleak.audits.scoring import Neighbours, match_identities, nearest
+from trainleak.audits.scoring import match_identities, nearest
 from trainleak.config import AuditConfig
+from trainleak.decide.calibration import Calibration, choose_calibration
+from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.similarity import Similarity
-from trainleak.stats import Threshold, threshold_at_fpr
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Scored:
-    """Leak scores of one query set against the training set."""
-
-    score: np.ndarray  # (n,) the verdict score
-    best: np.ndarray  # (n,) training index the verdict points at
-    best_sim: np.ndarray  # (n,) similarity of that training sample
-    nn_sim: np.ndarray  # (n,) nearest training similarity
-    neighbours: Neighbours  # (n, k)
-
-
 def score_against(
     queries: EmbeddingSet, train: EmbeddingSet, mode: str, config: AuditConfig, device: str = "cpu"
-) -> Scored:
+) -> Scores:
     """Score each query row against the training set (see :mod:`.scoring`) on ``device``.
 
     The searches run on the engine ``config.embed`` names (see :mod:`trainleak.engines`).
@@ -59,8 +49,8 @@ def score_against(
             device,
             engine,
         )
-        return Scored(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
-    return Scored(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)
+        return Scores(ids.score, ids.train_index, ids.similarity, nn_sim, nb)
+    return Scores(nn_sim, nb.idx[:, 0].copy(), nn_sim, nn_sim, nb)
 
 
 def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
@@ -98,12 +88,12 @@ def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
 
 
 def choose_threshold(
-    config: AuditConfig, holdout: Scored | None, default: float, default_note: str
-) -> tuple[Threshold, str]:
-    """Holdout calibration first, then a fixed value, then the encoder default."""
-    if holdout is not None:
-        return threshold_at_fpr(holdout.score, config.fpr), "holdout"
-    if config.threshold is not None:
-        note = "fixed by the user (--threshold); uncalibrated unless chosen from data"
-        return Threshold(float(config.threshold), None, None, note), "fixed"
-    return Threshold(default, None, None, default_note), "encoder-default"
+    config: AuditConfig, holdout: Scores | None, default: float, default_note: str
+) -> Calibration:
+    """Holdout calibration first, then a fixed value, then the encoder default.
+
+    The rule is :func:`~trainleak.decide.calibration.choose_calibration`, the
+    one ``index build`` uses too.
+    """
+    null = None if holdout is None else holdout.score
+    return choose_calibration(null, config.fpr, config.threshold, default, default_note)

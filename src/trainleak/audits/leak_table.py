@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.leak_scores import Scored
+from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
 from trainleak.report.table import Coded
 
@@ -42,7 +42,7 @@ class MatchTable:
 
     train: EmbeddingSet
     synthetic: EmbeddingSet
-    scored: Scored
+    scored: Scores
     flagged: np.ndarray
 
     def __len__(self) -> int:

@@ -17,30 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.inputs import drop_training_copies, embed_nonempty, make_embedder
-from trainleak.audits.leak_scores import (
-    Scored,
-    choose_threshold,
-    resolve_score_mode,
-    score_against,
-)
+from trainleak.audits.inputs import embed_nonempty, make_embedder
+from trainleak.audits.leak_scores import choose_threshold, resolve_score_mode, score_against
 from trainleak.audits.leak_table import MatchTable, listed_samples
 from trainleak.audits.reviewed import Reviews, find_reviews
 from trainleak.config import AuditConfig, TableFormat
+from trainleak.decide.calibration import Calibration
+from trainleak.decide.contamination import drop_training_copies
+from trainleak.decide.decisions import Decisions
+from trainleak.decide.failclosed import flags
+from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
 from trainleak.report import report_header
 from trainleak.report.plots import histogram_counts
 from trainleak.result import Result
-from trainleak.service.decisions import Decisions
-from trainleak.stats import (
-    Threshold,
-    auc_score,
-    meehan_ct,
-    summarise,
-    wilson_interval,
-)
+from trainleak.stats import auc_score, meehan_ct, summarise, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +138,12 @@ def audit_embeddings(
     mode = resolve_score_mode(config, train_set)
     synth = score_against(synth_set, train_set, mode, config, device)
     hold = None if hold_set is None else score_against(hold_set, train_set, mode, config, device)
-    threshold, method = choose_threshold(
+    threshold = choose_threshold(
         config, hold, train_set.info.default_threshold, train_set.info.threshold_note
     )
     reviews = None if decisions is None else find_reviews(decisions, train_set, synth_set, synth)
     report, table = build_report(
-        config, train_set, synth_set, hold_set, synth, hold, threshold, method, mode, argv, device,
-        reviews,
+        config, train_set, synth_set, hold_set, synth, hold, threshold, mode, argv, device, reviews,
     )  # fmt: skip
     report["contaminated"] = contaminated
     if contaminated:
@@ -167,10 +159,9 @@ def build_report(
     train: EmbeddingSet,
     synth_set: EmbeddingSet,
     hold_set: EmbeddingSet | None,
-    synth: Scored,
-    hold: Scored | None,
-    threshold: Threshold,
-    method: str,
+    synth: Scores,
+    hold: Scores | None,
+    threshold: Calibration,
     mode: str,
     argv: list[str] | None,
     device: str = "cpu",
@@ -182,7 +173,8 @@ def build_report(
     (flagged first, then by score, plus those a reviewer decided); the
     :class:`MatchTable` holds every sample's rows, as arrays.
     """
-    flagged = synth.score > threshold.value
+    # The gate's rule: above the threshold, or a score that decides nothing (fail closed).
+    flagged = flags(synth.score, threshold.value, synth.best)
     if reviews is not None:
         flagged, synth = reviews.apply(flagged, synth)
     n = len(flagged)
@@ -239,15 +231,7 @@ def build_report(
             "synthetic": synth_set.counts(),
             "holdout": hold_set.counts() if hold_set is not None else None,
         },
-        "threshold": {
-            "value": threshold.value,
-            "method": method,
-            "target_fpr": config.fpr if method == "holdout" else None,
-            "achieved_fpr": threshold.achieved_fpr,
-            "resolvable_fpr": threshold.resolvable_fpr,
-            "calibrated": method == "holdout",
-            "note": threshold.note,
-        },
+        "threshold": threshold.to_dict(),
         "summary": summary,
         "score_histogram": histogram_counts(series, threshold.value),
         "holdout_scores": holdout_rows,
@@ -282,7 +266,7 @@ _SCORE_NOTES = {
 
 
 def _leaked_identities(
-    train: EmbeddingSet, synth_set: EmbeddingSet, synth: Scored, flagged: np.ndarray
+    train: EmbeddingSet, synth_set: EmbeddingSet, synth: Scores, flagged: np.ndarray
 ) -> list[dict[str, Any]]:
     if not train.has_labels:
         return []
@@ -306,9 +290,9 @@ def _meehan(
     config: AuditConfig,
     train: EmbeddingSet,
     hold_set: EmbeddingSet,
-    hold: Scored,
+    hold: Scores,
     synth_set: EmbeddingSet,
-    synth: Scored,
+    synth: Scores,
 ) -> dict[str, Any]:
     if train.info.metric == "local":
         # Packed keypoints are no vector space: k-means cells over them mean nothing.

@@ -1,9 +1,10 @@
 """People's decisions in an ``audit``: what a reviewer marked overrides the threshold, per pair.
 
 ``trainleak review`` keeps a decision per pair of images, keyed by the two
-files' content hashes and the encoder (:mod:`trainleak.service.decisions`).
+files' content hashes and the encoder (:mod:`trainleak.decide.decisions`).
 ``audit --decisions FILE`` looks up every listed pair of each synthetic
-sample: a pair marked ``leak`` flags the sample even below the threshold (and
+sample and applies the gate's rule (:func:`trainleak.decide.reviewed.apply_decisions`):
+a pair marked ``leak`` flags the sample even below the threshold (and
 becomes the pair the report names); a flagged sample whose pair is marked
 ``not a leak`` is released and reported as ``reviewed: not a leak`` with who
 and when. ``unsure`` changes nothing but is counted. The rows of a decided pair
@@ -20,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from trainleak.audits.leak_scores import Scored
+from trainleak.decide.decisions import Decision, Decisions, load_decisions
+from trainleak.decide.failclosed import undecidable
+from trainleak.decide.reviewed import apply_decisions
+from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
-from trainleak.service.decisions import Decision, Decisions, load_decisions
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class Reviews:
     pairs: dict[tuple[int, int], Decision] = field(default_factory=dict)
     by_threshold: np.ndarray | None = None
 
-    def apply(self, flagged: np.ndarray, synth: Scored) -> tuple[np.ndarray, Scored]:
+    def apply(self, flagged: np.ndarray, synth: Scores) -> tuple[np.ndarray, Scores]:
         """Return the flags and scores after the decisions: ``leak`` flags, ``not a leak`` releases.
 
         Args:
@@ -55,18 +58,16 @@ class Reviews:
         self.by_threshold = flagged.copy()
         flagged = flagged.copy()
         best, best_sim = synth.best.copy(), synth.best_sim.copy()
+        # A score that decides nothing points at no training row a reviewer cleared.
+        unknown = undecidable(synth.score, synth.best)
         for i in sorted({i for i, _ in self.pairs}):
             decided = {j: d for (ii, j), d in self.pairs.items() if ii == i}
-            leaks = sorted((d.decided_at, j) for j, d in decided.items() if d.decision == "leak")
-            if leaks:
-                j = leaks[-1][1]
-                flagged[i] = True
-                if j != best[i]:
-                    best[i], best_sim[i] = j, _similarity(synth, i, j, best_sim[i])
-            else:
-                on_best = decided.get(int(best[i]))
-                if on_best is not None and on_best.decision == "not a leak":
-                    flagged[i] = False
+            target = None if unknown[i] else int(best[i])
+            ruling = apply_decisions(bool(flagged[i]), target, decided)
+            flagged[i] = ruling.flagged
+            if ruling.target is not None and ruling.target != best[i]:
+                j = ruling.target
+                best[i], best_sim[i] = j, _similarity(synth, i, j, best_sim[i])
         return flagged, replace(synth, best=best, best_sim=best_sim)
 
     def annotate(
@@ -121,7 +122,7 @@ class Reviews:
         }
 
 
-def _similarity(synth: Scored, i: int, j: int, fallback: float) -> float:
+def _similarity(synth: Scores, i: int, j: int, fallback: float) -> float:
     where = np.flatnonzero(synth.neighbours.idx[i] == j)
     return float(synth.neighbours.sims[i, where[0]]) if len(where) else float(fallback)
 
@@ -130,12 +131,12 @@ def find_reviews(
     decisions: Decisions | str | os.PathLike[str],
     train: EmbeddingSet,
     synth_set: EmbeddingSet,
-    synth: Scored,
+    synth: Scores,
 ) -> Reviews:
     """Look up a decision for every listed pair (the top k and the best) of each sample.
 
     Args:
-        decisions: what :func:`~trainleak.service.decisions.load_decisions`
+        decisions: what :func:`~trainleak.decide.decisions.load_decisions`
             returns, or the file to load it from.
         train: the training set (its content hashes and encoder key the lookup).
         synth_set: the synthetic set.

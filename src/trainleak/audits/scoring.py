@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trainleak.decide.scores import Neighbours
 from trainleak.encoders.base import l2_normalise
 from trainleak.neighbors import Backend
 from trainleak.similarity import Similarity
@@ -29,14 +30,6 @@ CANDIDATE_PHOTOS = 20
 CANDIDATE_MEANS = 5
 
 COSINE = Similarity("cosine")
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    """Top-k training neighbours of queries: ``(n, k)`` similarities and indices."""
-
-    sims: np.ndarray
-    idx: np.ndarray
 
 
 def nearest(

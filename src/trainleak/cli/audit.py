@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     decisions = None
     if args.decisions is not None:
-        from trainleak.service.decisions import load_decisions
+        from trainleak.decide.decisions import load_decisions
 
         decisions = load_decisions(args.decisions)  # a bad file fails before any embedding
     result = audit(

@@ -14,9 +14,16 @@ from trainleak.cli.common import (
     add_embed_arguments,
     embed_config,
     fraction,
+    positive_float,
     positive_int,
 )
-from trainleak.config import CheckConfig, EmbedConfig, IndexConfig, ScoreMode
+from trainleak.config import (
+    MAX_THRESHOLD_CHANGE,
+    CheckConfig,
+    EmbedConfig,
+    IndexConfig,
+    ScoreMode,
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -33,6 +40,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a = actions.add_parser("add", help="add images whose content is not in the index yet")
     a.add_argument("index", help="the index folder")
     a.add_argument("images", nargs="+", help="folders, globs or .txt/.csv lists of images")
+    a.add_argument(
+        "--max-threshold-change",
+        type=positive_float,
+        default=MAX_THRESHOLD_CHANGE,
+        help="refuse (exit 2, nothing committed) when recalibrating on the holdout moves the "
+        "threshold by more than this, absolute (default: %(default)s)",
+    )
+    a.add_argument(
+        "--accept-threshold-change",
+        action="store_true",
+        help="commit the addition whatever it does to the calibrated threshold",
+    )
     add_runtime_arguments(a, CheckConfig().embed)
     a.set_defaults(func=run_add)
     r = actions.add_parser("remove", help="tombstone rows by id: gone from every answer at once")
@@ -166,7 +185,11 @@ def run_add(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.gate.output import for_terminal
 
     with Index.open(args.index, config=CheckConfig(embed=runtime_embed(args))) as index:
-        result = index.add(args.images)
+        result = index.add(
+            args.images,
+            max_threshold_change=args.max_threshold_change,
+            accept_threshold_change=args.accept_threshold_change,
+        )
         print(
             f"{result['files']} files: added {result['added']} rows, {result['present']} already "
             f"in the index, {result['skipped']} skipped"

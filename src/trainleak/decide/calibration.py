@@ -225,3 +225,52 @@ def choose_calibration(
     if fixed is not None:
         return Calibration.fixed(fixed)
     return Calibration.encoder_default(default, default_note)
+
+
+class ThresholdChangeError(CalibrationError):
+    """A change to an index would move its calibrated threshold further than allowed."""
+
+
+def check_change(old: Calibration, new: Calibration, max_change: float, what: str) -> None:
+    """Refuse a recalibration that moves the threshold by more than ``max_change`` (absolute).
+
+    Args:
+        old: the threshold before the change.
+        new: the threshold the change would commit.
+        max_change: the largest absolute move allowed.
+        what: the change, for the message (e.g. ``adding 70 rows``).
+
+    Raises:
+        ThresholdChangeError: saying old and new, why it moved, and how to accept it.
+
+    Example:
+        >>> a, b = Calibration.fixed(0.71), Calibration.fixed(0.999)
+        >>> check_change(a, a, 0.01, "adding 1 row")
+        >>> check_change(a, b, 0.01, "adding 1 row")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        trainleak.decide.calibration.ThresholdChangeError: adding 1 row would move the threshold from 0.7100 to 0.9990 (+0.2890; more than the 0.0100 allowed): ...
+
+    """  # noqa: E501
+    delta = new.value - old.value
+    if abs(delta) <= max_change:
+        return
+    if delta > 0:
+        why = (
+            "the holdout's images now resemble the training set more (new training images "
+            "look like them), so the calibrated threshold rises and images scoring between "
+            f"{old.value:.4f} and {new.value:.4f}, blocked until now, would be released"
+        )
+    else:
+        why = (
+            "the holdout's images resemble the training set less than before, so the calibrated "
+            f"threshold falls and images scoring between {new.value:.4f} and {old.value:.4f}, "
+            "released until now, would be blocked"
+        )
+    raise ThresholdChangeError(
+        f"{what} would move the threshold from {old.value:.4f} to {new.value:.4f} "
+        f"({delta:+.4f}; more than the {max_change:.4f} allowed): {why}. Nothing was "
+        "committed: check what is being added (e.g. other views of the holdout's own subjects), "
+        "or commit it anyway with --accept-threshold-change (API: accept_threshold_change=True), "
+        "or allow more with --max-threshold-change"
+    )

@@ -39,11 +39,11 @@ class Ruling(Generic[K]):
     """
 
     flagged: bool
-    target: K
+    target: K | None
     decision: Decision | None = None
 
 
-def apply_decisions(flagged: bool, target: K, decided: Mapping[K, Decision]) -> Ruling[K]:
+def apply_decisions(flagged: bool, target: K | None, decided: Mapping[K, Decision]) -> Ruling[K]:
     """Apply the reviewers' rule to one input.
 
     Args:

@@ -26,7 +26,8 @@ class Scores:
         best_sim: ``(n,)`` similarity of the query to that row.
         nn_sim: ``(n,)`` similarity to the nearest training row (equals
             ``best_sim`` for the ``nn`` score).
-        neighbours: the top-k neighbours searched, when kept.
+        neighbours: the top-k neighbours searched (``(n, 1)`` of the best
+            row where the score searched no list).
         identity: identity label of the row each query points at, when known.
 
     """
@@ -35,7 +36,7 @@ class Scores:
     best: np.ndarray
     best_sim: np.ndarray
     nn_sim: np.ndarray
-    neighbours: Neighbours | None = None
+    neighbours: Neighbours
     identity: list[str | None] | None = None
 
     def __len__(self) -> int:

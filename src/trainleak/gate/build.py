@@ -9,7 +9,6 @@ that every later change recalibrates on it (see :mod:`trainleak.gate.writer`).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from trainleak._version import __version__
-from trainleak.audits.inputs import drop_training_copies
 from trainleak.config import AuditConfig, IndexConfig
+from trainleak.decide.calibration import Calibration, choose_calibration
+from trainleak.decide.contamination import drop_training_copies
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate import shards as files
@@ -81,20 +81,21 @@ def build_index(
             "holdout": None,
         }
         step = config.shard_rows
+        generation = int(manifest["generation"]) + 1  # the one commit_change commits
         for n, s0 in enumerate(range(0, len(train_set), step)):
             rows = [
                 row_record(train_set.ids[j], train_set.labels[j], digest_of(train_set, j))
                 for j in range(s0, min(s0 + step, len(train_set)))
             ]
             manifest["shards"].append(
-                files.write_shard(out, n, train_set.vectors[s0 : s0 + step], rows)
+                files.write_shard(out, n, train_set.vectors[s0 : s0 + step], rows, generation)
             )
         if hold_set is not None:
             manifest["holdout"] = _write_holdout(out, hold_set, len(contaminated))
         threshold = None
         if hold_set is None:
             threshold = _fixed_threshold(config, info.default_threshold, info.threshold_note)
-        commit_change(out, manifest, threshold, set(train_set.digests))
+        commit_change(out, manifest, threshold, set(train_set.digests), fpr=config.fpr)
 
 
 def _embed_sets(
@@ -143,22 +144,6 @@ def _write_holdout(out: Path, hold: EmbeddingSet, contaminated: int) -> dict[str
     }
 
 
-def _fixed_threshold(config: IndexConfig, default: float, note: str) -> dict[str, Any]:
-    if config.threshold is not None:
-        value, method = float(config.threshold), "fixed"
-        note = "fixed by the user (--threshold); uncalibrated unless chosen from data"
-    else:
-        value, method = default, "encoder-default"
-        if not math.isfinite(value):
-            raise AuditInputError(
-                "vectors given by the caller have no operating point: pass a holdout or a threshold"
-            )
-    return {
-        "value": value,
-        "method": method,
-        "target_fpr": None,
-        "achieved_fpr": None,
-        "resolvable_fpr": None,
-        "calibrated": False,
-        "note": note,
-    }
+def _fixed_threshold(config: IndexConfig, default: float, note: str) -> Calibration:
+    """Return the threshold of an index built without a holdout (audit's rule, no holdout)."""
+    return choose_calibration(None, config.fpr, config.threshold, default, note)

@@ -5,7 +5,10 @@ index's threshold, the rule ``audit`` flags by, so an index built from a
 training set and holdout answers as ``audit`` does for the same sets and
 settings. ``release`` otherwise; ``skip`` (with the reason) for an input that
 cannot be read or embedded. A released verdict names no training image: the
-gate tells whoever asks only what they need to know.
+gate tells whoever asks only what they need to know. The gate fails closed
+(:mod:`trainleak.decide.failclosed`): a score that is not a finite number, a
+search that found no row although the index has live rows, a row that cannot
+be read, or a shard found damaged blocks with the reason ``index damaged``.
 
 Identity answers (``identity=True``) aggregate several photos of one person:
 the person's answer is the best-scoring of their photos (the maximum over
@@ -26,12 +29,13 @@ from typing import Any, Literal
 import numpy as np
 
 from trainleak.config import CheckConfig
+from trainleak.decide.calibration import Calibration
+from trainleak.decide.failclosed import damaged_reason, flags
+from trainleak.decide.reviewed import apply_decisions, describe
 from trainleak.embedding import EmbeddingSet
-from trainleak.errors import AuditInputError
+from trainleak.errors import AuditInputError, IndexFormatError
 from trainleak.gate.index import Index
 from trainleak.gate.ingest import Item, embed_blobs, embed_items, iter_records
-from trainleak.gate.reviewed import describe
-from trainleak.service.decisions import Decision
 
 VerdictName = Literal["release", "block", "skip"]
 PathLike = str | os.PathLike[str]
@@ -176,8 +180,9 @@ def _item_verdicts(index: Index, items: list[Item]) -> list[tuple[Verdict, str]]
         owner = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
         sc = index.score(rows)
         for r, o in enumerate(owner):
-            cand = (float(sc.score[r]), int(sc.row[r]), float(sc.similarity[r]), sc.identity[r])
-            if int(o) not in best or cand[0] > best[int(o)][0]:
+            cand = (float(sc.score[r]), int(sc.best[r]), float(sc.best_sim[r]), sc.label(r))
+            # A face whose score decides nothing (NaN) is the image's answer: fail closed.
+            if int(o) not in best or not math.isfinite(cand[0]) or cand[0] > best[int(o)][0]:
                 best[int(o)] = cand
     out: list[tuple[Verdict, str]] = []
     j = 0
@@ -204,8 +209,8 @@ def _decide(
             index,
             name,
             float(sc.score[i]),
-            int(sc.row[i]),
-            sc.identity[i],
+            int(sc.best[i]),
+            sc.label(i),
             digests[i] if digests else None,
         )
         for i, name in enumerate(names)
@@ -224,16 +229,40 @@ def _verdict(
     identity: str | None,
     digest: str | None = None,
 ) -> Verdict:
+    """Decide one input: the threshold, the fail-closed rule, then the reviewers' rule."""
     t = index.threshold
-    decided = index.decisions.current().lookup(digest)
-    if decided:
-        reviewed = _reviewed_verdict(index, path, score, row, identity, decided)
-        if reviewed is not None:
-            return reviewed
-    if row < 0 or not math.isfinite(score):
+    damage = _damage(index, score, row)
+    rec: dict[str, Any] = {}
+    if damage is None and row >= 0:
+        try:
+            rec = index.rows([row])[0] or {}
+        except IndexFormatError as err:
+            damage = f"the row the search found cannot be read ({err})"
+        if not rec and damage is None:
+            damage = f"the search found row {row}, which the index does not hold"
+    empty = row < 0 and damage is None  # an index with no live rows: nothing to match
+    flagged = (not empty and bool(flags(np.array([score]), t)[0])) or damage is not None
+    target = None if damage or empty else rec.get("digest")
+    ruling = apply_decisions(flagged, target, index.decisions.current().lookup(digest))
+    found = damage is None and not empty
+    shown = f"{score:.4f}" if found else "n/a"
+    if ruling.decision is not None:
+        d = ruling.decision
+        side = ">" if found and score > t else "<="
+        words = f"reviewed: {describe(d)}; similarity {shown} {side} threshold {t:.4f}"
+        if not ruling.flagged:
+            return Verdict(path, "release", None, score, t, None, words, describe(d))
+        same = found and rec.get("digest") == d.train_hash
+        nearest = str(rec.get("id")) if same else (d.train or f"content {d.train_hash}")
+        similarity = score if found else None
+        return Verdict(
+            path, "block", nearest, similarity, t, identity if same else None, words, describe(d)
+        )  # fmt: skip
+    if damage is not None:
+        return Verdict(path, "block", None, None, t, None, damaged_reason(damage))
+    if empty:
         return Verdict(path, "release", None, None, t, None, "the index has no training rows")
-    if score > t:
-        rec = index.rows([row])[0] or {}
+    if ruling.flagged:
         return Verdict(
             path,
             "block",
@@ -246,57 +275,15 @@ def _verdict(
     return Verdict(path, "release", None, score, t, None, f"{score:.4f} <= threshold {t:.4f}")
 
 
-def _reviewed_verdict(
-    index: Index,
-    path: str,
-    score: float,
-    row: int,
-    identity: str | None,
-    decided: dict[str, Decision],
-) -> Verdict | None:
-    """Return the verdict a reviewer's decision sets, or ``None`` when the threshold decides.
-
-    The rule of :mod:`trainleak.gate.reviewed` (and of ``audit --decisions``):
-    a ``leak`` pair blocks; a ``not a leak`` pair releases only when its
-    training image is the nearest one.
-    """
-    t = index.threshold
-    found = math.isfinite(score) and row >= 0
-    rec = (index.rows([row])[0] or {}) if found else {}
-    shown = f"{score:.4f}" if found else "n/a"
-    side = ">" if found and score > t else "<="
-    leaks = sorted((d for d in decided.values() if d.decision == "leak"), key=_newest)
-    if leaks:
-        d = leaks[-1]
-        same = rec.get("digest") == d.train_hash
-        nearest = str(rec.get("id")) if same else (d.train or f"content {d.train_hash}")
-        return Verdict(
-            path,
-            "block",
-            nearest,
-            score if found else None,
-            t,
-            identity if same else None,
-            f"reviewed: {describe(d)}; similarity {shown} {side} threshold {t:.4f}",
-            describe(d),
-        )
-    cleared = decided.get(str(rec.get("digest"))) if found and score > t else None
-    if cleared is not None and cleared.decision == "not a leak":
-        return Verdict(
-            path,
-            "release",
-            None,
-            score,
-            t,
-            None,
-            f"reviewed: {describe(cleared)}; similarity {shown} > threshold {t:.4f}",
-            describe(cleared),
-        )
+def _damage(index: Index, score: float, row: int) -> str | None:
+    """Say why a score decides nothing (fail closed), or ``None`` when it can be trusted."""
+    if index.damage:
+        return index.damage
+    if not math.isfinite(score):
+        return f"the score is {score} (a training vector holds NaN or infinite values)"
+    if row < 0 and len(index):
+        return f"the search found no training row although the index holds {len(index)}"
     return None
-
-
-def _newest(d: Decision) -> str:
-    return d.decided_at
 
 
 def identity_verdicts(index: Index, inputs: Inputs) -> list[Verdict]:
@@ -323,7 +310,7 @@ def _person_verdict(index: Index, name: str, p: dict[str, Any]) -> Verdict:
         reason = f"no usable photo ({p['skipped']} skipped)"
         return Verdict(name, "skip", None, None, t, None, reason)
     m = p["photos"]
-    rate = false_match_words(index.manifest["threshold"], m)
+    rate = false_match_words(index.calibration, m)
     if best.verdict != "block":
         shown = "n/a" if best.similarity is None else f"{best.similarity:.4f}"
         reason = f"not found: none of {m} photo(s) passes the threshold {t:.4f} (best {shown}); "
@@ -337,39 +324,39 @@ def _person_verdict(index: Index, name: str, p: dict[str, Any]) -> Verdict:
     return Verdict(name, "block", best.nearest, best.similarity, t, best.identity, reason + rate)
 
 
-def false_match_rate(threshold: dict[str, Any], photos: int = 1) -> float | None:
+def false_match_rate(threshold: Calibration, photos: int = 1) -> float | None:
     """Upper bound on the chance that ``photos`` photos of a stranger pass the threshold.
 
     ``None`` when the threshold was not calibrated on a holdout. A holdout in
     which no score passed counts as ``3 / n`` (the 95% "rule of three").
 
     Example:
-        >>> false_match_rate({"calibrated": True, "achieved_fpr": 0.01, "resolvable_fpr": 0.001}, 3)
+        >>> false_match_rate(Calibration(0.9, "holdout", 0.01, 0.01, 0.001), 3)
         0.03
 
     """
-    if not threshold.get("calibrated"):
+    if not threshold.calibrated:
         return None
-    per = float(threshold["achieved_fpr"]) or 3 * float(threshold["resolvable_fpr"])
+    per = float(threshold.achieved_fpr or 0.0) or 3 * float(threshold.resolvable_fpr or 0.0)
     return min(1.0, photos * per)
 
 
-def false_match_words(threshold: dict[str, Any], photos: int = 1) -> str:
+def false_match_words(threshold: Calibration, photos: int = 1) -> str:
     """Say the calibrated false-match rate in words, for ``photos`` photos of one person.
 
     Example:
-        >>> t = {"calibrated": True, "achieved_fpr": 0.01, "resolvable_fpr": 0.001}
+        >>> t = Calibration(0.9, "holdout", 0.01, 0.01, 0.001)
         >>> false_match_words(t, 2)
         'a stranger is falsely matched with at most 2.0% chance for 2 photos (1.0% per photo: 10 of 1000 holdout photos of people not in the index pass the threshold)'
 
     """  # noqa: E501
-    if not threshold.get("calibrated"):
+    if not threshold.calibrated:
         return (
-            f"the threshold is {threshold.get('method', 'fixed')}, not calibrated on a holdout, "
+            f"the threshold is {threshold.method}, not calibrated on a holdout, "
             "so the false-match rate is unknown (build the index with --holdout to know it)"
         )
-    n = round(1 / float(threshold["resolvable_fpr"]))
-    achieved = float(threshold["achieved_fpr"])
+    n = round(1 / float(threshold.resolvable_fpr or 1.0))
+    achieved = float(threshold.achieved_fpr or 0.0)
     per_photo = false_match_rate(threshold, 1) or 0.0
     # With none passing, the per-photo rate is the 95% bound 3/n (rule of three).
     passed = f"{round(achieved * n)} of {n}" if achieved > 0 else f"none of {n}"

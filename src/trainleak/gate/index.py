@@ -4,41 +4,7 @@
 threshold ``audit`` would use; ``check`` and ``serve`` open the folder instead
 of re-reading the training set.
 
-Format (version 1), one folder::
-
-    IDX/
-      manifest.json          the index's state; replaced atomically by every change
-      vectors-00000.npy      (n, dim) float32, C order, memory-mapped
-      rows-00000.jsonl       one JSON object per row: {"id", "label", "digest"}
-      offsets-00000.npy      (n + 1,) int64 byte offsets of the rows' lines
-      ...                    more shards, appended by 'index add' (never rewritten)
-      tombstones-GGGGG.json  {"rows": [global rows], "ids": [...]} removed rows
-      holdout-vectors.npy    the calibration holdout, to recalibrate after a change
-      holdout-rows.jsonl     its ids and content hashes
-
-``manifest.json`` holds ``format``/``format_version``, ``generation`` (one
-more per change), ``created``/``updated``, ``trainleak_version``, the encoder
-identity (:meth:`~trainleak.encoders.base.EncoderInfo.to_dict` plus its
-``cache_key``, which hashes name, version, options and weights, and the
-``spec``/``spec_options`` that rebuild it), ``dim``, ``metric``, ``score``
-(``nn`` or ``identity``, as in ``audit``), ``threshold`` (value, method,
-target and achieved false-positive rate, note, holdout counts: the full
-calibration record), ``counts``, the build ``settings``, and for every file
-its name, size and sha256. Global row numbers run through the shards in
-order; ``digest`` is the file's content hash (the embedding cache's key).
-
-Changes are atomic: new files are written under temporary names, fsynced and
-renamed, and only then does ``os.replace`` swap in the new manifest, the
-commit point. A crash at any moment leaves the old manifest, which lists none
-of the new files (they are removed by the next change). One writer at a time
-holds ``IDX/.lock``; readers never wait.
-
-Opening memory-maps every shard and checks each listed file's size and each
-array's header (shape, dtype), which catches truncation and damaged headers
-in constant time; hashing 20 GB of vectors would take longer than the search.
-The full sha256 of every file is checked by :meth:`Index.verify`
-(``trainleak index info IDX --verify``); small files (tombstones, holdout) are
-hashed whenever they are read.
+The folder's format and how it is opened: :mod:`trainleak.gate.reader`.
 """
 
 from __future__ import annotations
@@ -53,15 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainleak.config import CheckConfig, IndexConfig
+from trainleak.config import MAX_THRESHOLD_CHANGE, CheckConfig, IndexConfig
+from trainleak.decide.calibration import Calibration, CalibrationError
 from trainleak.encoders.base import EncoderInfo
 from trainleak.errors import EncoderMismatchError, IndexFormatError
+from trainleak.gate import reader
 from trainleak.gate import shards as files
 from trainleak.gate.reviewed import IndexDecisions
-from trainleak.gate.search import FaissSearch, Scores, ShardSearch, choose_search, score_queries
+from trainleak.gate.search import FaissSearch, ShardSearch, choose_search, score_queries
+from trainleak.gate.status import damaged_shards, health, public_manifest
 from trainleak.similarity import Similarity
 
 if TYPE_CHECKING:
+    from trainleak.decide.scores import Scores
     from trainleak.embedding import Embedder, EmbeddingSet
     from trainleak.gate.check import Inputs, Verdict
 
@@ -99,13 +69,16 @@ class Index:
         self.path = path
         self.manifest = manifest
         self.config = config
-        self.encoder_info = files.encoder_info(path, manifest)
-        self.shards, self._offsets, self.dead = files.open_shards(path, manifest)
+        self.encoder_info = reader.encoder_info(path, manifest)
+        self.calibration = _calibration(path, manifest)
+        self.shards, self._offsets, self.dead, self._rows = reader.open_shards(path, manifest)
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
         self.similarity = Similarity.of(self.encoder_info)
         self._search: ShardSearch | FaissSearch | None = None
         self._embedder: Embedder | None = None
         self.live_cache: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+        #: Why no verdict of this index can be trusted (a shard holds a NaN), once searched.
+        self.damage: str | None = None
         self.decisions = IndexDecisions(path, self.encoder_info.cache_key(), config.decisions)
 
     # -- opening and making ----------------------------------------------------
@@ -194,17 +167,34 @@ class Index:
 
     # -- changes (atomic; see trainleak.gate.writer) ----------------------------
 
-    def add(self, source: PathLike | Sequence[PathLike] | EmbeddingSet) -> dict[str, Any]:
+    def add(
+        self,
+        source: PathLike | Sequence[PathLike] | EmbeddingSet,
+        *,
+        max_threshold_change: float = MAX_THRESHOLD_CHANGE,
+        accept_threshold_change: bool = False,
+    ) -> dict[str, Any]:
         """Add images whose content is not in the index yet, as one atomic change.
+
+        Args:
+            source: images (folders, globs, list files) or an ``EmbeddingSet``.
+            max_threshold_change: the largest absolute change of a calibrated
+                threshold the addition may make without ``accept_threshold_change``.
+            accept_threshold_change: commit even when the recalibrated
+                threshold moves further than that.
 
         Returns:
             Counts: ``files``, ``added`` rows, ``present`` (content already in
             the index), ``skipped`` (with reasons under ``skipped_files``).
 
+        Raises:
+            ThresholdChangeError: the threshold would move too far; nothing is committed.
+
         """
         from trainleak.gate.writer import add_to_index
 
-        return add_to_index(self, source)
+        guard = None if accept_threshold_change else max_threshold_change
+        return add_to_index(self, source, guard)
 
     def remove(self, ids: Iterable[str]) -> dict[str, Any]:
         """Tombstone the rows with these ids: gone from every answer at once.
@@ -228,7 +218,7 @@ class Index:
     @property
     def threshold(self) -> float:
         """The calibrated threshold: a score strictly above it blocks."""
-        return float(self.manifest["threshold"]["value"])
+        return self.calibration.value
 
     @property
     def score_mode(self) -> str:
@@ -244,7 +234,7 @@ class Index:
         return self.rows_total - len(self.dead)
 
     def verify(self) -> int:
-        """Check the sha256 of every file the manifest lists; return the bytes checked.
+        """Check every file's sha256 and every vector's finiteness; return the bytes checked.
 
         Raises:
             IndexFormatError: listing every file that does not match.
@@ -252,6 +242,7 @@ class Index:
         """
         entries = files.listed_files(self.manifest)
         problems = files.verify_files(self.path, entries)
+        problems += [f"{self.path}: {why}" for why in damaged_shards(self, every=True)]
         if problems:
             raise IndexFormatError(
                 "the index is damaged: " + "; ".join(problems) + " (restore it or rebuild it)"
@@ -272,13 +263,21 @@ class Index:
             "dim": m["dim"],
             "metric": m["metric"],
             "score": m["score"],
-            "threshold": m["threshold"],
+            "threshold": self.calibration.to_dict(),
             "counts": m["counts"],
             "bytes": sum(int(e["bytes"]) for e in files.listed_files(m)),
             "search": self.search_kind(),
             "decisions": self.decisions.current().summary(),
             "verified_bytes": self.verify() if verify else None,
         }
+
+    def health(self) -> dict[str, Any]:
+        """Say whether uploads can get verdicts now (see :func:`trainleak.gate.status.health`)."""
+        return health(self)
+
+    def public_manifest(self) -> dict[str, Any]:
+        """Return the manifest without local paths (see :func:`.status.public_manifest`)."""
+        return public_manifest(self)
 
     def _expect_encoder(self, encoder: str | EncoderInfo) -> None:
         if isinstance(encoder, str):
@@ -302,8 +301,15 @@ class Index:
         return choose_search(self.config.search, self.similarity, live_bytes, self.config)
 
     def knn(self, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k live training rows of ``(n, dim)`` queries: float32 scores, int64 global rows."""
+        """Top-k live training rows of ``(n, dim)`` queries: float32 scores, int64 global rows.
+
+        The first search also checks every shard for NaN (the search reads
+        every row anyway); a damaged shard sets :attr:`damage` and every
+        verdict blocks (see :mod:`trainleak.decide.failclosed`).
+        """
         if self._search is None:
+            found = damaged_shards(self)
+            self.damage = "; ".join(found) if found else None
             if self.search_kind() == "faiss" and len(self):
                 self._search = FaissSearch(self.shards, self.dead)
             else:
@@ -323,11 +329,11 @@ class Index:
         ``None`` stands for ``-1`` (no row).
         """
         wanted = np.asarray(global_rows, np.int64).ravel()
-        return files.lookup_rows(self.path, self.manifest, self._offsets, self.starts, wanted)
+        return reader.lookup_rows(self._rows, self._offsets, self.starts, wanted)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """Yield every row record in global order (tombstoned ones too), with its ``row``."""
-        return files.iter_all_rows(self.path, self.manifest)
+        return reader.iter_all_rows(self._rows)
 
     # -- checks (see trainleak.gate.check) ---------------------------------------------
 
@@ -401,3 +407,14 @@ class Index:
             f"Index({str(self.path)!r}, {len(self)} rows, encoder={self.encoder_info.name!r}, "
             f"threshold={self.threshold:.4f} ({self.manifest['threshold']['method']}))"
         )
+
+
+def _calibration(path: Path, manifest: dict[str, Any]) -> Calibration:
+    """Read the manifest's threshold; one that cannot decide anything refuses to open."""
+    try:
+        return Calibration.from_dict(manifest.get("threshold") or {})
+    except CalibrationError as err:
+        raise IndexFormatError(
+            f"{path / files.MANIFEST}: its threshold cannot be used ({err}); the manifest is "
+            "damaged: restore the index from a copy or rebuild it"
+        ) from None

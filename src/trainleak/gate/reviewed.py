@@ -1,7 +1,7 @@
 """People's decisions at the release gate: ``check`` and ``serve`` honour what reviewers decided.
 
 ``trainleak review`` records a decision per pair of images, keyed by the two
-files' content hashes and the encoder (:mod:`trainleak.service.decisions`).
+files' content hashes and the encoder (:mod:`trainleak.decide.decisions`).
 The gate finds decisions in two places, merged (the newest decision of a pair
 wins, by its time):
 
@@ -14,7 +14,8 @@ wins, by its time):
 
 Only decisions made with the index's encoder apply. For an input whose
 content hash a reviewer has seen, the rule is the one ``audit --decisions``
-applies (:mod:`trainleak.audits.reviewed`), so both answer alike:
+applies (:func:`trainleak.decide.reviewed.apply_decisions`, one function for
+both), so both answer alike:
 
 * a pair marked ``leak`` blocks the input even below the threshold (the
   newest such pair is the one named);
@@ -37,32 +38,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trainleak.service.decisions import (
+from trainleak.decide.decisions import (
     DB_NAME,
-    Decision,
     Decisions,
     DecisionStore,
     load_decisions,
 )
+from trainleak.decide.decisions import Decision as Decision
+from trainleak.decide.reviewed import describe as describe
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 #: Seconds between looks at the decisions files for changes (``serve`` runs for days).
 RECHECK_S = 1.0
-
-
-def describe(d: Decision) -> str:
-    """Return how a verdict cites a decision: ``not a leak by ana at 2026-01-01T00:00:00.000Z``.
-
-    Example:
-        >>> describe(Decision("s", "t", "k", "leak", "ana", "2026-01-01T00:00:00.000Z", "same"))
-        'leak by ana at 2026-01-01T00:00:00.000Z (same)'
-
-    """
-    who = d.reviewer or "an unnamed reviewer"
-    note = f" ({d.note})" if d.note and not d.note.startswith("undo of row") else ""
-    return f"{d.decision} by {who} at {d.decided_at or 'an unknown time'}{note}"
 
 
 @dataclass

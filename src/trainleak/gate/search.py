@@ -17,12 +17,12 @@ scores agree to the bit and with a search of the whole training set at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainleak._optional import require
+from trainleak.decide.scores import Neighbours, Scores
 from trainleak.errors import AuditInputError, MissingExtraError
 from trainleak.similarity import Similarity
 
@@ -199,22 +199,11 @@ class FaissSearch:
         return out
 
 
-@dataclass(frozen=True)
-class Scores:
-    """Per query: the score compared with the threshold, the row it points at, its similarity.
-
-    ``row`` is a global row (``-1`` when the index has no live row);
-    ``identity`` the matched identity label, or ``None``.
-    """
-
-    score: np.ndarray
-    row: np.ndarray
-    similarity: np.ndarray
-    identity: list[str | None]
-
-
 def score_queries(index: Index, queries: np.ndarray) -> Scores:
     """Score query vectors against an index as ``audit`` scores synthetic samples.
+
+    ``best`` holds global rows (``-1`` where the search found none) and
+    ``identity`` the matched rows' labels.
 
     ``nn``: the nearest live row's similarity. ``identity``: the audit's own
     :func:`~trainleak.audits.scoring.match_identities` over the live rows
@@ -234,11 +223,13 @@ def score_queries(index: Index, queries: np.ndarray) -> Scores:
         weight = float(index.manifest["score"]["identity_weight"])
         ids = match_identities(q, vectors, labels, weight, index.config.search_backend)
         found: list[str | None] = list(ids.identity)
-        return Scores(ids.score, rows[ids.train_index], ids.similarity, found)
+        best = rows[ids.train_index]
+        near = Neighbours(ids.similarity[:, None], best[:, None])
+        return Scores(ids.score, best, ids.similarity, ids.similarity, near, found)
     s, i = index.knn(q)
     row = i[:, 0].copy()
     named: list[str | None] = [r.get("label") if r else None for r in index.rows(row)]
-    return Scores(s[:, 0].copy(), row, s[:, 0].copy(), named)
+    return Scores(s[:, 0].copy(), row, s[:, 0].copy(), s[:, 0].copy(), Neighbours(s, i), named)
 
 
 def _live_rows(index: Index) -> tuple[np.ndarray, np.ndarray, list[str]]:

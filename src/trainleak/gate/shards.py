@@ -7,7 +7,7 @@ before a change or the one after it, whatever interrupts the writer. Nothing
 is pickled: vectors and offsets are ``.npy`` files read with
 ``allow_pickle=False``, rows are JSON lines. JSON is written ASCII-only, so
 file names that are not UTF-8 (surrogate escapes in Python) round-trip
-exactly. See :mod:`trainleak.gate.index` for the format.
+exactly. See :mod:`trainleak.gate.reader` for the format.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from trainleak.encoders.base import EncoderInfo
-from trainleak.errors import IndexFormatError, TrainleakError
+from trainleak.errors import AuditInputError, IndexFormatError, TrainleakError
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +35,36 @@ FORMAT = "trainleak-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+#: Rows checked for finite values at a time (bounds the memory of the check).
+FINITE_ROWS = 65536
 #: Test hook: seconds to sleep after a change's files are on disk and before
 #: the manifest commits it (tests kill the writer there with SIGKILL).
 COMMIT_DELAY_ENV = "TRAINLEAK_INDEX_COMMIT_DELAY"
 
 #: Names of the files an index owns; anything else in the folder is left alone.
+#: (Shards written before names carried a generation are ``vectors-NNNNN.npy``.)
 _OWNED = re.compile(
-    r"^(vectors-\d{5}\.npy|rows-\d{5}\.jsonl|offsets-\d{5}\.npy|tombstones-\d{5}\.json"
+    r"^((vectors|offsets)-(\d{5}-)?\d{5}\.npy|rows-(\d{5}-)?\d{5}\.jsonl|tombstones-\d{5}\.json"
     r"|holdout-vectors\.npy|holdout-rows\.jsonl|\..+\.tmp-[0-9a-f]{32})$"
 )
 
 
-def shard_names(number: int) -> dict[str, str]:
-    """File names of shard ``number``.
+def shard_names(number: int, generation: int) -> dict[str, str]:
+    """File names of shard ``number`` written by the change that commits ``generation``.
+
+    The generation is in the name so that no name is ever used twice in an
+    index's life: a reader opened before ``compact`` + ``add`` still holds the
+    files it opened, and never finds another shard's rows under a name it knows.
 
     Example:
-        >>> shard_names(3)["vectors"]
-        'vectors-00003.npy'
+        >>> shard_names(3, 12)["vectors"]
+        'vectors-00012-00003.npy'
 
     """
     return {
-        "vectors": f"vectors-{number:05d}.npy",
-        "rows": f"rows-{number:05d}.jsonl",
-        "offsets": f"offsets-{number:05d}.npy",
+        "vectors": f"vectors-{generation:05d}-{number:05d}.npy",
+        "rows": f"rows-{generation:05d}-{number:05d}.jsonl",
+        "offsets": f"offsets-{generation:05d}-{number:05d}.npy",
     }
 
 
@@ -88,6 +94,21 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def nonfinite_rows(vectors: np.ndarray) -> np.ndarray:
+    """Return the rows of ``(n, dim)`` vectors holding a NaN or an infinity, a block at a time.
+
+    Example:
+        >>> nonfinite_rows(np.array([[0.0, 1.0], [np.nan, 0.0]], np.float32)).tolist()
+        [1]
+
+    """
+    bad = [
+        b0 + np.flatnonzero(~np.isfinite(np.asarray(vectors[b0 : b0 + FINITE_ROWS])).all(1))
+        for b0 in range(0, len(vectors), FINITE_ROWS)
+    ]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
 def write_file(folder: Path, name: str, write: Callable[[Any], None]) -> dict[str, Any]:
@@ -130,17 +151,38 @@ def write_jsonl(folder: Path, name: str, rows: Sequence[dict[str, Any]]) -> tupl
 
 
 def write_shard(
-    folder: Path, number: int, vectors: np.ndarray, rows: Sequence[dict[str, Any]]
+    folder: Path,
+    number: int,
+    vectors: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    generation: int,
 ) -> dict[str, Any]:
-    """Write one shard (vectors, rows, line offsets); return its manifest entry."""
-    names = shard_names(number)
+    """Write one shard (vectors, rows, line offsets); return its manifest entry.
+
+    Every vector must be finite: a NaN would make its row's similarities NaN
+    and could hide that training image from every check. The entry records
+    ``finite: true`` beside the files' checksums (:meth:`Index.verify` checks both).
+
+    Raises:
+        AuditInputError: a vector holds a NaN or an infinity.
+
+    """
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    bad = nonfinite_rows(vectors)
+    if len(bad):
+        shown = ", ".join(str(rows[int(j)].get("id")) for j in bad[:3])
+        raise AuditInputError(
+            f"{len(bad)} vector(s) hold NaN or infinite values (e.g. {shown}): an index never "
+            "stores them; fix the encoder or the vectors given, or leave those images out"
+        )
+    names = shard_names(number, generation)
     rows_entry, offsets = write_jsonl(folder, names["rows"], rows)
     files = {
-        "vectors": write_array(folder, names["vectors"], np.ascontiguousarray(vectors, np.float32)),
+        "vectors": write_array(folder, names["vectors"], vectors),
         "rows": rows_entry,
         "offsets": write_array(folder, names["offsets"], offsets),
     }
-    return {"number": number, "rows": len(rows), "files": files}
+    return {"number": number, "rows": len(rows), "finite": True, "files": files}
 
 
 def commit(folder: Path, manifest: dict[str, Any]) -> None:
@@ -183,7 +225,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_size(folder: Path, entry: dict[str, Any]) -> Path:
+def check_size(folder: Path, entry: dict[str, Any]) -> Path:
+    """Return the path of a listed file after checking it exists with the listed size."""
     path = folder / entry["name"]
     try:
         size = path.stat().st_size
@@ -200,26 +243,9 @@ def _check_size(folder: Path, entry: dict[str, Any]) -> Path:
     return path
 
 
-def load_array(folder: Path, entry: dict[str, Any], shape: tuple[int, ...], dtype: str) -> Any:
-    """Memory-map a listed ``.npy`` after checking its size, header, shape and dtype."""
-    path = _check_size(folder, entry)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise IndexFormatError(
-            f"{path} is not a valid array file ({err}): restore the index or rebuild it"
-        ) from None
-    if array.shape != shape or array.dtype != np.dtype(dtype) or not array.flags.c_contiguous:
-        raise IndexFormatError(
-            f"{path} holds {array.dtype} {array.shape}, the manifest expects {dtype} {shape}: "
-            "restore the index or rebuild it"
-        )
-    return array
-
-
 def read_small(folder: Path, entry: dict[str, Any]) -> bytes:
     """Read a small listed file whole and check its sha256."""
-    path = _check_size(folder, entry)
+    path = check_size(folder, entry)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise IndexFormatError(
@@ -231,7 +257,7 @@ def read_small(folder: Path, entry: dict[str, Any]) -> bytes:
 
 def iter_jsonl(folder: Path, entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Yield every row of a listed JSON-lines file."""
-    path = _check_size(folder, entry)
+    path = check_size(folder, entry)
     with open(path, "rb") as fh:
         for n, line in enumerate(fh, 1):
             yield parse_row(line, path, n)
@@ -257,7 +283,7 @@ def verify_files(folder: Path, entries: list[dict[str, Any]]) -> list[str]:
     for entry in entries:
         path = folder / entry["name"]
         try:
-            _check_size(folder, entry)
+            check_size(folder, entry)
         except IndexFormatError as err:
             problems.append(str(err))
             continue
@@ -308,86 +334,3 @@ def writer_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def encoder_info(folder: Path, manifest: dict[str, Any]) -> EncoderInfo:
-    """Rebuild the :class:`EncoderInfo` the manifest records (its cache key must match)."""
-    enc = manifest["encoder"]
-    default = enc.get("default_threshold")
-    info = EncoderInfo(
-        enc["name"],
-        int(enc["version"]),
-        int(manifest["dim"]),
-        enc["metric"],
-        float("nan") if default is None else float(default),
-        "",
-        dict(enc.get("options") or {}),
-        enc.get("weights_sha256"),
-        enc.get("paper", ""),
-        enc.get("licence", ""),
-        bool(enc.get("non_commercial", False)),
-        dict(enc.get("execution") or {}),
-    )
-    if info.cache_key() != enc.get("cache_key"):
-        raise IndexFormatError(f"{folder / MANIFEST}: its encoder entry is inconsistent; rebuild")
-    return info
-
-
-def open_shards(folder: Path, manifest: dict[str, Any]) -> tuple[list[Any], list[Any], Any]:
-    """Memory-map every shard's vectors and offsets; read the tombstoned rows.
-
-    Returns:
-        ``(vectors, offsets, dead)``: a memory-map per shard of each, and the
-        sorted global rows that are tombstoned.
-
-    """
-    dim = int(manifest["dim"])
-    vectors, offsets = [], []
-    for shard in manifest["shards"]:
-        n, f = int(shard["rows"]), shard["files"]
-        vectors.append(load_array(folder, f["vectors"], (n, dim), "float32"))
-        off = load_array(folder, f["offsets"], (n + 1,), "int64")
-        if int(off[0]) != 0 or int(off[-1]) != f["rows"]["bytes"]:
-            raise IndexFormatError(f"{folder / f['offsets']['name']} does not match its rows file")
-        offsets.append(off)
-    dead = np.zeros(0, np.int64)
-    if manifest.get("tombstones"):
-        rows = json.loads(read_small(folder, manifest["tombstones"]))["rows"]
-        dead = np.unique(np.asarray(rows, np.int64))
-    return vectors, offsets, dead
-
-
-def lookup_rows(
-    folder: Path,
-    manifest: dict[str, Any],
-    offsets: list[Any],
-    starts: np.ndarray,
-    wanted: np.ndarray,
-) -> list[dict[str, Any] | None]:
-    """Read the row records of global rows (``None`` for rows out of range, e.g. -1).
-
-    Each shard's rows file is opened once per call, so calls from several
-    threads never share a file position.
-    """
-    out: list[dict[str, Any] | None] = [None] * len(wanted)
-    shard_of = np.searchsorted(starts, wanted, side="right") - 1
-    ok = (wanted >= 0) & (wanted < starts[-1])
-    for s in np.unique(shard_of[ok]):
-        path = folder / manifest["shards"][s]["files"]["rows"]["name"]
-        off = offsets[s]
-        with open(path, "rb") as fh:
-            for j in np.flatnonzero(ok & (shard_of == s)):
-                local = int(wanted[j] - starts[s])
-                fh.seek(int(off[local]))
-                line = fh.read(int(off[local + 1] - off[local]))
-                out[j] = dict(parse_row(line, path, local + 1), row=int(wanted[j]))
-    return out
-
-
-def iter_all_rows(folder: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Yield every row record in global order (tombstoned ones too), with its ``row``."""
-    g = 0
-    for shard in manifest["shards"]:
-        for row in iter_jsonl(folder, shard["files"]["rows"]):
-            yield dict(row, row=g)
-            g += 1

@@ -4,7 +4,10 @@ Every change holds the writer lock, writes its new files, makes an in-memory
 :class:`~trainleak.gate.index.Index` of the new state to recalibrate the
 threshold on the stored holdout (so the false-positive rate still holds for
 the changed training set), and then commits the new manifest in one
-``os.replace`` (see :mod:`trainleak.gate.shards`).
+``os.replace`` (see :mod:`trainleak.gate.shards`). ``add`` refuses to commit
+a recalibration that moves the threshold further than allowed
+(:func:`trainleak.decide.calibration.check_change`). New files are named
+with the generation they commit, so no file name is used twice.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainleak.audits.inputs import MAX_CONTAMINATION
+from trainleak.decide.calibration import Calibration, check_change
+from trainleak.decide.contamination import contaminated_rows
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate import shards as files
 from trainleak.report import clean_json
-from trainleak.stats import threshold_at_fpr
 
 if TYPE_CHECKING:
     from trainleak.gate.index import Index
@@ -46,35 +49,28 @@ def digest_of(es: EmbeddingSet, j: int) -> str | None:
     return es.digests[j] if es.digests else None
 
 
-def _calibrate(index: Index, live_digests: set[str]) -> dict[str, Any]:
+def _calibrate(index: Index, live_digests: set[str], fpr: float) -> Calibration:
     """Calibrate on the stored holdout against ``index``, as ``audit`` calibrates."""
     hold = index.manifest["holdout"]
-    fpr = float(index.manifest["settings"]["fpr"])
     dim = int(index.manifest["dim"])
     vectors = np.load(
         _small_file(index.path, hold["files"]["vectors"]), allow_pickle=False
     ).reshape(-1, dim)
     text = files.read_small(index.path, hold["files"]["rows"])
     rows = [json.loads(line) for line in text.splitlines()]
-    keep = np.array([r["digest"] is None or r["digest"] not in live_digests for r in rows], bool)
-    dropped = int((~keep).sum())
-    if dropped and (dropped > MAX_CONTAMINATION * len(rows) or dropped == len(rows)):
-        raise AuditInputError(
-            f"{dropped} of {len(rows)} holdout images are now byte-identical to training images: "
-            "the holdout cannot calibrate this index any more; rebuild it with a new --holdout"
-        )
-    t = threshold_at_fpr(index.score(vectors[keep]).score, fpr)
-    return {
-        "value": t.value,
-        "method": "holdout",
-        "target_fpr": fpr,
-        "achieved_fpr": t.achieved_fpr,
-        "resolvable_fpr": t.resolvable_fpr,
-        "calibrated": True,
-        "note": t.note,
-        "holdout_used": int(keep.sum()),
-        "holdout_contaminated": dropped,
-    }
+    fix = "the holdout cannot calibrate this index any more; rebuild it with a new --holdout"
+    gone = contaminated_rows([r["digest"] for r in rows], live_digests, fix)
+    keep = ~gone
+    details = {"holdout_used": int(keep.sum()), "holdout_contaminated": int(gone.sum())}
+    return Calibration.at_fpr(index.score(vectors[keep]).score, fpr, details=details)
+
+
+def _target_fpr(manifest: dict[str, Any]) -> float:
+    """Return the false-positive rate the index is calibrated at (threshold's, else build's)."""
+    old = manifest.get("threshold")
+    if old and old.get("target_fpr") is not None:
+        return float(old["target_fpr"])
+    return float(manifest["settings"]["fpr"])  # an index built before the record kept it
 
 
 def _small_file(folder: Path, entry: dict[str, Any]) -> Any:
@@ -86,12 +82,33 @@ def _small_file(folder: Path, entry: dict[str, Any]) -> Any:
 def commit_change(
     folder: Path,
     manifest: dict[str, Any],
-    threshold: dict[str, Any] | None,
+    threshold: Calibration | None,
     live_digests: set[str],
+    *,
+    fpr: float | None = None,
+    max_change: float | None = None,
+    what: str = "this change",
 ) -> None:
-    """Count, recalibrate (``threshold=None``: on the holdout), and commit ``manifest``."""
+    """Count, recalibrate (``threshold=None``: on the holdout), and commit ``manifest``.
+
+    Args:
+        folder: the index folder (the caller holds its writer lock).
+        manifest: the new manifest (its ``threshold`` still the old one, if any).
+        threshold: the threshold to keep, or ``None`` to recalibrate.
+        live_digests: content hashes of the live training rows (contamination).
+        fpr: the target rate of a recalibration (default: the index's).
+        max_change: refuse a recalibration that moves the threshold further.
+        what: the change, for that refusal's message.
+
+    Raises:
+        ThresholdChangeError: the threshold would move more than ``max_change``;
+            nothing is committed, and the new files are removed.
+
+    """
     from trainleak.config import CheckConfig
     from trainleak.gate.index import Index
+
+    old = manifest.get("threshold")
 
     total = sum(int(s["rows"]) for s in manifest["shards"])
     dead = int(manifest["tombstones"]["count"]) if manifest["tombstones"] else 0
@@ -104,10 +121,20 @@ def commit_change(
     manifest["generation"] = int(manifest["generation"]) + 1
     manifest["updated"] = now()
     if threshold is None:
-        manifest["threshold"] = {"value": float("nan")}
+        rate = fpr if fpr is not None else _target_fpr(manifest)
+        # The draft only scores the holdout; its placeholder threshold is never committed.
+        manifest["threshold"] = Calibration(1.0, "fixed", note="draft").to_dict()
         draft = Index(folder, manifest, CheckConfig(search="exact"))
-        threshold = dict(_calibrate(draft, live_digests), rows_at_calibration=total - dead)
-    manifest["threshold"] = threshold
+        threshold = _calibrate(draft, live_digests, rate).with_details(
+            rows_at_calibration=total - dead
+        )
+        if old and max_change is not None:
+            try:
+                check_change(Calibration.from_dict(old), threshold, max_change, what)
+            except AuditInputError:
+                files.remove_unlisted(folder, files.read_manifest(folder))
+                raise
+    manifest["threshold"] = threshold.to_dict()
     files.commit(folder, clean_json(manifest))
     files.remove_unlisted(folder, manifest)
 
@@ -120,39 +147,59 @@ def _locked_manifest(index: Index) -> dict[str, Any]:
     return json.loads(json.dumps(index.manifest))
 
 
-def _live_digests(index: Index) -> set[str]:
+def _live_state(index: Index) -> tuple[set[str], set[str]]:
+    """Return the live rows' content hashes and ids (one pass over the rows files)."""
     dead = set(index.dead.tolist())
-    return {r["digest"] for r in index.iter_rows() if r["row"] not in dead and r["digest"]}
+    digests: set[str] = set()
+    ids: set[str] = set()
+    for r in index.iter_rows():
+        if r["row"] not in dead:
+            ids.add(str(r["id"]))
+            if r["digest"]:
+                digests.add(r["digest"])
+    return digests, ids
 
 
 def add_to_index(
-    index: Index, source: PathLike | Sequence[PathLike] | EmbeddingSet
+    index: Index,
+    source: PathLike | Sequence[PathLike] | EmbeddingSet,
+    max_change: float | None = None,
 ) -> dict[str, Any]:
-    """Embed what is new in ``source`` and append it as new shards (see :meth:`Index.add`)."""
+    """Embed what is new in ``source`` and append it as new shards (see :meth:`Index.add`).
+
+    ``max_change``: refuse (commit nothing) when the recalibrated threshold
+    moves further than this; ``None`` accepts any move.
+    """
     with files.writer_lock(index.path):
         manifest = _locked_manifest(index)
-        # Content hashes of the live rows (one pass over the rows files): to leave
-        # out content already present, and holdout files that are now training files.
-        vectors_only = isinstance(source, EmbeddingSet) and not source.digests
-        live = set() if vectors_only and not manifest["holdout"] else _live_digests(index)
+        # Content hashes of the live rows: to leave out content already present,
+        # and holdout files that are now training files; ids: each names one row.
+        live, ids = _live_state(index)
         counts: dict[str, Any] = {"files": 0, "added": 0, "present": 0, "skipped": 0}
         skipped: list[dict[str, str]] = []
         vectors: list[np.ndarray] = []
         rows: list[dict[str, Any]] = []
+        generation = int(manifest["generation"]) + 1
         number = max((int(s["number"]) for s in manifest["shards"]), default=-1) + 1
         step = int(manifest["settings"]["shard_rows"])
-        for block_rows, block in _new_blocks(index, source, live, counts, skipped):
+        for block_rows, block in _new_blocks(index, source, (live, ids), counts, skipped):
             rows.extend(block_rows)
             if block is not _END:
                 vectors.append(block)
             while len(rows) >= step or (rows and block is _END):
                 stacked = np.concatenate(vectors)
-                shard = files.write_shard(index.path, number, stacked[:step], rows[:step])
+                shard = files.write_shard(
+                    index.path, number, stacked[:step], rows[:step], generation
+                )
                 manifest["shards"].append(shard)
                 number, rows, vectors = number + 1, rows[step:], [stacked[step:]]
         counts["added"] = sum(int(s["rows"]) for s in manifest["shards"]) - index.rows_total
         if counts["added"]:
-            commit_change(index.path, manifest, _kept_threshold(manifest), live)
+            what = f"adding {counts['added']} row(s)"
+            commit_change(
+                index.path, manifest, _kept_threshold(manifest), live, max_change=max_change,
+                what=what,
+            )  # fmt: skip
             index.reload()
         counts.update(generation=index.manifest["generation"], threshold=index.threshold)
         counts["skipped_files"] = skipped
@@ -166,14 +213,17 @@ _END = np.zeros((0, 0), np.float32)
 def _new_blocks(
     index: Index,
     source: PathLike | Sequence[PathLike] | EmbeddingSet,
-    live: set[str],
+    state: tuple[set[str], set[str]],
     counts: dict[str, Any],
     skipped: list[dict[str, str]],
 ) -> Iterable[tuple[list[dict[str, Any]], np.ndarray]]:
-    """Yield ``(row records, (n, dim) vectors)`` of content not in ``live`` (which grows).
+    """Yield ``(row records, (n, dim) vectors)`` of content not in the index (which grows).
 
-    The last block is :data:`_END`.
+    ``state`` is the live content hashes and ids. A row whose id is already
+    live, or whose vector is not finite, is skipped with the reason. The last
+    block is :data:`_END`.
     """
+    live, ids = state
     from trainleak.gate.ingest import embed_items, iter_records
 
     identity = index.score_mode == "identity"
@@ -195,6 +245,23 @@ def _new_blocks(
         live.add(digest)
         return True
 
+    def usable(ident: str, vec: np.ndarray) -> bool:
+        """Whether a new row may be added: a unique id and a finite vector (else a skip)."""
+        reason = None
+        if ident in ids:
+            reason = (
+                "another image with this id is in the index already: remove it first "
+                "('trainleak index remove') or give this file another name"
+            )
+        elif not np.isfinite(vec).all():
+            reason = "the encoder gave NaN or infinite values for it: the index never stores them"
+        if reason is not None:
+            counts["skipped"] += 1
+            skipped.append({"path": ident, "reason": reason})
+            return False
+        ids.add(ident)
+        return True
+
     if isinstance(source, EmbeddingSet):
         if source.info.cache_key() != index.encoder_info.cache_key():
             raise AuditInputError(
@@ -206,6 +273,7 @@ def _new_blocks(
         skipped.extend({"path": s.path, "reason": s.reason} for s in source.skipped)
         for s0 in range(0, len(source), 65536):
             keep = [j for j in range(s0, min(s0 + 65536, len(source))) if new(digest_of(source, j))]
+            keep = [j for j in keep if usable(source.ids[j], source.vectors[j])]
             for j in keep:
                 labelled(source.ids[j], source.labels[j])
             rows = [row_record(source.ids[j], source.labels[j], digest_of(source, j)) for j in keep]
@@ -235,15 +303,16 @@ def _new_blocks(
             labelled(item.record.id, item.record.label)
             for k, vec in enumerate(item.rows, 1):
                 ident = f"{item.record.id}#{k}" if many or len(item.rows) > 1 else item.record.id
-                rows.append(row_record(ident, item.record.label, item.digest))
-                vecs.append(vec)
+                if usable(ident, vec):
+                    rows.append(row_record(ident, item.record.label, item.digest))
+                    vecs.append(vec)
         yield rows, np.asarray(vecs, np.float32).reshape(-1, dim)
     yield [], _END
 
 
-def _kept_threshold(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """Return the threshold record to keep, or ``None`` to recalibrate on the holdout."""
-    return None if manifest.get("holdout") else manifest["threshold"]
+def _kept_threshold(manifest: dict[str, Any]) -> Calibration | None:
+    """Return the threshold to keep, or ``None`` to recalibrate on the holdout."""
+    return None if manifest.get("holdout") else Calibration.from_dict(manifest["threshold"])
 
 
 def remove_from_index(index: Index, ids: Iterable[str]) -> dict[str, Any]:
@@ -290,6 +359,7 @@ def compact_index(index: Index) -> dict[str, Any]:
         alive = np.ones(index.rows_total, bool)
         alive[index.dead] = False
         number = max(int(s["number"]) for s in manifest["shards"]) + 1
+        generation = int(manifest["generation"]) + 1
         kept: list[dict[str, Any]] = []
         for s, shard in enumerate(manifest["shards"]):
             lo, hi = int(index.starts[s]), int(index.starts[s + 1])
@@ -300,10 +370,11 @@ def compact_index(index: Index) -> dict[str, Any]:
             if mask.any():
                 listed = files.iter_jsonl(index.path, shard["files"]["rows"])
                 rows = [r for r, m in zip(listed, mask, strict=True) if m]
-                kept.append(files.write_shard(index.path, number, index.shards[s][mask], rows))
+                vectors = index.shards[s][mask]
+                kept.append(files.write_shard(index.path, number, vectors, rows, generation))
                 number += 1
         manifest["shards"], manifest["tombstones"] = kept, None
         dropped = len(index.dead)
-        commit_change(index.path, manifest, manifest["threshold"], set())
+        commit_change(index.path, manifest, index.calibration, set())
         index.reload()
         return {"dropped": dropped, "generation": index.manifest["generation"]}

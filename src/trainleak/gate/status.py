@@ -1,0 +1,93 @@
+"""What an opened index can vouch for: damaged shards, health, and what it may show.
+
+A shard that holds a NaN makes every similarity with its rows NaN, which an
+exact search cannot rank: the training images in it could never be found.
+Every row is checked for finite values when it is written (the manifest
+records ``finite: true`` with the shard's checksums); a reader checks again
+when it first searches (the search reads every row anyway), and
+:meth:`~trainleak.gate.index.Index.verify` checks with the checksums.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainleak.errors import TrainleakError
+from trainleak.gate.reader import nonfinite_rows
+
+if TYPE_CHECKING:
+    from trainleak.gate.index import Index
+
+
+def damaged_shards(index: Index, every: bool = False) -> list[str]:
+    """Return one line per live shard (every shard with ``every``) holding non-finite values."""
+    out = []
+    for s, shard in enumerate(index.shards):
+        lo, hi = int(index.starts[s]), int(index.starts[s + 1])
+        if not every and _all_dead(index, lo, hi):
+            continue
+        bad = nonfinite_rows(shard)
+        if len(bad):
+            name = index.manifest["shards"][s]["files"]["vectors"]["name"]
+            first = lo + int(bad[0])
+            out.append(f"{name} holds NaN or infinite values in {len(bad)} row(s), e.g. {first}")
+    return out
+
+
+def _all_dead(index: Index, lo: int, hi: int) -> bool:
+    a, b = np.searchsorted(index.dead, [lo, hi])
+    return int(b - a) >= hi - lo
+
+
+def health(index: Index) -> dict[str, Any]:
+    """Say whether the index can give verdicts on uploaded images now.
+
+    ``ok`` is false, with ``problems`` saying why, when: the threshold is not
+    finite, the encoder cannot be rebuilt (an index built from vectors checks
+    vectors only, so every upload would fail), the decisions files cannot be
+    read, or a search found a damaged shard. Nothing here reads the vectors
+    (the encoder is made on the first call and kept).
+
+    Returns:
+        ``{"ok": bool, "problems": [str, ...], "generation": int, "live": int}``.
+
+    """
+    problems = []
+    if not math.isfinite(index.threshold):
+        problems.append("the threshold is not a finite number")
+    try:
+        index.embedder()  # made once and kept: a service has it running already
+    except TrainleakError as err:
+        problems.append(f"uploaded images cannot be embedded: {err}")
+    try:
+        index.decisions.current()
+    except (TrainleakError, OSError, ValueError) as err:
+        problems.append(f"the reviewers' decisions cannot be read ({err})")
+    if index.damage:
+        problems.append(f"index damaged: {index.damage}")
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "generation": int(index.manifest["generation"]),
+        "live": len(index),
+    }
+
+
+def public_manifest(index: Index) -> dict[str, Any]:
+    """Return the manifest without what only the operator should see (paths on this machine).
+
+    Left out: the holdout's root folder and file lists, and the embedding
+    settings' cache folder; the threshold is the :class:`Calibration` record.
+    """
+    m = dict(index.manifest)
+    if m.get("holdout"):
+        m["holdout"] = {k: v for k, v in m["holdout"].items() if k not in ("root", "files")}
+    settings = dict(m.get("settings") or {})
+    if isinstance(settings.get("embed"), dict):
+        settings["embed"] = {k: v for k, v in settings["embed"].items() if k != "cache"}
+    m["settings"] = settings
+    m["threshold"] = index.calibration.to_dict()
+    return m
