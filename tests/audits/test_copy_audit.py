@@ -82,8 +82,23 @@ def test_audit_flags_each_copy_and_nothing_else(
     assert all(_copied(name) == train for name, train in best.items())
     reasons = {Path(x["path"]).name: x["reason"] for x in rep["skipped"]}
     assert "too few keypoints" in reasons["flat.png"]
+    # Evidence: one picture and one JSON per flagged pair, the edit estimated.
     result.write(tmp_path / "out")
-    assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    written = json.loads((tmp_path / "out" / "report.json").read_text())["copy_evidence"]
+    edits = {Path(e["synthetic"]).stem: e["edit"] for e in written}
+    assert set(edits) == {f"{n}_{e}" for n, e in COPIES}
+    assert all((tmp_path / "out" / e["png"]).stat().st_size > 1000 for e in written)
+    assert "Where the images match" in html and html.count("data:image/png;base64") == 4
+    crop = edits["astronaut_crop60"]  # 60% of each side: 36% of the area, not mirrored
+    box = crop["crop_box_fraction"]
+    assert abs((box[2] - box[0]) * (box[3] - box[1]) - 0.36) < 0.03 and not crop["mirrored"]
+    assert abs(abs(edits["coffee_rotate15"]["rotation_degrees"]) - 15) < 1
+    combo = edits["chelsea_combo"]  # crop 70%, mirror, rotate 10, recolour, JPEG
+    assert combo["mirrored"] and abs(abs(combo["rotation_degrees"]) - 10) < 1.5
+    result.write(tmp_path / "redacted", redact=True)
+    assert not list((tmp_path / "redacted" / "evidence").glob("*.png"))
+    assert len(list((tmp_path / "redacted" / "evidence").glob("*.json"))) == 4
 
 
 def test_cli_audit_exit_codes(copy_sets: dict[str, Path], tmp_path: Path, cache_dir: Path) -> None:

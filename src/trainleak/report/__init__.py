@@ -196,9 +196,17 @@ def write_audit_report(
             "(pandas.read_parquet / read_csv, polars, duckdb read it as it is)",
         },
     )
+    matched = ""
+    if report.get("encoder", {}).get("metric") == "local":
+        # Local-feature encoders (--encoder copy) show where each flagged pair matches.
+        from trainleak.report.copy_evidence import evidence_html, write_copy_evidence
+
+        entries = write_copy_evidence(report, folder, redact)
+        report = dict(report, copy_evidence=entries)
+        matched = evidence_html(entries, folder, redact)
     thumbnail = embedded_thumbnails(redact)
     paths = write_report_files(
-        report, out, lambda clean: render_audit_html(clean, thumbnail), redact
+        report, out, lambda clean: render_audit_html(clean, thumbnail, matched), redact
     )
     paths["table"] = str(folder / name)
     if fmt == "csv":

@@ -208,8 +208,14 @@ def _how(report: dict[str, Any]) -> str:
     )
 
 
-def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> str:
-    """Render the ``audit`` report; ``thumbnail=None`` embeds no images (redacted)."""
+def render_audit_html(
+    report: dict[str, Any], thumbnail: Thumbnail | None, matched: str = ""
+) -> str:
+    """Render the ``audit`` report; ``thumbnail=None`` embeds no images (redacted).
+
+    ``matched``: an HTML section drawn after the pairs (where copies match, see
+    :mod:`trainleak.report.copy_evidence`).
+    """
     s, t = report["summary"], report["threshold"]
     rows = _per_sample(report)
     hist = svg_counts(
@@ -237,7 +243,7 @@ def render_audit_html(report: dict[str, Any], thumbnail: Thumbnail | None) -> st
         f"score is above the threshold.</p>"
         f"<h2>Closest pairs (top {min(TOP_PAIRS, len(rows))} of {s['n_synthetic']}, "
         "flagged first)</h2>"
-        f"{_pairs(rows, thumbnail)}{_table_note(report)}"
+        f"{_pairs(rows, thumbnail)}{_table_note(report)}{matched}"
         f"<h2>Training identities</h2>{_identities(report, thumbnail)}"
         f"<h2>Skipped files</h2>{skipped_table(report)}"
         f"<h2>How it was run</h2>{_how(report)}",
