@@ -27,7 +27,8 @@ from trainleak.config import CheckConfig, EmbedConfig, ServeConfig
 from trainleak.gate.index import Index
 from trainleak.service import SERVE_PACKAGES
 from trainleak.service.guard import Tokens
-from trainleak.service.serve import create_app, without_paths
+from trainleak.service.public import without_paths
+from trainleak.service.serve import create_app
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from trainleak.cli import main
 from trainleak.config import CheckConfig, EmbedConfig, IndexConfig
 from trainleak.decide.decisions import DB_NAME, Decision, DecisionStore
 from trainleak.gate.index import Index
-from trainleak.service.serve import create_app, pixel_groups
+from trainleak.service.serve import create_app
+from trainleak.service.uploads import pixel_groups
 
 from conftest import COIL
 

@@ -14,7 +14,7 @@ Routes (all JSON unless said):
   checks vectors only), or the ``--decisions`` file cannot be read.
 * ``GET /v1/index``: the index's manifest without the host's file paths
   (:meth:`Index.public_manifest <trainleak.gate.index.Index.public_manifest>`,
-  then :func:`without_paths`).
+  then :func:`~trainleak.service.public.without_paths`).
 * ``GET /metrics``: Prometheus text format (see :mod:`trainleak.service.metrics`).
 * ``POST /v1/index/add``: multipart ``file`` (and an optional ``label`` field,
   the identity of every file), admin token only: :meth:`Index.add` with the
@@ -47,8 +47,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from trainleak._version import __version__
-from trainleak.config import DEFAULT_MAX_PIXELS, ServeConfig
-from trainleak.decoding import ImageSkip, open_image
+from trainleak.config import ServeConfig
 from trainleak.errors import TrainleakError
 from trainleak.gate.check import Verdict
 from trainleak.gate.index import Index
@@ -57,7 +56,8 @@ from trainleak.service.batcher import Batcher, QueueFull, TimedOut
 from trainleak.service.guard import Guard, Tokens, check_bind
 from trainleak.service.httpserver import Limits, listen, make_server
 from trainleak.service.metrics import RecordRequests, ServiceMetrics
-from trainleak.service.uploads import refusal, upload_set
+from trainleak.service.public import without_paths
+from trainleak.service.uploads import pixel_groups, refusal, upload_set
 
 log = logging.getLogger(__name__)
 
@@ -372,76 +372,3 @@ def serve(index: PathLike, config: ServeConfig | None = None, tokens: Tokens | N
         server.run(sockets=[sock])
     finally:
         sock.close()
-
-
-#: Manifest keys that name files or folders of the host (``GET /v1/index`` leaves them out).
-PATH_KEYS = frozenset(
-    ("root", "cache", "path", "weights", "files", "spec", "spec_options", "execution")
-    + ("ray_address",)
-)
-
-
-def without_paths(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Return ``manifest`` without what tells where things are on the host.
-
-    Keys in :data:`PATH_KEYS` are dropped at any depth (the holdout's root,
-    the cache folder, weights files, an ``onnx:FILE`` spec, shard file
-    names), and so is any other string that is an absolute path.
-
-    Example:
-        >>> without_paths({"generation": 3, "holdout": {"n": 5, "root": "/data/hold"},
-        ...                  "settings": {"embed": {"cache": "/home/me/.cache", "workers": 2},
-        ...                               "note": "/srv/x"}})
-        {'generation': 3, 'holdout': {'n': 5}, 'settings': {'embed': {'workers': 2}}}
-
-    """
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if k not in PATH_KEYS and not _is_path(v)}
-        if isinstance(value, list):
-            return [clean(v) for v in value if not _is_path(v)]
-        return value
-
-    out: dict[str, Any] = clean(manifest)
-    return out
-
-
-def _is_path(value: Any) -> bool:
-    return isinstance(value, str) and (
-        value.startswith(("/", "~", "\\\\")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))
-    )
-
-
-def pixel_groups(
-    items: Sequence[Upload], budget: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[list[Upload]]:
-    """Split uploads, in order, into groups of at most ``budget`` pixels (read from headers).
-
-    An image over the budget is a group alone; one whose header cannot be
-    read, or over ``max_pixels``, counts as none (the embedder skips it
-    with the reason, without decoding it).
-
-    Example:
-        >>> import io; from PIL import Image
-        >>> def png(w, h):
-        ...     buf = io.BytesIO(); Image.new("L", (w, h)).save(buf, "PNG"); return buf.getvalue()
-        >>> items = [("a", png(10, 10)), ("b", png(10, 10)), ("c", png(30, 10)), ("d", b"?")]
-        >>> [[n for n, _ in g] for g in pixel_groups(items, 250)]
-        [['a', 'b'], ['c', 'd']]
-
-    """
-    groups: list[list[Upload]] = []
-    used = budget + 1
-    for name, data in items:
-        try:
-            with open_image(data, max_pixels) as im:
-                pixels = im.width * im.height
-        except ImageSkip:
-            pixels = 0
-        if not groups or (pixels > 0 and used > 0 and used + pixels > budget):
-            groups.append([])
-            used = 0
-        groups[-1].append((name, data))
-        used += pixels
-    return groups

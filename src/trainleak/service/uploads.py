@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trainleak.config import DEFAULT_MAX_PIXELS
 from trainleak.decoding import ImageSkip, NotAnImage, TooManyPixels, open_image
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import SkipRecord
@@ -101,3 +102,37 @@ def upload_set(index: Index, items: Sequence[tuple[str, bytes]], label: str | No
         paths=paths,
         digests=digests,
     )
+
+
+def pixel_groups(
+    items: Sequence[tuple[str, bytes]], budget: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[list[tuple[str, bytes]]]:
+    """Split uploads, in order, into groups of at most ``budget`` pixels (read from headers).
+
+    An image over the budget is a group alone; one whose header cannot be
+    read, or over ``max_pixels``, counts as none (the embedder skips it
+    with the reason, without decoding it).
+
+    Example:
+        >>> import io; from PIL import Image
+        >>> def png(w, h):
+        ...     buf = io.BytesIO(); Image.new("L", (w, h)).save(buf, "PNG"); return buf.getvalue()
+        >>> items = [("a", png(10, 10)), ("b", png(10, 10)), ("c", png(30, 10)), ("d", b"?")]
+        >>> [[n for n, _ in g] for g in pixel_groups(items, 250)]
+        [['a', 'b'], ['c', 'd']]
+
+    """
+    groups: list[list[tuple[str, bytes]]] = []
+    used = budget + 1
+    for name, data in items:
+        try:
+            with open_image(data, max_pixels) as im:
+                pixels = im.width * im.height
+        except ImageSkip:
+            pixels = 0
+        if not groups or (pixels > 0 and used > 0 and used + pixels > budget):
+            groups.append([])
+            used = 0
+        groups[-1].append((name, data))
+        used += pixels
+    return groups
