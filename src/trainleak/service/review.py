@@ -29,7 +29,6 @@ from typing import Any
 
 from trainleak.config import ReviewConfig
 from trainleak.decide.decisions import DB_NAME, VERDICTS, Decision, DecisionsError, DecisionStore
-from trainleak.errors import TrainleakError
 from trainleak.service.review_auth import Guard, Reviewers, is_loopback
 from trainleak.service.review_images import ImageTable, render_png
 from trainleak.service.review_items import Candidate, ReviewReport, read_report
@@ -179,10 +178,6 @@ def open_store(path: Path) -> DecisionStore:
             f"{path} is not a trainleak decisions log ({err}): move it aside (review then "
             "starts a new one) or restore it from a copy"
         ) from None
-
-
-class ReviewServerError(TrainleakError):
-    """The review server cannot start as asked."""
 
 
 def create_app(review: Review, reviewers: Reviewers, host: str | None = None) -> Any:
