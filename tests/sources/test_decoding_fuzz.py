@@ -31,7 +31,14 @@ from hostile_files import (
 )
 from PIL import Image
 
-from trainleak.decoding import FORMATS, ImageSkip, NotAnImage, decode_image, open_image
+from trainleak.decoding import (
+    FORMATS,
+    ImageSkip,
+    NotAnImage,
+    decode_image,
+    image_format,
+    open_image,
+)
 from trainleak.service.uploads import refusal
 
 #: Cases per run; about 3 s on one shared core of the dev machine.
@@ -158,3 +165,10 @@ def test_eps_never_runs_ghostscript(tmp_path):
         "poster.png": "not an image (unrecognised format)",
         "art.eps": "not an image (unrecognised format)",
     }
+
+
+def test_naming_a_format_leaves_pillows_guard_alone():
+    before = Image.MAX_IMAGE_PIXELS
+    assert image_format(encode(Image.new("RGB", (8, 8)), "TIFF")) == "TIFF"
+    assert image_format(eps()) is None and image_format(unknown_pixel_format_dds()) is None
+    assert before == Image.MAX_IMAGE_PIXELS
