@@ -1,9 +1,10 @@
 """Issue 21 items 6 and 7: archives cost one member of memory, and a cut tar loses nothing silently.
 
 The shards are made here: real ORL photos in webdataset tars, and the
-issue's attack files (a 40 x 16 MB sample in a small ``.tar.gz``, 64 rows of
-8 MB in a small zstd parquet file; 32 here). Peak memory is measured in a fresh
-interpreter (``VmHWM``, its own peak; ``ru_maxrss`` would start at pytest's).
+issue's attack files, smaller (its sample of 40 x 16 MB in a small
+``.tar.gz``: 16 here; its 64 rows of 8 MB in a small zstd parquet file: 32).
+Peak memory is measured in a fresh interpreter (``VmHWM``, its own peak;
+``ru_maxrss`` would start at pytest's).
 """
 
 from __future__ import annotations
