@@ -376,3 +376,35 @@ def leave_one_out_p_values(
         keep = np.array([n != name for n in null_names], bool)
         out[i] = empirical_p_values(np.asarray(scores[i : i + 1]), null[keep])[0]
     return out
+
+
+def histogram_counts(
+    series: dict[str, np.ndarray], threshold: float | None, bins: int = 40
+) -> dict[str, object]:
+    """Bin every series on shared edges (spanning the values and the threshold).
+
+    What :func:`svg_counts` draws, small enough for ``report.json`` whatever
+    the number of values: ``{"edges": [bins + 1], "counts": {name: [bins]}}``
+    (non-finite values are left out).
+
+    Example:
+        >>> h = histogram_counts({"a": np.array([0.0, 1.0, 1.0])}, None, bins=2)
+        >>> h["counts"]["a"], len(h["edges"])
+        ([1, 2], 3)
+
+    """
+    finite = {k: v[np.isfinite(v)] for k, v in series.items()}
+    lows = [float(v.min()) for v in finite.values() if len(v)]
+    highs = [float(v.max()) for v in finite.values() if len(v)]
+    if threshold is not None and np.isfinite(threshold):
+        lows.append(float(threshold))
+        highs.append(float(threshold))
+    if not lows:
+        return {"edges": [], "counts": {}}
+    lo, hi = min(lows), max(highs)
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.05, hi + 0.05
+    pad = (hi - lo) * 0.03
+    edges = np.linspace(lo - pad, hi + pad, bins + 1)
+    counts = {k: np.histogram(v, edges)[0].tolist() for k, v in finite.items()}
+    return {"edges": edges.tolist(), "counts": counts}

@@ -41,7 +41,7 @@ from trainleak.decoding import image_format
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.images import SkipRecord, read_bytes
-from trainleak.report import report_header
+from trainleak.records import report_header
 from trainleak.result import Result
 from trainleak.similarity import Similarity
 from trainleak.store import content_hash

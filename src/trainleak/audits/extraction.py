@@ -35,7 +35,7 @@ from trainleak.config import PAPER_TILED as PAPER_TILED  # re-exported: it lived
 from trainleak.config import ExtractConfig as ExtractConfig  # re-exported: it lived here
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import list_records
-from trainleak.report import report_header
+from trainleak.records import report_header
 from trainleak.result import Result
 from trainleak.similarity import Similarity
 

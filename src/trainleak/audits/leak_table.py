@@ -19,7 +19,7 @@ import numpy as np
 
 from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
-from trainleak.report.table import Coded
+from trainleak.records import Coded
 
 #: Synthetic samples per block of the table (rows = about ``k`` times as many).
 BLOCK_SAMPLES = 16_384

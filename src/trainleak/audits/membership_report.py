@@ -19,7 +19,7 @@ from trainleak.audits.sampling import GeneratedSet
 from trainleak.config import MembershipConfig
 from trainleak.embedding import EmbeddingSet
 from trainleak.images import SkipRecord
-from trainleak.report import report_header
+from trainleak.records import report_header
 
 #: Below this p-value a query is counted in ``n_p_below`` (uncorrected).
 ALPHA = 0.05

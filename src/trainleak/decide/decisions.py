@@ -384,7 +384,7 @@ def export_csv(
             current decision of each pair.
 
     """
-    from trainleak.report import ENCODING_ERRORS, csv_cell
+    from trainleak.records import ENCODING_ERRORS, csv_cell
 
     columns = EXPORT_COLUMNS + (["row", "undoes", "log"] if history else [])
     n = 0

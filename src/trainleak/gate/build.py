@@ -23,7 +23,7 @@ from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate import shards as files
 from trainleak.gate.writer import commit_change, digest_of, now, row_record
-from trainleak.report import clean_json
+from trainleak.records import clean_json
 
 PathLike = str | os.PathLike[str]
 

@@ -16,7 +16,7 @@ import unicodedata
 from typing import IO, Literal
 
 from trainleak.gate.check import COLUMNS, Verdict
-from trainleak.report import ENCODING_ERRORS, csv_cell
+from trainleak.records import ENCODING_ERRORS, csv_cell
 
 __all__ = ["VerdictWriter", "csv_cell", "for_terminal", "printable"]
 

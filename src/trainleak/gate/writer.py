@@ -26,7 +26,7 @@ from trainleak.decide.contamination import contaminated_rows
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate import shards as files
-from trainleak.report import clean_json
+from trainleak.records import clean_json
 
 if TYPE_CHECKING:
     from trainleak.gate.index import Index

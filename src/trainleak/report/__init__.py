@@ -3,67 +3,36 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from trainleak.records import (
+    ENCODING_ERRORS,
+    FORMULA_START,
+    clean_json,
+    csv_cell,
+    needs_quote,
+    report_header,
+)
 
 if TYPE_CHECKING:
     from trainleak.config import TableFormat
 
-
-def clean_json(value: Any) -> Any:
-    """Replace NaN/inf by ``None`` and numpy scalars by Python ones, recursively.
-
-    Example:
-        >>> clean_json({"a": float("nan"), "b": [1.5, float("inf")]})
-        {'a': None, 'b': [1.5, None]}
-
-    """
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def report_header(
-    command: str, argv: Sequence[str] | None, settings: dict[str, Any], device: str = "cpu"
-) -> dict[str, Any]:
-    """Return the keys every ``report.json`` starts with: tool, version, how it was run.
-
-    Example:
-        >>> head = report_header("audit", ["trainleak", "audit"], {"k": 5})
-        >>> head["tool"], head["command"], head["argv"], head["settings"]
-        ('trainleak', 'audit', ['trainleak', 'audit'], {'k': 5})
-
-    """
-    from trainleak._version import __version__
-
-    return {
-        "tool": "trainleak",
-        "version": __version__,
-        "command": command,
-        "argv": list(argv) if argv is not None else list(sys.argv),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": device,
-        "settings": settings,
-    }
-
-
-#: How the writers encode text that UTF-8 cannot hold: file names that are not
-#: UTF-8 reach the report as Python's surrogate escapes (``b"\xff"`` ->
-#: ``"\udcff"``). In JSON they become the escape ``\udcff`` (what
-#: ``ensure_ascii`` would write), so ``os.fsencode(json.load(...)["path"])``
-#: gives back the file's bytes; in CSV and HTML the same text is shown.
-ENCODING_ERRORS = "backslashreplace"
+# The neutral helpers live in trainleak.records (below audits and the gate);
+# they are re-exported here, where the writers use them.
+__all__ = [
+    "ENCODING_ERRORS",
+    "FORMULA_START",
+    "clean_json",
+    "csv_cell",
+    "needs_quote",
+    "report_header",
+    "write_json",
+    "write_report_files",
+    "write_audit_report",
+]
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -106,42 +75,6 @@ def write_report_files(
     _write_clean_json(clean, paths["json"])
     Path(paths["html"]).write_text(render(clean), encoding="utf-8", errors=ENCODING_ERRORS)
     return paths
-
-
-#: First characters that make a spreadsheet read a cell as a formula (OWASP's list,
-#: a newline, and the fullwidth = + - @ that some spreadsheets fold to ASCII).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-
-
-def needs_quote(text: str) -> bool:
-    """Whether :func:`csv_cell` puts a ``'`` before ``text``.
-
-    A formula character, any leading white space (a spreadsheet may trim a
-    space or NBSP and then read ``=``), or a ``'`` of the text's own (quoted
-    too, so that reading the file back removes exactly one).
-    """
-    first = text[:1]
-    return bool(first) and (first in FORMULA_START or first.isspace() or first == "'")
-
-
-def csv_cell(value: Any) -> Any:
-    """Return a CSV cell that no spreadsheet runs as a formula (file names are user data).
-
-    ``trainleak.decide.decisions`` removes the quote again when it reads an
-    export back, so every text round-trips.
-
-    Example:
-        >>> csv_cell("=HYPERLINK(1)"), csv_cell("a.png"), csv_cell(-0.5), csv_cell(None)
-        ("'=HYPERLINK(1)", 'a.png', -0.5, '')
-        >>> csv_cell(" =1"), csv_cell("\uff1d1"), csv_cell("'a")
-        ("' =1", "'\uff1d1", "''a")
-
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str) and needs_quote(value):
-        return "'" + value
-    return value
 
 
 MATCH_COLUMNS = ["synthetic", "train", "train_identity", "rank", "similarity", "score", "flagged"]

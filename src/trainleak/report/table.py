@@ -14,14 +14,13 @@ import csv
 import importlib.util
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from trainleak.config import TableFormat
-from trainleak.report import ENCODING_ERRORS, csv_cell
+from trainleak.records import ENCODING_ERRORS, Coded, csv_cell
 
 #: Column types in the parquet file (CSV writes them as text).
 COLUMN_TYPES = {
@@ -33,27 +32,6 @@ COLUMN_TYPES = {
     "score": "float64",
     "flagged": "bool_",
 }
-
-
-@dataclass
-class Coded:
-    """A text column as its distinct values and one code per row (a block repeats ids k times).
-
-    Example:
-        >>> Coded(["a", "b"], np.array([0, 0, 1])).tolist()
-        ['a', 'a', 'b']
-
-    """
-
-    values: list[Any]
-    codes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def tolist(self) -> list[Any]:
-        """Return the column's value row by row."""
-        return [self.values[c] for c in self.codes.tolist()]
 
 
 def resolve_format(fmt: TableFormat) -> Literal["parquet", "csv"]:

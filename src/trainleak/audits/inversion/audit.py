@@ -52,7 +52,7 @@ from trainleak.config import InvertConfig as InvertConfig  # re-exported: it liv
 from trainleak.config import InvertMethod
 from trainleak.device import resolve_device
 from trainleak.images import DEFAULT_MAX_PIXELS, SkipRecord, list_records
-from trainleak.report import report_header
+from trainleak.records import report_header
 from trainleak.result import Result
 
 Method = InvertMethod  # the name it had here
