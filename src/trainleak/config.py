@@ -19,6 +19,10 @@ DEFAULT_MAX_FILE_MB = 256
 
 ScoreMode = Literal["auto", "nn", "identity"]
 SearchBackend = Literal["auto", "torch", "numpy", "faiss"]
+#: ``exact`` neighbours, or ``approx``: a faiss inverted-file index with the
+#: candidates re-scored exactly and the recall measured in every run
+#: (:mod:`trainleak.approx_search`).
+SearchMode = Literal["exact", "approx"]
 #: The headline score of identity membership.
 Headline = Literal["max", "topm"]
 #: How ``invert`` rebuilds inputs from features.
@@ -84,6 +88,8 @@ class AuditConfig:
         ct_cells: k-means cells for Meehan's C_T.
         seed: seeds the k-means of C_T (the only randomness in an audit).
         search_backend: neighbour search, see :func:`trainleak.neighbors.knn`.
+        search: ``exact`` or ``approx`` (cosine encoders; recall measured
+            and reported, the holdout searched the same way).
         search_device: where the search runs: ``auto`` (a CUDA GPU when torch
             sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Results
             do not depend on it (chosen pairs are re-scored in float64).
@@ -107,6 +113,7 @@ class AuditConfig:
     ct_cells: int = 5
     seed: int = 0
     search_backend: SearchBackend = "auto"
+    search: SearchMode = "exact"
     search_device: str = "auto"
     report_samples: int = 1000
     table: TableFormat = "auto"
@@ -137,6 +144,8 @@ class IndexConfig:
         score: ``nn``, ``identity`` or ``auto``, as in :class:`AuditConfig`.
         identity_weight: weight of the nearest photo in the identity score.
         shard_rows: rows per vector shard file.
+        search: how the holdout is searched to calibrate the threshold
+            (``exact``, or ``approx`` with measured recall); see :class:`AuditConfig`.
 
     """
 
@@ -146,6 +155,7 @@ class IndexConfig:
     score: ScoreMode = "auto"
     identity_weight: float = 0.5
     shard_rows: int = 1_000_000
+    search: SearchMode = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``manifest.json``."""
@@ -252,12 +262,15 @@ class DedupConfig:
             ``None`` = the encoder's default operating point (copy encoders
             only; any other encoder needs one).
         k: neighbours searched per image at first.
+        search: ``exact``, or ``approx`` for cosine encoders (recall measured
+            and reported; the tiled and pixel rules stay exact).
 
     """
 
     embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(encoder="tiled"))
     threshold: float | None = None
     k: int = 16
+    search: SearchMode = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as written into ``report.json``."""

@@ -35,11 +35,14 @@ is padded with score ``-inf`` and index ``-1``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from trainleak import approx_search
 from trainleak._optional import require
+from trainleak.approx_search import SearchRecord
 from trainleak.device import pick_backend, resolve_device
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 MetricName = Literal["cosine", "tiled_l2"]
 Backend = Literal["auto", "torch", "numpy", "faiss"]
+#: ``default`` = the mode of the run (:func:`trainleak.approx_search.use_search`), else exact.
+Search = Literal["default", "exact", "approx"]
 
 #: Bytes one block of float32 scores (query block x database block) may take.
 #: The numpy backend's transient peak is about 5 times this (negated copy,
@@ -141,8 +146,9 @@ def knn(
     exclude_self: bool = False,
     device: str = "cpu",
     self_offset: int = 0,
+    search: Search = "default",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Find the exact top-k database rows of every query.
+    """Find the top-k database rows of every query: exactly, or approximately with measured recall.
 
     Args:
         queries: ``(n_query, dim)`` rows (unit rows for ``cosine``).
@@ -162,6 +168,13 @@ def knn(
             ``self_offset + i`` (a block of the database's own rows, or a
             database that is a shard of the queries' set); it may lie partly
             or wholly outside the database.
+        search: ``exact``; ``approx`` (cosine only: a faiss inverted-file
+            index proposes candidates, re-scored exactly, its recall@k
+            measured on sampled queries and recorded in the run's
+            :class:`~trainleak.approx_search.SearchContext`, see
+            :mod:`trainleak.approx_search`); or ``default``, the run's mode
+            (exact outside :func:`~trainleak.approx_search.use_search`;
+            a ``tiled_l2`` search stays exact).
 
     Returns:
         ``(scores, idx)``, ``(n_query, k)`` float32 and int64, rows by descending
@@ -182,6 +195,32 @@ def knn(
     _check(queries, database, k, metric, tiles, backend)
     if block_size < 1:
         raise ValueError(f"block_size must be 1 or more, got {block_size}")
+    if search not in ("default", "exact", "approx"):
+        raise ValueError(f"unknown search {search!r}: use 'exact' or 'approx'")
+    if search == "approx" and metric != "cosine":
+        raise ValueError("search='approx' supports the cosine metric only: use search='exact'")
+    ctx = approx_search.current()
+    mode = ctx.mode if search == "default" else search
+    if mode == "approx" and metric == "cosine" and len(queries) and len(database):
+        return _knn_approx(queries, database, k, exclude_self, self_offset, ctx)
+    ctx.records.append(SearchRecord("exact", len(queries), len(database), k))
+    return _knn_exact(
+        queries, database, k, metric, backend, block_size, tiles, exclude_self, device, self_offset
+    )
+
+
+def _knn_exact(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    metric: MetricName,
+    backend: Backend,
+    block_size: int,
+    tiles: int,
+    exclude_self: bool,
+    device: str,
+    self_offset: int,
+) -> tuple[np.ndarray, np.ndarray]:
     n, m = len(queries), len(database)
     if backend == "auto":
         backend = pick_backend(n, m, queries.shape[1], device)
@@ -204,6 +243,65 @@ def knn(
     idx[np.isneginf(scores)] = -1  # masked self matches
     scores, idx = _tie_order(_rescore(queries, database, idx, metric, tiles), idx)
     return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(idx[:, :k])
+
+
+def _knn_approx(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    exclude_self: bool,
+    self_offset: int,
+    ctx: approx_search.SearchContext,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-k (see :mod:`trainleak.approx_search`), recorded with its measured recall."""
+    t0 = time.perf_counter()
+    st = ctx.settings
+    index = approx_search.index_for(ctx, database)
+    tune, report = approx_search.samples(len(queries), st.sample, st.seed)
+
+    def exact(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, i = _knn_exact(queries[rows], database, k + exclude_self, "cosine", "auto", 2048,
+                          1, False, "cpu", 0)  # fmt: skip
+        return _cut(s, i, rows, k, exclude_self, self_offset)
+
+    def found(rows: np.ndarray | slice, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        q = queries[rows]
+        _, i = approx_search.candidates(index, q, k + RESCORE_MARGIN + exclude_self, nprobe)
+        s = _rescore(q, database, i, "cosine", 1)
+        at = np.arange(len(queries))[rows]
+        return _cut(*_tie_order(s, i), at, k, exclude_self, self_offset)
+
+    want = exact(tune)
+    nprobe = 1
+    while True:
+        got = found(tune, nprobe)
+        if approx_search.recall_at_k(*got, *want) >= st.target_recall or nprobe >= index.nlist:
+            break
+        nprobe = min(index.nlist, 2 * nprobe)
+    scores, idx = found(slice(None), nprobe)
+    truth = want if report is tune else exact(report)
+    recall = approx_search.recall_at_k(scores[report], idx[report], *truth)
+    seconds = time.perf_counter() - t0
+    record = SearchRecord("approx", len(queries), len(database), k, recall, len(report),
+                          int(index.nlist), nprobe, seconds)  # fmt: skip
+    ctx.records.append(record)
+    logger.info("approx knn: %s", record)
+    return scores, idx
+
+
+def _cut(
+    s: np.ndarray, i: np.ndarray, rows: np.ndarray, k: int, exclude_self: bool, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each query's own row (``exclude_self``), keep the top ``k``, pad to ``k`` columns."""
+    if exclude_self:
+        own = i == (offset + np.asarray(rows))[:, None]
+        s, i = _tie_order(np.where(own, -np.inf, s), np.where(own, -1, i))
+    s, i = s[:, :k], i[:, :k]
+    if s.shape[1] < k:
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return np.ascontiguousarray(s, np.float32), np.ascontiguousarray(i, np.int64)
 
 
 def _db_block(database: np.ndarray, d0: int, block: int, writeable: bool = False) -> np.ndarray:
@@ -384,3 +482,26 @@ def _tie_order(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
         np.take_along_axis(scores, order, 1).astype(np.float32),
         np.take_along_axis(idx, order, 1).astype(np.int64),
     )
+
+
+def merge_topk(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` per row by descending score, then ascending index; ``-1`` padding last.
+
+    Example:
+        >>> s, i = merge_topk(np.array([[0.5, 0.9, 0.9]]), np.array([[4, 7, 2]]), 2)
+        >>> s.tolist(), i.tolist()
+        ([[0.8999999761581421, 0.8999999761581421]], [[2, 7]])
+
+    """
+    n = len(scores)
+    out_s = np.full((n, k), -np.inf, np.float32)
+    out_i = np.full((n, k), -1, np.int64)
+    if scores.shape[1] == 0:
+        return out_s, out_i
+    key_i = np.where(idx < 0, np.iinfo(np.int64).max, idx)
+    order = np.lexsort((key_i, -scores), axis=1)[:, :k]
+    w = order.shape[1]
+    out_s[:, :w] = np.take_along_axis(scores, order, 1)
+    out_i[:, :w] = np.take_along_axis(idx, order, 1)
+    out_i[np.isneginf(out_s)] = -1
+    return out_s, out_i

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainleak.approx_search import use_search
 from trainleak.archives import read_members
 from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
@@ -199,8 +200,14 @@ def dedup_embeddings(
     info = emb.info
     mode = _require_threshold(info.name, config.threshold)
     threshold = info.default_threshold if config.threshold is None else config.threshold
+    if config.search == "approx" and config.embed.engine != "local":
+        raise AuditInputError(
+            "--search approx runs on the local engine: leave out --engine ray, or use the exact "
+            "search, which Ray shards"
+        )
     sim = Similarity.of(info)
-    edges = duplicate_edges(emb.vectors, threshold, sim, config.k, engine_for(config.embed))
+    with use_search(config.search) as searched:
+        edges = duplicate_edges(emb.vectors, threshold, sim, config.k, engine_for(config.embed))
     weights = np.array(
         [float(sim.pairwise(emb.vectors[[a]], emb.vectors[[b]])[0, 0]) for a, b in edges]
     )
@@ -237,6 +244,7 @@ def dedup_embeddings(
             for ident in emb.ids
         ],
         "skipped": [s.to_dict() for s in emb.skipped],
+        "search": searched.summary(),
     }
     return DedupResult(report, emb)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trainleak.approx_search import use_search
 from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.audits.leak_scores import choose_threshold, resolve_score_mode, score_against
 from trainleak.audits.leak_table import MatchTable, listed_samples
@@ -135,9 +136,18 @@ def audit_embeddings(
     contaminated: list[dict[str, str]] = []
     if hold_set is not None:
         hold_set, contaminated = drop_training_copies(hold_set, train_set)
+    if config.search == "approx" and config.embed.engine != "local":
+        raise AuditInputError(
+            "--search approx runs on the local engine: leave out --engine ray, or use the exact "
+            "search, which Ray shards"
+        )
     mode = resolve_score_mode(config, train_set)
-    synth = score_against(synth_set, train_set, mode, config, device)
-    hold = None if hold_set is None else score_against(hold_set, train_set, mode, config, device)
+    # One search mode for samples and holdout, so the calibration searches as the samples do.
+    with use_search(config.search) as searched:
+        synth = score_against(synth_set, train_set, mode, config, device)
+        hold = None
+        if hold_set is not None:
+            hold = score_against(hold_set, train_set, mode, config, device)
     threshold = choose_threshold(
         config, hold, train_set.info.default_threshold, train_set.info.threshold_note
     )
@@ -146,6 +156,7 @@ def audit_embeddings(
         config, train_set, synth_set, hold_set, synth, hold, threshold, mode, argv, device, reviews,
     )  # fmt: skip
     report["contaminated"] = contaminated
+    report["search"] = searched.summary()
     if contaminated:
         report.setdefault("warnings", []).append(
             f"{len(contaminated)} holdout file(s) are byte-identical to training files and were "

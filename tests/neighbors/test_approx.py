@@ -1,0 +1,117 @@
+"""The approximate search: equal to the exact one at measured recall 1.0, honest otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainleak.approx_search import ApproxSettings, recall_at_k, use_search
+from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
+from trainleak.errors import AuditInputError
+from trainleak.neighbors import knn
+
+from conftest import COIL
+
+pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def coil_rows() -> np.ndarray:
+    """The 1,000 real COIL-20 views as 128-d unit rows (16 x 8 pixels, each centred)."""
+    paths = sorted(Path(COIL).glob("*.png"))
+    x = np.stack([np.asarray(Image.open(p).convert("L").resize((8, 16)), np.float32).ravel()
+                  for p in paths])  # fmt: skip
+    x -= x.mean(axis=1, keepdims=True)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("k", "exclude_self"), [(1, True), (5, False), (10, True)])
+def test_approx_equals_exact_at_recall_one(
+    coil_rows: np.ndarray, k: int, exclude_self: bool
+) -> None:
+    queries = coil_rows[::3]
+    with use_search("approx", ApproxSettings(target_recall=1.0)) as ctx:
+        s, i = knn(queries, coil_rows, k, exclude_self=exclude_self)
+    (rec,) = ctx.records
+    # Every query is sampled (fewer than 1,000), so this recall is the run's true recall.
+    assert rec.mode == "approx" and rec.sampled_queries == len(queries)
+    assert rec.recall_at_k == 1.0 and rec.nlist > 1
+    es, ei = knn(queries, coil_rows, k, exclude_self=exclude_self, search="exact")
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(s, es)
+
+
+def test_measured_recall_is_the_true_recall_when_low(coil_rows: np.ndarray) -> None:
+    # target 0: one probe per query, so real misses; the recorded recall must say so.
+    with use_search("approx", ApproxSettings(target_recall=0.0, nlist=25)) as ctx:
+        s, i = knn(coil_rows, coil_rows, 10, exclude_self=True)
+    (rec,) = ctx.records
+    es, ei = knn(coil_rows, coil_rows, 10, exclude_self=True, search="exact")
+    true = recall_at_k(s.astype(np.float64), i, es.astype(np.float64), ei)
+    assert rec.nprobe == 1 and rec.recall_at_k == pytest.approx(true)
+    assert 0.3 < true < 0.999
+    # Scores of what was found are exact scores, whatever was missed.
+    found = i >= 0
+    exact_pairs = np.einsum(
+        "nd,nkd->nk", coil_rows.astype(np.float64), coil_rows[i].astype(np.float64)
+    )
+    np.testing.assert_allclose(s[found], exact_pairs[found].astype(np.float32))
+
+
+def test_approx_refuses_tiled_l2_and_default_stays_exact() -> None:
+    x = np.random.default_rng(0).random((20, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match="cosine metric only"):
+        knn(x, x, 2, metric="tiled_l2", tiles=2, search="approx")
+    with use_search("approx") as ctx:
+        knn(x, x, 2, metric="tiled_l2", tiles=2)
+    assert [r.mode for r in ctx.records] == ["exact"]
+    assert "note" in ctx.summary()
+    with use_search("exact") as ctx:
+        knn(x, x, 2)
+    assert ctx.summary() == {"mode": "exact", "searches": [ctx.summary()["searches"][0]]}
+
+
+def test_audit_report_carries_measured_recall(orl_scenario: dict[str, Path]) -> None:
+    from trainleak.audits.leakage import audit_embeddings
+    from trainleak.embedding import embed
+
+    sets = {k: embed(orl_scenario[k], encoder="pixel", cache=False, workers=1)
+            for k in ("train", "synthetic", "holdout")}  # fmt: skip
+    reports = {}
+    for mode in ("exact", "approx"):
+        cfg = AuditConfig(search=mode, fpr=0.05)  # type: ignore[arg-type]
+        res = audit_embeddings(sets["train"], sets["synthetic"], sets["holdout"], config=cfg)
+        reports[mode] = res.report
+    rep = reports["approx"]
+    assert rep["settings"]["search"] == "approx"
+    searches = rep["search"]["searches"]
+    approx = [r for r in searches if r["mode"] == "approx"]
+    # samples and holdout both searched approximately (the calibration searches as the samples)
+    assert {r["queries"] for r in approx} >= {len(sets["synthetic"]), len(sets["holdout"])}
+    assert all(0.0 <= r["recall_at_k"] <= 1.0 and r["sampled_queries"] == r["queries"]
+               for r in approx)  # fmt: skip
+    assert rep["search"]["recall_at_k_min"] == min(r["recall_at_k"] for r in approx)
+    assert reports["exact"]["search"]["mode"] == "exact"
+    if rep["search"]["recall_at_k_min"] == 1.0:
+        assert rep["summary"]["flagged"] == reports["exact"]["summary"]["flagged"]
+        assert rep["threshold"]["value"] == reports["exact"]["threshold"]["value"]
+
+
+def test_dedup_report_and_ray_refusal(tmp_path: Path) -> None:
+    from trainleak.audits.dedup import dedup, dedup_embeddings
+
+    folder = tmp_path / "coil"
+    folder.mkdir()
+    for p in sorted(Path(COIL).glob("obj1__*.png"))[:30]:
+        (folder / p.name).symlink_to(p)
+    cfg = DedupConfig(embed=EmbedConfig(encoder="pixel", workers=1, no_cache=True),
+                      threshold=0.99, search="approx")  # fmt: skip
+    result = dedup(folder, config=cfg)
+    rep = result.report
+    assert rep["search"]["mode"] == "approx" and rep["search"]["searches"]
+    cfg.embed.engine = "ray"
+    with pytest.raises(AuditInputError, match="local engine"):
+        dedup_embeddings(result.embedded, config=cfg)
