@@ -42,7 +42,7 @@ from trainleak._optional import require
 from trainleak.engines import ray_stages as stages
 from trainleak.errors import EngineError
 from trainleak.images import Record, SkipRecord, list_records
-from trainleak.neighbors import pick_backend
+from trainleak.neighbors import merge_topk, pick_backend
 
 if TYPE_CHECKING:
     from trainleak.embedding import Embedder, EmbeddingSet
@@ -250,8 +250,6 @@ class RayEngine:
         ``device`` is where the driver would search; on the cluster each task
         searches on a GPU when the cluster has GPUs, else on its CPU.
         """
-        from trainleak.gate.search import merge_topk
-
         n, m = len(queries), len(database)
         if n == 0 or m == 0:
             return similarity.knn(queries, database, k, backend=backend, exclude_self=exclude_self)
