@@ -24,6 +24,7 @@ import numpy as np
 from trainleak._optional import require
 from trainleak.decide.scores import Neighbours, Scores
 from trainleak.errors import AuditInputError, MissingExtraError
+from trainleak.neighbors import merge_topk
 from trainleak.similarity import Similarity
 
 if TYPE_CHECKING:
@@ -70,29 +71,6 @@ def choose_search(wanted: str, similarity: Similarity, live_bytes: int, config: 
     except MissingExtraError:
         return "exact"
     return "faiss"
-
-
-def merge_topk(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` per row by descending score, then ascending index; ``-1`` padding last.
-
-    Example:
-        >>> s, i = merge_topk(np.array([[0.5, 0.9, 0.9]]), np.array([[4, 7, 2]]), 2)
-        >>> s.tolist(), i.tolist()
-        ([[0.8999999761581421, 0.8999999761581421]], [[2, 7]])
-
-    """
-    n = len(scores)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    out_i = np.full((n, k), -1, np.int64)
-    if scores.shape[1] == 0:
-        return out_s, out_i
-    key_i = np.where(idx < 0, np.iinfo(np.int64).max, idx)
-    order = np.lexsort((key_i, -scores), axis=1)[:, :k]
-    w = order.shape[1]
-    out_s[:, :w] = np.take_along_axis(scores, order, 1)
-    out_i[:, :w] = np.take_along_axis(idx, order, 1)
-    out_i[np.isneginf(out_s)] = -1
-    return out_s, out_i
 
 
 class ShardSearch:
