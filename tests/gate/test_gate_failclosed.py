@@ -136,6 +136,8 @@ def test_one_nan_in_a_shard_releases_nothing(idx, sets, cache_dir, poisoned):
     with Index.open(idx, config=_checks(cache_dir)) as index:
         verdicts = index.check(sets / "probe")
         assert not index.health()["ok"] and "NaN" in index.health()["problems"][0]
+        person = index.check_identity(sets / "probe")  # "is my face in there?" fails closed too
+        assert [(p.verdict, p.reason.startswith(DAMAGED)) for p in person] == [("block", True)]
     assert len(verdicts) == 6 and {v.verdict for v in verdicts} == {"block"}
     assert all(v.reason.startswith(DAMAGED) for v in verdicts), verdicts[0].reason
     code, lines, err = _cli_verdicts(idx, sets / "probe")

@@ -30,7 +30,7 @@ import numpy as np
 
 from trainleak.config import CheckConfig
 from trainleak.decide.calibration import Calibration
-from trainleak.decide.failclosed import damaged_reason, flags
+from trainleak.decide.failclosed import DAMAGED, damaged_reason, flags
 from trainleak.decide.reviewed import apply_decisions, describe
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError, IndexFormatError
@@ -290,11 +290,15 @@ def identity_verdicts(index: Index, inputs: Inputs) -> list[Verdict]:
     """Answer per person whether their face is in the training set."""
     people: dict[str, dict[str, Any]] = {}
     for v, person in _iter_with_person(index, inputs):
-        p = people.setdefault(person, {"photos": 0, "skipped": 0, "best": None, "keys": {}})
+        p = people.setdefault(
+            person, {"photos": 0, "skipped": 0, "best": None, "keys": {}, "damaged": []}
+        )
         if v.verdict == "skip":
             p["skipped"] += 1
             continue
         p["photos"] += 1
+        if v.reason.startswith(DAMAGED):
+            p["damaged"].append(v)  # one photo that decides nothing decides the person: blocked
         if p["best"] is None or (v.similarity or -math.inf) > (p["best"].similarity or -math.inf):
             p["best"] = v
         if v.verdict == "block":
@@ -310,6 +314,10 @@ def _person_verdict(index: Index, name: str, p: dict[str, Any]) -> Verdict:
         reason = f"no usable photo ({p['skipped']} skipped)"
         return Verdict(name, "skip", None, None, t, None, reason)
     m = p["photos"]
+    if p["damaged"]:
+        first: Verdict = p["damaged"][0]
+        reason = f"{first.reason} ({len(p['damaged'])} of {m} photo(s))"
+        return Verdict(name, "block", None, None, t, None, reason)
     rate = false_match_words(index.calibration, m)
     if best.verdict != "block":
         shown = "n/a" if best.similarity is None else f"{best.similarity:.4f}"
@@ -319,9 +327,13 @@ def _person_verdict(index: Index, name: str, p: dict[str, Any]) -> Verdict:
     who = f"identity {best.identity}" if best.identity else f"training image {best.nearest}"
     reason = (
         f"likely in the training set: {p['keys'].get(key, 0)} of {m} photo(s) match {who} "
-        f"(best {best.similarity:.4f} > threshold {t:.4f}); "
+        f"(best {_shown(best.similarity)} > threshold {t:.4f}); "
     )
     return Verdict(name, "block", best.nearest, best.similarity, t, best.identity, reason + rate)
+
+
+def _shown(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.4f}"
 
 
 def false_match_rate(threshold: Calibration, photos: int = 1) -> float | None:

@@ -79,6 +79,7 @@ class Index:
         self.live_cache: tuple[np.ndarray, np.ndarray, list[str]] | None = None
         #: Why no verdict of this index can be trusted (a shard holds a NaN), once searched.
         self.damage: str | None = None
+        self._damage_checked = False
         self.decisions = IndexDecisions(path, self.encoder_info.cache_key(), config.decisions)
 
     # -- opening and making ----------------------------------------------------
@@ -301,15 +302,8 @@ class Index:
         return choose_search(self.config.search, self.similarity, live_bytes, self.config)
 
     def knn(self, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k live training rows of ``(n, dim)`` queries: float32 scores, int64 global rows.
-
-        The first search also checks every shard for NaN (the search reads
-        every row anyway); a damaged shard sets :attr:`damage` and every
-        verdict blocks (see :mod:`trainleak.decide.failclosed`).
-        """
+        """Top-k live training rows of ``(n, dim)`` queries: float32 scores, int64 global rows."""
         if self._search is None:
-            found = damaged_shards(self)
-            self.damage = "; ".join(found) if found else None
             if self.search_kind() == "faiss" and len(self):
                 self._search = FaissSearch(self.shards, self.dead)
             else:
@@ -318,7 +312,16 @@ class Index:
         return self._search.knn(queries, k or self.config.k)
 
     def score(self, queries: np.ndarray) -> Scores:
-        """Score ``(n, dim)`` query vectors exactly as ``audit`` scores synthetic samples."""
+        """Score ``(n, dim)`` query vectors exactly as ``audit`` scores synthetic samples.
+
+        The first call also checks every live shard for NaN (the search reads
+        every row anyway); a damaged shard sets :attr:`damage` and every
+        verdict blocks (see :mod:`trainleak.decide.failclosed`).
+        """
+        if self.damage is None and not self._damage_checked:
+            found = damaged_shards(self)
+            self.damage = "; ".join(found) if found else None
+            self._damage_checked = True
         return score_queries(self, queries)
 
     # -- rows --------------------------------------------------------------------

@@ -18,7 +18,8 @@ Routes (all JSON unless said):
 * ``GET /metrics``: Prometheus text format (see :mod:`trainleak.service.metrics`).
 * ``POST /v1/index/add``: multipart ``file`` (and an optional ``label`` field,
   the identity of every file), admin token only: :meth:`Index.add` with the
-  uploads, as one atomic change; returns its counts.
+  uploads, as one atomic change; returns its counts. Fields
+  ``max_threshold_change`` and ``accept_threshold_change`` as in ``index add``.
 
 Status codes: 200; 401 missing or unknown token; 403 the check token on an
 admin route (or admin routes off); 413 body over ``--max-upload-mb`` (counted
@@ -47,7 +48,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from trainleak._version import __version__
-from trainleak.config import ServeConfig
+from trainleak.config import MAX_THRESHOLD_CHANGE, ServeConfig
 from trainleak.errors import TrainleakError
 from trainleak.gate.check import Verdict
 from trainleak.gate.index import Index
@@ -134,10 +135,20 @@ class Service:
             self.metrics.verdicts.labels(v.verdict).inc()
         return verdicts
 
-    def add(self, items: Sequence[Upload], label: str | None) -> dict[str, Any]:
-        """Add uploads to the index (runs on the worker thread)."""
+    def add(
+        self,
+        items: Sequence[Upload],
+        label: str | None,
+        max_threshold_change: float = MAX_THRESHOLD_CHANGE,
+        accept_threshold_change: bool = False,
+    ) -> dict[str, Any]:
+        """Add uploads to the index (runs on the worker thread); see :meth:`Index.add`."""
         self._refresh()
-        result = self.index.add(upload_set(self.index, items, label))
+        result = self.index.add(
+            upload_set(self.index, items, label),
+            max_threshold_change=max_threshold_change,
+            accept_threshold_change=accept_threshold_change,
+        )
         self._manifest_mtime = self._mtime()
         return result
 
@@ -220,15 +231,27 @@ async def check_images(
 async def add_images(
     file: list[UploadFile] = File(..., description="images to add"),  # noqa: B008
     label: str | None = Form(None, description="identity label of every file"),  # noqa: B008
+    max_threshold_change: float = Form(  # noqa: B008
+        MAX_THRESHOLD_CHANGE, ge=0, description="largest threshold move committed (absolute)"
+    ),
+    accept_threshold_change: bool = Form(  # noqa: B008
+        False, description="commit whatever the addition does to the threshold"
+    ),
     service: Service = Depends(service_of),  # noqa: B008
 ) -> dict[str, Any]:
-    """Add the uploaded images to the index (admin token), as ``trainleak index add`` does."""
+    """Add the uploaded images to the index (admin token), as ``trainleak index add`` does.
+
+    An addition that would move the calibrated threshold by more than
+    ``max_threshold_change`` is refused (422, nothing committed) unless
+    ``accept_threshold_change`` is true.
+    """
     items = await read_uploads(file, service.config.check.embed.max_pixels)
     service.batcher.start()
+    change = (max_threshold_change, accept_threshold_change)
     try:
         return dict(
             await service.batcher.call(
-                lambda: service.add(items, label), service.config.request_timeout
+                lambda: service.add(items, label, *change), service.config.request_timeout
             )
         )
     except TrainleakError as err:
