@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -39,10 +39,23 @@ from trainleak.prefetch import encode_overlapped
 from trainleak.store import EmbeddingStore, content_hash, default_cache_dir
 from trainleak.workers import Chunk, Results, WorkerPool, unavailable_reason
 
-if TYPE_CHECKING:
-    from trainleak.engines import Engine
-
 log = logging.getLogger(__name__)
+
+
+class EmbedRunner(Protocol):
+    """What an :class:`Embedder` needs of an engine that embeds elsewhere.
+
+    The engine (:mod:`trainleak.engines`, a layer above) is built once per run
+    and handed down; this module never imports it.
+    """
+
+    name: str
+
+    def embed(
+        self, embedder: Embedder, source: str | os.PathLike[str], set_name: str
+    ) -> EmbeddingSet:
+        """Embed one source with ``embedder``'s encoder, store and limits."""
+        ...
 
 
 class Embedder:
@@ -85,7 +98,7 @@ class Embedder:
         max_file_mb: float = DEFAULT_MAX_FILE_MB,
         identity_depth: int = 1,
         progress: bool = False,
-        engine: Engine | None = None,
+        engine: EmbedRunner | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, got {batch_size}")

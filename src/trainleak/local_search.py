@@ -48,7 +48,7 @@ from trainleak.encoders.keypoints import Features, unpack
 from trainleak.similarity import Similarity
 
 if TYPE_CHECKING:
-    from trainleak.engines import Engine
+    from trainleak.similarity import SearchRunner
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class LocalSimilarity(Similarity):
         backend: Any = "auto",
         exclude_self: bool = False,
         device: str = "cpu",
-        engine: Engine | None = None,
+        engine: SearchRunner | None = None,
         self_offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` database rows of each query by verified score; ``(n, k)`` float32 / int64.

@@ -30,8 +30,8 @@ import numpy as np
 from trainleak.similarity import Similarity
 
 if TYPE_CHECKING:
-    from trainleak.engines import Engine
     from trainleak.neighbors import Backend
+    from trainleak.similarity import SearchRunner
 
 #: Query rows searched at a time by :func:`knn_files`.
 QUERY_ROWS = 8192
@@ -168,7 +168,7 @@ def knn_blocks(
     similarity: Similarity | None = None,
     backend: Backend = "auto",
     device: str = "cpu",
-    engine: Engine | None = None,
+    engine: SearchRunner | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Search each block of queries against the whole database; yield its ``(scores, idx)``.
 

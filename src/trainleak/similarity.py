@@ -10,19 +10,39 @@ rule and the mirror rule in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from trainleak.encoders.base import EncoderInfo
 from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
 
-if TYPE_CHECKING:
-    from trainleak.engines import Engine
-
-
 #: Query rows mirrored at a time (the mirror search copies one block, not every query).
 MIRROR_BLOCK = 16384
+
+
+class SearchRunner(Protocol):
+    """What :meth:`Similarity.knn` needs of an engine that searches elsewhere.
+
+    The engine (:mod:`trainleak.engines`, a layer above) is built once per run
+    and handed down; this module never imports it.
+    """
+
+    name: str
+
+    def knn(
+        self,
+        similarity: Similarity,
+        queries: np.ndarray,
+        database: np.ndarray,
+        k: int,
+        *,
+        backend: Backend = "auto",
+        exclude_self: bool = False,
+        device: str = "cpu",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of ``similarity``; shapes as :func:`trainleak.neighbors.knn`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +111,7 @@ class Similarity:
         backend: Backend = "auto",
         exclude_self: bool = False,
         device: str = "cpu",
-        engine: Engine | None = None,
+        engine: SearchRunner | None = None,
         self_offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k under this rule; same shapes and padding as :func:`trainleak.neighbors.knn`.

@@ -38,7 +38,13 @@ if TYPE_CHECKING:
 
 
 class Engine(Protocol):
-    """Where the embedding stage and the neighbour search run."""
+    """Where the embedding stage and the neighbour search run.
+
+    Built once per run (:func:`get_engine`) and handed down: it is an
+    :class:`~trainleak.embedding.EmbedRunner` and a
+    :class:`~trainleak.similarity.SearchRunner`, the protocols that the
+    embedder and the search declare, so neither imports this package.
+    """
 
     name: str
 
