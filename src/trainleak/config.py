@@ -435,26 +435,26 @@ class ReviewConfig:
         max_file_mb: image files larger than this are not read (nor shown).
         max_pixels: decompression-bomb limit for the images shown.
         max_body_kb: largest request body (a decision and its note).
+        header_timeout: seconds a request's headers may take (408 after).
+        body_timeout: seconds a request's body may take after its headers.
 
     """
 
     host: str = "127.0.0.1"
     port: int = 8765
     reviewer: str | None = None
-        header_timeout: seconds a request's headers may take (408 after).
-        body_timeout: seconds a request's body may take after its headers.
     image_size: int = 512
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_body_kb: int = 16
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class DDPMConfig:
     """Settings of :func:`trainleak.ddpm.train_ddpm`; its module docstring gives their sources."""
 
-    header_timeout: float = 5.0
-    body_timeout: float = 10.0
     size: int = 32
     grey: bool = True
     channels: tuple[int, ...] = (16, 32, 64)

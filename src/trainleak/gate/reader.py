@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,19 +126,21 @@ class RowsFile:
     def __init__(self, folder: Path, entry: dict[str, Any]) -> None:
         self.path = check_size(folder, entry)
         try:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - held for the reader's life
+            self._fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise IndexFormatError(
                 f"{self.path} is missing: the index changed; open it again"
             ) from None
+        # Closed by close(), or when the last reader holding it is gone.
+        self._close = weakref.finalize(self, os.close, self._fd)
         self.size = int(entry["bytes"])
-        if os.fstat(self._fh.fileno()).st_size != self.size:
-            self._fh.close()
+        if os.fstat(self._fd).st_size != self.size:
+            self._close()
             raise IndexFormatError(f"{self.path} changed while it was opened: open the index again")
 
     def read(self, start: int, stop: int) -> bytes:
         """Return the bytes ``start:stop`` of the file."""
-        return os.pread(self._fh.fileno(), stop - start, start)
+        return os.pread(self._fd, stop - start, start)
 
     def lines(self) -> Iterator[bytes]:
         """Yield the file's lines, read a block at a time."""
@@ -154,7 +157,7 @@ class RowsFile:
 
     def close(self) -> None:
         """Close the file (the reader is done with the index)."""
-        self._fh.close()
+        self._close()
 
 
 def open_shards(
