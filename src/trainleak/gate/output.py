@@ -15,7 +15,7 @@ import math
 import unicodedata
 from typing import IO, Literal
 
-from trainleak.gate.check import COLUMNS, Verdict
+from trainleak.gate.verdict import COLUMNS, Verdict
 from trainleak.records import ENCODING_ERRORS, csv_cell
 
 __all__ = ["VerdictWriter", "csv_cell", "for_terminal", "printable"]

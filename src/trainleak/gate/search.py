@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trainleak._optional import require
-from trainleak.decide.scores import Neighbours, Scores
 from trainleak.errors import AuditInputError, MissingExtraError
 from trainleak.neighbors import merge_topk
 from trainleak.similarity import Similarity
 
 if TYPE_CHECKING:
     from trainleak.config import CheckConfig
-    from trainleak.gate.index import Index
 
 #: Rows added to faiss at a time (bounds the float32 copy of each block).
 FAISS_ADD_ROWS = 65536
@@ -175,48 +173,3 @@ class FaissSearch:
         vals = (rows * queries[:, None, :].astype(np.float64)).sum(-1)
         out[valid] = vals[valid]
         return out
-
-
-def score_queries(index: Index, queries: np.ndarray) -> Scores:
-    """Score query vectors against an index as ``audit`` scores synthetic samples.
-
-    ``best`` holds global rows (``-1`` where the search found none) and
-    ``identity`` the matched rows' labels.
-
-    ``nn``: the nearest live row's similarity. ``identity``: the audit's own
-    :func:`~trainleak.audits.scoring.match_identities` over the live rows
-    (held in memory once per opened index: identity sets are labelled
-    photo collections, far below the sizes the memory-mapped ``nn`` search serves).
-    """
-    q = np.ascontiguousarray(queries, np.float32)
-    if q.ndim != 2 or q.shape[1] != index.encoder_info.dim:
-        raise ValueError(
-            f"queries must be (n, {index.encoder_info.dim}) for this index, got {q.shape}: "
-            "embed them with the index's encoder"
-        )
-    if index.score_mode == "identity" and len(index):
-        from trainleak.audits.scoring import match_identities
-
-        rows, vectors, labels = _live_rows(index)
-        weight = float(index.manifest["score"]["identity_weight"])
-        ids = match_identities(q, vectors, labels, weight, index.config.search_backend)
-        found: list[str | None] = list(ids.identity)
-        best = rows[ids.train_index]
-        near = Neighbours(ids.similarity[:, None], best[:, None])
-        return Scores(ids.score, best, ids.similarity, ids.similarity, near, found)
-    s, i = index.knn(q)
-    row = i[:, 0].copy()
-    named: list[str | None] = [r.get("label") if r else None for r in index.rows(row)]
-    return Scores(s[:, 0].copy(), row, s[:, 0].copy(), s[:, 0].copy(), Neighbours(s, i), named)
-
-
-def _live_rows(index: Index) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Live global rows, their vectors (in memory) and labels, cached on the index."""
-    if index.live_cache is None:
-        alive = np.ones(index.rows_total, bool)
-        alive[index.dead] = False
-        rows = np.flatnonzero(alive)
-        parts = [s[alive[a : a + len(s)]] for s, a in zip(index.shards, index.starts, strict=False)]
-        labels = [str(r["label"]) for r in index.iter_rows() if alive[r["row"]]]
-        index.live_cache = (rows, np.ascontiguousarray(np.concatenate(parts), np.float32), labels)
-    return index.live_cache

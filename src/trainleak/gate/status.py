@@ -13,36 +13,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from trainleak.errors import TrainleakError
-from trainleak.gate.reader import nonfinite_rows
 
 if TYPE_CHECKING:
-    from trainleak.gate.index import Index
+    from trainleak.gate.opened import OpenedIndex
 
 
-def damaged_shards(index: Index, every: bool = False) -> list[str]:
-    """Return one line per live shard (every shard with ``every``) holding non-finite values."""
-    out = []
-    for s, shard in enumerate(index.shards):
-        lo, hi = int(index.starts[s]), int(index.starts[s + 1])
-        if not every and _all_dead(index, lo, hi):
-            continue
-        bad = nonfinite_rows(shard)
-        if len(bad):
-            name = index.manifest["shards"][s]["files"]["vectors"]["name"]
-            first = lo + int(bad[0])
-            out.append(f"{name} holds NaN or infinite values in {len(bad)} row(s), e.g. {first}")
-    return out
-
-
-def _all_dead(index: Index, lo: int, hi: int) -> bool:
-    a, b = np.searchsorted(index.dead, [lo, hi])
-    return int(b - a) >= hi - lo
-
-
-def health(index: Index) -> dict[str, Any]:
+def health(index: OpenedIndex) -> dict[str, Any]:
     """Say whether the index can give verdicts on uploaded images now.
 
     ``ok`` is false, with ``problems`` saying why, when: the threshold is not
@@ -76,7 +53,7 @@ def health(index: Index) -> dict[str, Any]:
     }
 
 
-def public_manifest(index: Index) -> dict[str, Any]:
+def public_manifest(index: OpenedIndex) -> dict[str, Any]:
     """Return the manifest without what only the operator should see (paths on this machine).
 
     Left out: the holdout's root folder and file lists, and the embedding

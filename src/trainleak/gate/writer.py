@@ -17,19 +17,18 @@ import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from trainleak.config import CheckConfig
 from trainleak.decide.calibration import Calibration, check_change
 from trainleak.decide.contamination import contaminated_rows
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.gate import shards as files
+from trainleak.gate.opened import OpenedIndex
 from trainleak.records import clean_json
-
-if TYPE_CHECKING:
-    from trainleak.gate.index import Index
 
 PathLike = str | os.PathLike[str]
 
@@ -49,7 +48,7 @@ def digest_of(es: EmbeddingSet, j: int) -> str | None:
     return es.digests[j] if es.digests else None
 
 
-def _calibrate(index: Index, live_digests: set[str], fpr: float) -> Calibration:
+def _calibrate(index: OpenedIndex, live_digests: set[str], fpr: float) -> Calibration:
     """Calibrate on the stored holdout against ``index``, as ``audit`` calibrates."""
     hold = index.manifest["holdout"]
     dim = int(index.manifest["dim"])
@@ -105,9 +104,6 @@ def commit_change(
             nothing is committed, and the new files are removed.
 
     """
-    from trainleak.config import CheckConfig
-    from trainleak.gate.index import Index
-
     old = manifest.get("threshold")
 
     total = sum(int(s["rows"]) for s in manifest["shards"])
@@ -124,7 +120,7 @@ def commit_change(
         rate = fpr if fpr is not None else _target_fpr(manifest)
         # The draft only scores the holdout; its placeholder threshold is never committed.
         manifest["threshold"] = Calibration(1.0, "fixed", note="draft").to_dict()
-        draft = Index(folder, manifest, CheckConfig(search="exact"))
+        draft = OpenedIndex(folder, manifest, CheckConfig(search="exact"))
         threshold = _calibrate(draft, live_digests, rate).with_details(
             rows_at_calibration=total - dead
         )
@@ -139,7 +135,7 @@ def commit_change(
     files.remove_unlisted(folder, manifest)
 
 
-def _locked_manifest(index: Index) -> dict[str, Any]:
+def _locked_manifest(index: OpenedIndex) -> dict[str, Any]:
     """Return a copy of the current manifest, bringing ``index`` up to date first."""
     manifest = files.read_manifest(index.path)
     if manifest["generation"] != index.manifest["generation"]:
@@ -147,7 +143,7 @@ def _locked_manifest(index: Index) -> dict[str, Any]:
     return json.loads(json.dumps(index.manifest))
 
 
-def _live_state(index: Index) -> tuple[set[str], set[str]]:
+def _live_state(index: OpenedIndex) -> tuple[set[str], set[str]]:
     """Return the live rows' content hashes and ids (one pass over the rows files)."""
     dead = set(index.dead.tolist())
     digests: set[str] = set()
@@ -161,7 +157,7 @@ def _live_state(index: Index) -> tuple[set[str], set[str]]:
 
 
 def add_to_index(
-    index: Index,
+    index: OpenedIndex,
     source: PathLike | Sequence[PathLike] | EmbeddingSet,
     max_change: float | None = None,
 ) -> dict[str, Any]:
@@ -211,7 +207,7 @@ _END = np.zeros((0, 0), np.float32)
 
 
 def _new_blocks(
-    index: Index,
+    index: OpenedIndex,
     source: PathLike | Sequence[PathLike] | EmbeddingSet,
     state: tuple[set[str], set[str]],
     counts: dict[str, Any],
@@ -315,7 +311,7 @@ def _kept_threshold(manifest: dict[str, Any]) -> Calibration | None:
     return None if manifest.get("holdout") else Calibration.from_dict(manifest["threshold"])
 
 
-def remove_from_index(index: Index, ids: Iterable[str]) -> dict[str, Any]:
+def remove_from_index(index: OpenedIndex, ids: Iterable[str]) -> dict[str, Any]:
     """Tombstone rows by id (see :meth:`Index.remove`)."""
     wanted = {str(i).strip() for i in ids if str(i).strip()}
     with files.writer_lock(index.path):
@@ -350,7 +346,7 @@ def remove_from_index(index: Index, ids: Iterable[str]) -> dict[str, Any]:
         return result
 
 
-def compact_index(index: Index) -> dict[str, Any]:
+def compact_index(index: OpenedIndex) -> dict[str, Any]:
     """Rewrite shards that hold tombstoned rows without them (see :meth:`Index.compact`)."""
     with files.writer_lock(index.path):
         manifest = _locked_manifest(index)
