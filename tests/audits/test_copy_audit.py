@@ -161,3 +161,21 @@ def test_score_auto_keeps_copy_encoders_off_identity_scoring(tmp_path: Path) -> 
     (synth / "a.pgm").symlink_to(DATA / "orl_faces" / "s1" / "3.pgm")
     result = tl.audit(train, synth, encoder="pixel", workers=1, cache=False)
     assert result.report["summary"]["score"] == "nn"
+
+
+def test_face_encoder_on_pictures_without_faces_stops_early_and_names_copy(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 5 of issue 23: the wrong encoder is told early (exit 2), not after the whole set."""
+    train, synth = tmp_path / "train", tmp_path / "synth"
+    train.mkdir()
+    synth.mkdir()
+    for i in range(12):
+        (train / f"c{i}.png").symlink_to(DATA / "coil20" / f"obj{i + 1}__0.png")
+    (synth / "a.png").symlink_to(DATA / "coil20" / "obj1__5.png")
+    args = ["audit", "--train", str(train), "--synthetic", str(synth), "--workers", "1",
+            "--cache", str(cache_dir), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "12 of the first 12 training images have no face" in err and "--encoder copy" in err
+    assert not (tmp_path / "o" / "report.json").exists()

@@ -73,10 +73,9 @@ def test_every_edit_family_of_the_photos_is_found(copy_scene: dict, edit: str) -
     assert _recall(copy_scene, edit, PHOTOS) == 1.0, copy_scene["found"]
 
 
-#: ORL's 92 x 112 faces have 60-110 keypoints; shrunk to 0.3x (28 x 34
-#: pixels) one has too few to score (a skip record, which the gate blocks) and
-#: one keeps 10 inliers, under the default operating point (measured).
-FACE_RECALL = {"resize0.3": 1 / 3}
+#: Pinned below 1 where measured below 1 (none at present: ORL's 92 x 112
+#: faces shrunk to 0.3x, 28 x 34 pixels, are enlarged to 256 before SIFT).
+FACE_RECALL: dict[str, float] = {}
 
 
 @pytest.mark.parametrize("edit", list(EDITS))

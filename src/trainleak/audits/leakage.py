@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainleak.approx_search import use_search
-from trainleak.audits.inputs import embed_nonempty, make_embedder
+from trainleak.audits.inputs import embed_nonempty, make_embedder, probe_identity_encoder
 from trainleak.audits.leak_scores import choose_threshold, resolve_score_mode, score_against
 from trainleak.audits.leak_table import MatchTable, listed_samples
 from trainleak.audits.reviewed import Reviews, find_reviews
@@ -85,6 +85,7 @@ def audit(
     config = config or AuditConfig()
     _device(config)  # a bad device name fails before anything is embedded
     with make_embedder(config.embed) as embedder:
+        probe_identity_encoder(embedder, train)  # a face encoder on paintings stops here
         train_set = embed_nonempty(embedder, train, "train")
         synth_set = embed_nonempty(embedder, synthetic, "synthetic")
         hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None

@@ -10,11 +10,15 @@ bring. Local features with a geometric check are the classical answer and run
 offline from OpenCV alone:
 
 1. **Features** (:mod:`trainleak.encoders.keypoints`): the image shrunk so its
-   long side is at most ``long_side`` (512, ours), grey (colour edits then
+   long side is at most ``long_side`` (512, ours), or a small one enlarged to
+   ``min_side`` (256, ours: a 28 x 34 thumbnail then keeps 15-45 matches with
+   its original instead of 9-17), grey (colour edits then
    only shift contrast, which SIFT normalises away), SIFT keypoints, the
    ``max_keypoints`` strongest (256, ours: enough to leave dozens inside a 60%
-   crop, small enough that a 10,000-image index fits in memory), RootSIFT
-   for matching. Fewer than ``min_keypoints`` (16, ours) is a skip record:
+   crop, small enough that a 10,000-image index fits in memory), found with
+   a contrast threshold of 0.02 (OpenCV's default 0.04 leaves a blurred
+   92 x 112 face 8-17 matches with its original, 0.02 10-20), RootSIFT for
+   matching. Fewer than ``min_keypoints`` (16, ours) is a skip record:
    a flat colour or a tiny thumbnail cannot be scored, so the gate blocks it.
 2. **Retrieval** (:mod:`trainleak.local_search`): every training keypoint's
    descriptor goes into one faiss index; a query's descriptors (and its
@@ -28,7 +32,7 @@ offline from OpenCV alone:
    of 1.5% of the training image's long side (ours). The mirror image is
    tried too and the better fit kept.
 4. **Score**: ``inliers / (inliers + score_scale)``, monotone in the evidence,
-   in ``[0, 1)``, and 0 below ``min_inliers`` (8, ours): up to about 6 inliers
+   in ``[0, 1)``, and 0 below ``min_inliers`` (10, ours): up to about 8 inliers
    arise by chance between distinct photos, and a holdout's maximum calibrated
    on such chance fits would sit at 3 or 4 inliers and flag the next image
    that draws 5 (seen before this floor: 1 of 3 distinct photos flagged by a
@@ -36,7 +40,7 @@ offline from OpenCV alone:
    calibrated threshold is at least the floor. Holdout calibration, ``--fpr``
    and ``--threshold`` work on it as on any encoder's score. Default
    operating point: 12 inliers (ours; score 0.5454 with ``score_scale``
-   10): pairs of distinct photos reach 2-6 chance inliers (skimage's photos,
+   10): pairs of distinct photos reach 2-8 chance inliers (skimage's photos,
    ORL's people), planted copies 12 to hundreds (the lowest: ORL's 92 x 112
    faces blurred or shrunk to 0.3x).
 
@@ -228,10 +232,12 @@ class CopyEncoder(Encoder):
         "long_side": 512,
         "max_keypoints": 256,
         "min_keypoints": 16,
+        "min_side": 256,
+        "contrast_threshold": 0.02,
         "ratio": 0.8,
         "ransac_frac": 0.015,
         "score_scale": 10.0,
-        "min_inliers": 8,
+        "min_inliers": 10,
         "shortlist": 8,
         "neighbours": 4,
     }
@@ -268,6 +274,8 @@ class CopyEncoder(Encoder):
             long_side=int(self.opts["long_side"]),
             max_keypoints=k,
             min_keypoints=int(self.opts["min_keypoints"]),
+            contrast_threshold=float(self.opts["contrast_threshold"]),
+            min_side=int(self.opts["min_side"]),
         )
         return pack(feat, k)[None]
 

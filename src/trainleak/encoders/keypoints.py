@@ -93,8 +93,11 @@ def _mirror_permutation() -> np.ndarray:
 MIRROR_PERMUTATION = _mirror_permutation()
 
 
-def working_grey(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Grey ``uint8`` image shrunk (area averaging) so its long side is at most ``long_side``."""
+def working_grey(image: np.ndarray, long_side: int, min_side: int = 0) -> np.ndarray:
+    """Grey ``uint8`` image with its long side brought into ``[min_side, long_side]``.
+
+    Shrunk by area averaging; enlarged (a small thumbnail) by cubic interpolation.
+    """
     cv2 = require("cv2", extra="copy", needed_for="--encoder copy")
     grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
@@ -102,11 +105,21 @@ def working_grey(image: np.ndarray, long_side: int) -> np.ndarray:
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    elif max(h, w) < min_side:
+        scale = min_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_CUBIC)
     return grey
 
 
 def extract(
-    image: np.ndarray, *, long_side: int, max_keypoints: int, min_keypoints: int
+    image: np.ndarray,
+    *,
+    long_side: int,
+    max_keypoints: int,
+    min_keypoints: int,
+    contrast_threshold: float = 0.04,
+    min_side: int = 0,
 ) -> Features:
     """SIFT keypoints of one RGB ``uint8`` image, strongest first.
 
@@ -116,11 +129,11 @@ def extract(
 
     """
     cv2 = require("cv2", extra="copy", needed_for="--encoder copy")
-    grey = working_grey(image, long_side)
+    grey = working_grey(image, long_side, min_side)
     h, w = grey.shape
     # Single-threaded: the embedder parallelises over images (worker processes).
     cv2.setNumThreads(1)
-    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
     kps, desc = sift.detectAndCompute(grey, None)
     n = 0 if desc is None else len(kps)
     if n < min_keypoints:

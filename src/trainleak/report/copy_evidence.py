@@ -47,6 +47,8 @@ def _features(path: str, options: dict[str, Any]) -> tuple[np.ndarray, Features]
         long_side=int(options["long_side"]),
         max_keypoints=int(options["max_keypoints"]),
         min_keypoints=1,
+        contrast_threshold=float(options["contrast_threshold"]),
+        min_side=int(options["min_side"]),
     )
     return image, feat
 
