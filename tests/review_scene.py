@@ -105,7 +105,7 @@ def reviewers() -> Any:
 
 def app_of(review: Any) -> Any:
     """The guarded review app of ``review``, with ana's and bob's tokens."""
-    from trainleak.service.review import create_app
+    from trainleak.service.review_routes import create_app
 
     return create_app(review, reviewers())
 

@@ -28,9 +28,10 @@ from trainleak.decide.decisions import (
     load_decisions,
 )
 from trainleak.images import load_image
-from trainleak.service.review import Review, create_app
+from trainleak.service.review import Review
 from trainleak.service.review_auth import COOKIE, Reviewers
 from trainleak.service.review_items import ReviewInputError, encoder_key
+from trainleak.service.review_routes import create_app
 from trainleak.store import content_hash
 
 from review_scene import COPIES, LOCAL, TOKENS, app_of, make_audit_report, make_folders

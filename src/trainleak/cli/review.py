@@ -153,8 +153,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("--history goes with --export")
     require_review()
     from trainleak.service.review import Review
-    from trainleak.service.review import run as serve
     from trainleak.service.review_auth import Reviewers
+    from trainleak.service.review_routes import run as serve
 
     config = ReviewConfig(
         host=args.host, port=args.port, reviewer=args.reviewer, image_size=args.image_size

@@ -12,7 +12,9 @@ other's work); ``POST /api/decide`` and ``POST /api/undo``; ``GET /image/N``
 (only images the reports list, re-encoded as PNG); ``GET /report/N`` (the
 report's own ``report.html`` with a "review" link on each candidate).
 
-Guards, declared once in :class:`~.review_auth.Guard`: every request carries
+The application and its server are made by :func:`.review_routes.create_app` and
+:func:`.review_routes.run` (the routes sit above this module). Guards, declared once
+in :class:`~.review_auth.Guard`: every request carries
 a reviewer's token (on every address), whose reviewer signs its decisions;
 on a loopback address, requests must name a loopback host (no DNS
 rebinding); a ``POST`` must be JSON from the same origin (no cross-site form
@@ -29,7 +31,6 @@ from typing import Any
 
 from trainleak.config import ReviewConfig
 from trainleak.decide.decisions import DB_NAME, VERDICTS, Decision, DecisionsError, DecisionStore
-from trainleak.service.review_auth import Guard, Reviewers, is_loopback
 from trainleak.service.review_images import ImageTable, render_png
 from trainleak.service.review_items import Candidate, ReviewReport, read_report
 
@@ -178,44 +179,3 @@ def open_store(path: Path) -> DecisionStore:
             f"{path} is not a trainleak decisions log ({err}): move it aside (review then "
             "starts a new one) or restore it from a copy"
         ) from None
-
-
-def create_app(review: Review, reviewers: Reviewers, host: str | None = None) -> Any:
-    """Return the FastAPI application of a review (routes in :mod:`.review_routes`).
-
-    Args:
-        review: the reports and logs behind the page.
-        reviewers: the reviewers' tokens; every request carries one (or its session).
-        host: the address it will be bound to (default: the config's).
-
-    """
-    from trainleak.service.review_routes import build_app
-
-    host = host or review.config.host
-    return Guard(build_app(review), reviewers, loopback=is_loopback(host))
-
-
-def run(
-    review: Review, reviewers: Reviewers, host: str | None = None, port: int | None = None
-) -> None:
-    """Serve the review page until interrupted (uvicorn, one process, read deadlines).
-
-    Raises:
-        PortError: the port is in use (bound before anything else starts).
-
-    """
-    from trainleak.service.httpserver import Limits, listen, make_server
-
-    host = host or review.config.host
-    sock = listen(host, port or review.config.port)
-    try:
-        app = create_app(review, reviewers, host)
-        limits = Limits(
-            header_timeout=review.config.header_timeout,
-            body_timeout=review.config.body_timeout,
-            max_requests=64,
-            max_connections=256,
-        )
-        make_server(app, limits, log_level="warning").run(sockets=[sock])
-    finally:
-        sock.close()

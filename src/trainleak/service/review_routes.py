@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-if TYPE_CHECKING:
-    from trainleak.service.review import Review
+from trainleak.service.review import STATIC, STATIC_FILES, Review
+from trainleak.service.review_auth import Guard, Reviewers, is_loopback
 
 #: Longest note kept with a decision.
 MAX_NOTE = 2000
@@ -66,8 +66,6 @@ def _text(data: dict[str, Any], key: str, limit: int) -> str:
 
 def build_app(review: Review) -> FastAPI:
     """Return the FastAPI app (unguarded: wrap it in :class:`~.review.Guard`)."""
-    from trainleak.service.review import STATIC, STATIC_FILES
-
     app = FastAPI(title="trainleak review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.review = review
     page = (STATIC / "review.html").read_text(encoding="utf-8")
@@ -152,3 +150,42 @@ def build_app(review: Review) -> FastAPI:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
     return app
+
+
+def create_app(review: Review, reviewers: Reviewers, host: str | None = None) -> Any:
+    """Return the FastAPI application of a review (the routes below).
+
+    Args:
+        review: the reports and logs behind the page.
+        reviewers: the reviewers' tokens; every request carries one (or its session).
+        host: the address it will be bound to (default: the config's).
+
+    """
+    host = host or review.config.host
+    return Guard(build_app(review), reviewers, loopback=is_loopback(host))
+
+
+def run(
+    review: Review, reviewers: Reviewers, host: str | None = None, port: int | None = None
+) -> None:
+    """Serve the review page until interrupted (uvicorn, one process, read deadlines).
+
+    Raises:
+        PortError: the port is in use (bound before anything else starts).
+
+    """
+    from trainleak.service.httpserver import Limits, listen, make_server
+
+    host = host or review.config.host
+    sock = listen(host, port or review.config.port)
+    try:
+        app = create_app(review, reviewers, host)
+        limits = Limits(
+            header_timeout=review.config.header_timeout,
+            body_timeout=review.config.body_timeout,
+            max_requests=64,
+            max_connections=256,
+        )
+        make_server(app, limits, log_level="warning").run(sockets=[sock])
+    finally:
+        sock.close()
