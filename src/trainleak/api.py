@@ -28,6 +28,7 @@ from trainleak.audits.leakage import AuditResult, audit_embeddings
 from trainleak.audits.membership import MembershipConfig, MembershipResult
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.embedding import EmbeddingSet
+from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo, Metric, l2_normalise
 from trainleak.errors import AuditInputError
 
@@ -247,8 +248,9 @@ def dedup(
         config = DedupConfig(
             embed=_embed_config(encoder, encoder_options, workers, cache), threshold=threshold
         )
-    if isinstance(images, (str, os.PathLike)):
-        _require_threshold(config.embed.encoder, config.threshold)  # before embedding anything
+    if isinstance(images, (str, os.PathLike)):  # before embedding anything
+        _require_threshold(get_encoder(config.embed.encoder, **config.embed.encoder_options).info,
+                           config.threshold)  # fmt: skip
     emb = _sets({"input": images}, config.embed)["input"]
     assert emb is not None
     return dedup_embeddings(emb, config=config)

@@ -75,15 +75,12 @@ class Similarity:
         Encoders with the ``local`` metric get :class:`trainleak.local_search.LocalSimilarity`
         (descriptor votes, then geometric verification of the shortlist).
         """
-        from trainleak.encoders.pixel import mirror_permutation
-
         if info.metric == "local":
             from trainleak.local_search import LocalSimilarity
 
             return LocalSimilarity.of_local(info)
 
-        tiles = int(info.options.get("grid", 4)) ** 2 if info.metric == "tiled_l2" else 1
-        return cls(info.metric, tiles, mirror_permutation(info))
+        return cls(info.metric, info.tiles, info.mirror)
 
     def prepare(self, databases: list[np.ndarray]) -> None:
         """Build whatever the search of these arrays needs ahead of the first query.

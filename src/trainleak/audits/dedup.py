@@ -48,23 +48,21 @@ from trainleak.similarity import Similarity
 from trainleak.store import content_hash
 
 if TYPE_CHECKING:
+    from trainleak.encoders.base import EncoderInfo
     from trainleak.engines import Engine
 
 log = logging.getLogger(__name__)
 
-#: Encoders whose default operating point means "the same picture" (``copy``:
-#: a verified geometric match of 12 keypoints, edits included).
-COPY_ENCODERS = ("pixel", "tiled", "copy")
-
 KEEP_RULE = "star centre: the image with the most near-duplicates (then highest total similarity)"
 
 
-def dedup_mode(encoder: str) -> str:
-    """``near-duplicate`` for the copy encoders, ``identity`` for ``face``, else ``similarity``."""
-    name = encoder.partition(":")[0]
-    if name in COPY_ENCODERS:
-        return "near-duplicate"
-    return "identity" if name == "face" else "similarity"
+def dedup_mode(info: EncoderInfo) -> str:
+    """Return what grouping by the default threshold means: the declared operating point.
+
+    ``near-duplicate`` (pixel, tiled, copy: the same picture), ``identity``
+    (face: the same person) or ``similarity`` (no safe default).
+    """
+    return info.operating_point
 
 
 def duplicate_edges(
@@ -165,17 +163,17 @@ def dedup(
 
     """
     config = config or DedupConfig()
-    _require_threshold(config.embed.encoder, config.threshold)
     with make_embedder(config.embed) as embedder:
+        _require_threshold(embedder.info, config.threshold)  # before embedding anything
         emb = embed_nonempty(embedder, path, "input")
     return dedup_embeddings(emb, config=config, argv=argv)
 
 
-def _require_threshold(encoder: str, threshold: float | None) -> str:
-    mode = dedup_mode(encoder)
+def _require_threshold(info: EncoderInfo, threshold: float | None) -> str:
+    mode = dedup_mode(info)
     if mode != "near-duplicate" and threshold is None:
         raise AuditInputError(
-            f"dedup with --encoder {encoder} groups images by "
+            f"dedup with --encoder {info.name} groups images by "
             f"{'person (identity dedup)' if mode == 'identity' else 'learned similarity'}, "
             "not near-duplicate pictures, and has no safe default: pass --threshold T "
             "(e.g. the face encoder's same-person point 0.93), or use --encoder pixel|tiled|copy"
@@ -198,7 +196,7 @@ def dedup_embeddings(
     if len(emb) == 0:
         raise AuditInputError("the set is empty: nothing to deduplicate")
     info = emb.info
-    mode = _require_threshold(info.name, config.threshold)
+    mode = _require_threshold(info, config.threshold)
     threshold = info.default_threshold if config.threshold is None else config.threshold
     if config.search == "approx" and config.embed.engine != "local":
         raise AuditInputError(

@@ -23,6 +23,11 @@ Metric = Literal["cosine", "tiled_l2", "local"]
 #: sface). Audits read it instead of switching on names (a copy encoder never
 #: scores by identity).
 Kind = Literal["copy", "identity"]
+#: What an encoder's default threshold means: ``near-duplicate`` (the same
+#: picture, edits included: pixel, tiled, copy), ``identity`` (the same person:
+#: face) or ``similarity`` (a learned similarity with no such meaning). ``dedup``
+#: reads it to decide whether the default is safe to group by.
+OperatingPoint = Literal["near-duplicate", "identity", "similarity"]
 
 
 class EncodeSkip(Exception):
@@ -60,6 +65,16 @@ class EncoderInfo:
     execution: dict[str, Any] = field(default_factory=dict)
     #: ``copy`` or ``identity`` (see :data:`Kind`); not part of the cache key.
     kind: Kind = "copy"
+    #: What ``default_threshold`` means (see :data:`OperatingPoint`).
+    operating_point: OperatingPoint = "similarity"
+    #: The comparison rule, declared by the encoder (the search and every audit
+    #: read it; nothing switches on names). ``tiles``: equal tiles per row that
+    #: ``tiled_l2`` compares tile by tile (1 otherwise).
+    tiles: int = 1
+    #: Column order that turns a row into its mirror image's row, for encoders
+    #: that compare an image and its mirror image alike (``None``: not mirror-blind).
+    #: Derived from the options, so not part of the cache key.
+    mirror: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form used in ``report.json``."""
@@ -69,6 +84,9 @@ class EncoderInfo:
             "dim": self.dim,
             "metric": self.metric,
             "kind": self.kind,
+            "operating_point": self.operating_point,
+            "tiles": self.tiles,
+            "mirror": self.mirror is not None,
             "options": dict(self.options),
             "default_threshold": self.default_threshold,
             "weights_sha256": self.weights_sha256,

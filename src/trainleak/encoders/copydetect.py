@@ -255,6 +255,7 @@ class CopyEncoder(Encoder):
             dim=row_dim(int(opts["max_keypoints"])),
             metric="local",
             kind="copy",
+            operating_point="near-duplicate",
             default_threshold=threshold,
             threshold_note=(
                 f"encoder default operating point {threshold} ({DEFAULT_INLIERS} verified "

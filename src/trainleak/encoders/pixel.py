@@ -46,6 +46,7 @@ of one person and is kept only for ``extract``, where the paper uses it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -214,7 +215,9 @@ class PixelEncoder(Encoder):
             threshold_note=_HOW_CHOSEN.format(value=PIXEL_THRESHOLD),
             options=opts,
             paper="exact / near-exact copy detection in pixel space",
+            operating_point="near-duplicate",
         )
+        self.info = replace(self.info, mirror=mirror_permutation(self.info))
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """Return one ``(1, size*size)`` unit row."""
@@ -264,7 +267,10 @@ class TiledEncoder(Encoder):
             ),
             options=opts,
             paper="Carlini et al. 2023, Extracting Training Data from Diffusion Models",
+            operating_point="near-duplicate",
+            tiles=grid * grid,
         )
+        self.info = replace(self.info, mirror=mirror_permutation(self.info))
 
     @property
     def tiles(self) -> int:

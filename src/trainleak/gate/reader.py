@@ -55,13 +55,15 @@ import json
 import os
 import weakref
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo
-from trainleak.errors import IndexFormatError
+from trainleak.errors import IndexFormatError, TrainleakError
 from trainleak.gate.shards import MANIFEST, check_size, nonfinite_rows, parse_row, read_small
 
 __all__ = [
@@ -109,10 +111,33 @@ def encoder_info(folder: Path, manifest: dict[str, Any]) -> EncoderInfo:
         enc.get("licence", ""),
         bool(enc.get("non_commercial", False)),
         dict(enc.get("execution") or {}),
+        kind=enc.get("kind", "copy"),
+        operating_point=enc.get("operating_point", "similarity"),
+        tiles=int(enc.get("tiles", 1)),
     )
     if info.cache_key() != enc.get("cache_key"):
         raise IndexFormatError(f"{folder / MANIFEST}: its encoder entry is inconsistent; rebuild")
-    return info
+    return _declared_rule(info)
+
+
+def _declared_rule(info: EncoderInfo) -> EncoderInfo:
+    """Take the comparison rule (tiles, mirror) from the encoder itself where it is installed.
+
+    The rule is what the encoder declares for these options; the manifest's own
+    record (``tiles``, no mirror) stands in for an encoder that cannot be built
+    here (a model file given by path, a plugin not installed), and for indexes
+    written before the rule was recorded the registered encoder supplies it.
+    """
+    try:
+        live = get_encoder(info.name, **info.options).info
+    except (KeyError, ValueError, TypeError, TrainleakError):
+        return info
+    if live.cache_key() != info.cache_key():
+        return info
+    return replace(
+        info, kind=live.kind, operating_point=live.operating_point, tiles=live.tiles,
+        mirror=live.mirror,
+    )  # fmt: skip
 
 
 class RowsFile:
