@@ -81,6 +81,10 @@ class SearchRecord:
     nlist: int = 0
     nprobe: int = 0
     seconds: float = 0.0
+    #: Of ``seconds``: building the index (0 when reused), and the exact searches
+    #: and probes of the recall samples; the rest is the search itself.
+    build_seconds: float = 0.0
+    check_seconds: float = 0.0
 
 
 @dataclass
@@ -91,6 +95,8 @@ class SearchContext:
     settings: ApproxSettings = field(default_factory=ApproxSettings)
     records: list[SearchRecord] = field(default_factory=list)
     indexes: dict[tuple[int, int, int], Any] = field(default_factory=dict)
+    #: Seconds the last :func:`index_for` call spent building (0 when it reused one).
+    last_build_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """Return the report's ``search`` section: how approximate the run was."""
@@ -172,12 +178,14 @@ def build_index(database: np.ndarray, nlist: int, seed: int) -> Any:
 def index_for(ctx: SearchContext, database: np.ndarray) -> Any:
     """Return the run's index of ``database``, building it on first use."""
     key = (id(database), database.shape[0], database.shape[1])
+    ctx.last_build_seconds = 0.0
     if key not in ctx.indexes:
         nlist = ctx.settings.nlist or default_nlist(len(database))
         ctx.indexes.clear()  # one database's index at a time bounds memory
         t0 = time.perf_counter()
         nlist = min(nlist, max(1, len(database)))
         ctx.indexes[key] = build_index(database, nlist, ctx.settings.seed)
+        ctx.last_build_seconds = time.perf_counter() - t0
         log.info("approx index: %d rows, %d lists, built in %.1f s",
                  len(database), nlist, time.perf_counter() - t0)  # fmt: skip
     return ctx.indexes[key]

@@ -36,22 +36,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from trainleak import approx_search
-from trainleak._optional import require
 from trainleak.approx_search import SearchRecord
+from trainleak.block_search import (
+    Backend,
+    MetricName,
+    _check,
+    _knn_faiss,
+    _knn_numpy,
+    _knn_torch,
+    pairwise_scores,
+)
 from trainleak.device import pick_backend, resolve_device
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
-MetricName = Literal["cosine", "tiled_l2"]
-Backend = Literal["auto", "torch", "numpy", "faiss"]
 #: ``default`` = the mode of the run (:func:`trainleak.approx_search.use_search`), else exact.
 Search = Literal["default", "exact", "approx"]
 
@@ -66,73 +69,6 @@ RESCORE_MARGIN = 8
 
 # resolve_device lives in trainleak.device; callers of the search import it here too.
 __all__ = ["Backend", "MetricName", "knn", "pairwise_scores", "pick_backend", "resolve_device"]
-
-
-def _check(
-    queries: np.ndarray, database: np.ndarray, k: int, metric: str, tiles: int, backend: str
-) -> None:
-    if k < 1:
-        raise ValueError(f"k must be 1 or more, got {k}: ask for at least one neighbour")
-    if queries.ndim != 2 or database.ndim != 2:
-        raise ValueError(
-            f"queries and database must be 2-d (n, dim), got shapes {queries.shape} and "
-            f"{database.shape}: reshape single rows with x[None]"
-        )
-    if queries.shape[1] != database.shape[1]:
-        raise ValueError(
-            f"queries have dim {queries.shape[1]} but the database has dim {database.shape[1]}: "
-            "embed both with the same encoder"
-        )
-    if metric not in ("cosine", "tiled_l2"):
-        raise ValueError(f"unknown metric {metric!r}: use 'cosine' or 'tiled_l2'")
-    if backend not in ("auto", "torch", "numpy", "faiss"):
-        raise ValueError(f"unknown backend {backend!r}: use auto, torch, numpy or faiss")
-    if backend == "faiss" and metric != "cosine":
-        raise ValueError("the faiss backend supports the cosine metric only: use backend='torch'")
-    if metric == "tiled_l2" and (tiles < 1 or queries.shape[1] % tiles):
-        raise ValueError(
-            f"row length {queries.shape[1]} is not a multiple of tiles={tiles}: pass the "
-            "number of tiles the images were cut into"
-        )
-
-
-def pairwise_scores(
-    a: np.ndarray, b: np.ndarray, metric: MetricName = "cosine", tiles: int = 16
-) -> np.ndarray:
-    """Return the full score matrix of two small sets.
-
-    Args:
-        a: rows ``(n_a, dim)``.
-        b: rows ``(n_b, dim)``.
-        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
-        tiles: tiles per row for ``tiled_l2``.
-
-    Returns:
-        ``(n_a, n_b)`` float32 scores, higher is more similar.
-
-    Example:
-        >>> pairwise_scores(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32))
-        array([[1., 0.],
-               [0., 1.]], dtype=float32)
-
-    """
-    a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.float32)
-    _check(a, b, 1, metric, tiles, "numpy")
-    if metric == "cosine":
-        return a @ b.T
-    td = a.shape[1] // tiles
-    an = np.einsum("ntd,ntd->nt", *(a.reshape(len(a), tiles, td),) * 2)
-    bn = np.einsum("ntd,ntd->nt", *(b.reshape(len(b), tiles, td),) * 2)
-    worst = np.full((len(a), len(b)), -np.inf, np.float32)
-    for t in range(tiles):
-        d2 = a[:, t * td : (t + 1) * td] @ b[:, t * td : (t + 1) * td].T
-        d2 *= -2
-        d2 += an[:, t, None]
-        d2 += bn[None, :, t]
-        np.maximum(worst, d2, out=worst)
-    # Clamping once after the max is the same as clamping every tile.
-    return (1.0 - np.sqrt(np.maximum(worst, 0) / td)).astype(np.float32)
 
 
 def knn(
@@ -271,6 +207,7 @@ def _knn_approx(
         at = np.arange(len(queries))[rows]
         return _cut(*_tie_order(s, i), at, k, exclude_self, self_offset)
 
+    t1 = time.perf_counter()
     want = exact(tune)
     nprobe = 1
     while True:
@@ -278,12 +215,15 @@ def _knn_approx(
         if approx_search.recall_at_k(*got, *want) >= st.target_recall or nprobe >= index.nlist:
             break
         nprobe = min(index.nlist, 2 * nprobe)
+    t2 = time.perf_counter()
     scores, idx = found(slice(None), nprobe)
+    t3 = time.perf_counter()
     truth = want if report is tune else exact(report)
     recall = approx_search.recall_at_k(scores[report], idx[report], *truth)
-    seconds = time.perf_counter() - t0
+    t4 = time.perf_counter()
     record = SearchRecord("approx", len(queries), len(database), k, recall, len(report),
-                          int(index.nlist), nprobe, seconds)  # fmt: skip
+                          int(index.nlist), nprobe, t4 - t0, ctx.last_build_seconds,
+                          (t2 - t1) + (t4 - t3))  # fmt: skip
     ctx.records.append(record)
     logger.info("approx knn: %s", record)
     return scores, idx
@@ -302,149 +242,6 @@ def _cut(
         s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
         i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
     return np.ascontiguousarray(s, np.float32), np.ascontiguousarray(i, np.int64)
-
-
-def _db_block(database: np.ndarray, d0: int, block: int, writeable: bool = False) -> np.ndarray:
-    part = np.ascontiguousarray(database[d0 : d0 + block], np.float32)
-    # torch.from_numpy warns on read-only arrays such as a read-only memmap;
-    # numpy and faiss read a read-only block in place (no copy per block).
-    return part.copy() if writeable and not part.flags.writeable else part
-
-
-def _self_cells(q0: int | None, n: int, d0: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of a (query block x database block) where query i meets row i."""
-    if q0 is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    r = np.arange(max(q0, d0), min(q0 + n, d0 + m))
-    return r - q0, r - d0
-
-
-def _merge_np(
-    best: tuple[np.ndarray, np.ndarray], s: np.ndarray, i: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    cat_s, cat_i = np.concatenate([best[0], s], 1), np.concatenate([best[1], i], 1)
-    if cat_s.shape[1] <= k:
-        return cat_s, cat_i
-    top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
-
-
-def _knn_numpy(
-    q: np.ndarray,
-    db: np.ndarray,
-    k: int,
-    metric: MetricName,
-    block: int,
-    tiles: int,
-    q0: int | None,
-    device: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.full((len(q), k), -1, np.int64)
-    kth = best_s[:, 0].copy()  # each query's k-th best so far, as in _knn_torch
-    for d0 in range(0, len(db), block):
-        s = pairwise_scores(q, _db_block(db, d0, block), metric, tiles)
-        s[_self_cells(q0, len(q), d0, s.shape[1])] = -np.inf
-        todo = np.flatnonzero(s.max(axis=1) > kth)
-        if len(todo) == 0:
-            continue
-        s = s[todo]
-        if s.shape[1] > k:
-            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            s, cols = np.take_along_axis(s, top, 1), top + d0
-        else:
-            cols = np.broadcast_to(np.arange(d0, d0 + s.shape[1]), s.shape)
-        best_s[todo], best_i[todo] = _merge_np((best_s[todo], best_i[todo]), s, cols, k)
-        kth[todo] = best_s[todo].min(axis=1)
-    return best_s, best_i
-
-
-def _knn_torch(
-    q: np.ndarray,
-    db: np.ndarray,
-    k: int,
-    metric: MetricName,
-    block: int,
-    tiles: int,
-    q0: int | None,
-    device: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    dev = torch.device(device)
-    with torch.inference_mode():
-        qt = torch.from_numpy(q).to(dev)
-        qn = _tile_norms(qt, tiles) if metric == "tiled_l2" else None
-        best_s = torch.full((len(q), k), -torch.inf, device=dev)
-        best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=dev)
-        # Each query's k-th best score so far: a block whose best score for a
-        # query does not beat it cannot change that query's list.
-        kth = best_s[:, 0].clone()
-        out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
-        for d0 in range(0, len(db), block):
-            part = torch.from_numpy(_db_block(db, d0, block, writeable=True))
-            part = part.to(dev, non_blocking=True)
-            if qn is None:
-                s = torch.mm(qt, part.T, out=out[:, : len(part)])
-            else:
-                s = _tiled_torch(qt, qn, part, tiles, out[:, : len(part)])
-            rows, cols = _self_cells(q0, len(q), d0, len(part))
-            s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
-            todo = torch.nonzero(s.amax(1) > kth).squeeze(1)
-            if len(todo) == 0:
-                continue
-            if len(todo) < len(q):
-                s = s.index_select(0, todo)
-            top_s, top_i = torch.topk(s, min(k, s.shape[1]), dim=1, sorted=False)
-            cat_s = torch.cat([best_s.index_select(0, todo), top_s], 1)
-            cat_i = torch.cat([best_i.index_select(0, todo), top_i + d0], 1)
-            new_s, pos = torch.topk(cat_s, k, dim=1, sorted=False)
-            best_s.index_copy_(0, todo, new_s)
-            best_i.index_copy_(0, todo, torch.gather(cat_i, 1, pos))
-            kth.index_copy_(0, todo, new_s.amin(1))
-        return best_s.cpu().numpy(), best_i.cpu().numpy()
-
-
-def _tile_norms(x: torch.Tensor, tiles: int) -> torch.Tensor:
-    """Squared L2 norm of every tile, ``(n, tiles)``."""
-    t = x.reshape(len(x), tiles, -1)
-    return (t * t).sum(-1)
-
-
-def _tiled_torch(
-    a: torch.Tensor, an: torch.Tensor, b: torch.Tensor, tiles: int, out: torch.Tensor
-) -> torch.Tensor:
-    """Tiled-l2 scores of ``a`` against ``b``, written into ``out`` ``(len(a), len(b))``."""
-    import torch
-
-    td = a.shape[1] // tiles
-    bn = _tile_norms(b, tiles)
-    worst = out.fill_(-torch.inf)
-    d2 = torch.empty_like(worst)
-    for t in range(tiles):
-        # ||a||^2 + ||b||^2 - 2ab per tile; two (n, m) buffers, whatever the tile count.
-        at, bt = a[:, t * td : (t + 1) * td], b[:, t * td : (t + 1) * td]
-        torch.addmm(bn[None, :, t], at, bt.T, alpha=-2, out=d2)
-        d2 += an[:, t, None]
-        torch.maximum(worst, d2, out=worst)
-    return worst.clamp_(min=0).div_(td).sqrt_().neg_().add_(1)
-
-
-def _knn_faiss(
-    q: np.ndarray, db: np.ndarray, k: int, block: int, q0: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    faiss = require("faiss", extra="faiss", needed_for="backend='faiss' (use 'numpy' without it)")
-    index = faiss.IndexFlatIP(db.shape[1])
-    best = (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
-    for d0 in range(0, len(db), block):
-        index.reset()
-        index.add(_db_block(db, d0, block))
-        # One extra neighbour per block stands in for a masked self match.
-        s, i = index.search(q, min(k + (q0 is not None), index.ntotal))
-        if q0 is not None:
-            s[i + d0 == np.arange(q0, q0 + len(q))[:, None]] = -np.inf
-        best = _merge_np(best, s, np.where(i < 0, -1, i + d0), k)
-    return best
 
 
 def _rescore(
