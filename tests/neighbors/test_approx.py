@@ -115,3 +115,29 @@ def test_dedup_report_and_ray_refusal(tmp_path: Path) -> None:
     cfg.embed.engine = "ray"
     with pytest.raises(AuditInputError, match="local engine"):
         dedup_embeddings(result.embedded, config=cfg)
+
+
+def test_index_build_calibrates_with_measured_recall(
+    orl_scenario: dict[str, Path], tmp_path: Path
+) -> None:
+    from trainleak.config import IndexConfig
+    from trainleak.gate.index import Index
+
+    made = {}
+    for mode in ("exact", "approx"):
+        cfg = IndexConfig(embed=EmbedConfig(encoder="pixel", workers=1, no_cache=True),
+                          fpr=0.05, search=mode)  # type: ignore[arg-type]  # fmt: skip
+        with Index.build(tmp_path / mode, orl_scenario["train"], orl_scenario["holdout"],
+                         config=cfg) as index:  # fmt: skip
+            made[mode] = (dict(index.manifest["search"]), index.threshold)
+    search, threshold = made["approx"]
+    approx = [r for r in search["searches"] if r["mode"] == "approx"]
+    assert search["mode"] == "approx" and approx
+    assert all(
+        r["sampled_queries"] == r["queries"] == 100 for r in approx
+    )  # the 100 holdout photos
+    # A missed neighbour only lowers a holdout score: never a higher threshold than exact.
+    assert threshold <= made["exact"][1]
+    if search["recall_at_k_min"] == 1.0:
+        assert threshold == made["exact"][1]
+    assert made["exact"][0]["mode"] == "exact"

@@ -23,6 +23,7 @@ from trainleak.config import (
     EmbedConfig,
     IndexConfig,
     ScoreMode,
+    SearchMode,
 )
 
 
@@ -115,6 +116,14 @@ def _add_build(actions: Any) -> None:
         default=defaults.shard_rows,
         help="rows per vector file (default: %(default)s)",
     )
+    b.add_argument(
+        "--search",
+        choices=get_args(SearchMode),
+        default=defaults.search,
+        help="how the holdout is searched to calibrate: exact, or approx (a faiss inverted-file "
+        "index, cosine encoders; recall@k measured and kept in the manifest); checks search "
+        "exactly (default: %(default)s)",
+    )
     b.add_argument("--out", required=True, help="the new index folder")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_embed_arguments(b, defaults.embed, engines=True)
@@ -173,6 +182,7 @@ def run_build(args: argparse.Namespace, argv: list[str]) -> int:
         threshold=args.threshold,
         score=args.score,
         shard_rows=args.shard_rows,
+        search=args.search,
     )
     with Index.build(args.out, args.train, args.holdout, config=config) as index:
         print_summary(index.info())

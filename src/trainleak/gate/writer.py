@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from trainleak.approx_search import use_search
 from trainleak.config import CheckConfig
 from trainleak.decide.calibration import Calibration, check_change
 from trainleak.decide.contamination import contaminated_rows
@@ -121,9 +122,14 @@ def commit_change(
         # The draft only scores the holdout; its placeholder threshold is never committed.
         manifest["threshold"] = Calibration(1.0, "fixed", note="draft").to_dict()
         draft = OpenedIndex(folder, manifest, CheckConfig(search="exact"))
-        threshold = _calibrate(draft, live_digests, rate).with_details(
-            rows_at_calibration=total - dead
-        )
+        # index build --search approx: the holdout is searched approximately, its
+        # recall measured and kept. Checks search exactly; a missed neighbour only
+        # lowers a holdout score, so the threshold can only err toward blocking.
+        with use_search(manifest.get("settings", {}).get("search", "exact")) as searched:
+            threshold = _calibrate(draft, live_digests, rate).with_details(
+                rows_at_calibration=total - dead
+            )
+        manifest["search"] = searched.summary()
         if old and max_change is not None:
             try:
                 check_change(Calibration.from_dict(old), threshold, max_change, what)
