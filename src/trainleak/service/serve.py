@@ -36,23 +36,24 @@ are middleware (:mod:`~trainleak.service.guard`), declared once in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast, get_type_hints
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from trainleak._version import __version__
 from trainleak.config import MAX_THRESHOLD_CHANGE, ServeConfig
 from trainleak.errors import TrainleakError
-from trainleak.gate.check import Verdict
 from trainleak.gate.index import Index
 from trainleak.gate.shards import MANIFEST
+from trainleak.gate.verdict import Verdict
 from trainleak.service.batcher import Batcher, QueueFull, TimedOut
 from trainleak.service.guard import Guard, Tokens, check_bind
 from trainleak.service.httpserver import Limits, listen, make_server
@@ -68,23 +69,28 @@ Upload = tuple[str, bytes]
 ROUTES = ("/v1/check", "/v1/index", "/v1/index/add", "/healthz", "/metrics")
 
 
-class CheckResult(BaseModel):
-    """One file's verdict (the keys of ``trainleak check --jsonl``, ``path`` as ``name``)."""
+#: Verdict fields named otherwise over HTTP (a verdict's path is the upload's name).
+HTTP_NAMES = {"path": "name"}
+# The HTTP model is derived from Verdict's fields: FastAPI's response_model drops keys a
+# model lacks, so a new verdict field reaches it by itself (tests/gate/test_verdict_fields.py).
+CheckResult: type[BaseModel] = create_model(
+    "CheckResult",
+    __doc__="One file's verdict: the keys of ``trainleak check --jsonl``, path as name.",
+    **cast(dict[str, Any], {
+        HTTP_NAMES.get(f.name, f.name): (
+            get_type_hints(Verdict)[f.name], ... if f.default is dataclasses.MISSING else f.default
+        )
+        for f in dataclasses.fields(Verdict)
+    }),
+)  # fmt: skip
+#: The answer of ``POST /v1/check``: one result per uploaded file, in order.
+CheckResponse: type[BaseModel] = create_model(
+    "CheckResponse", results=(cast(Any, list)[CheckResult], ...)  # a model made at run time
+)
 
-    name: str
-    verdict: Literal["release", "block", "skip"]
-    nearest: str | None
-    similarity: float | None
-    threshold: float | None
-    identity: str | None
-    reason: str
-    reviewed: str | None = None
 
-
-class CheckResponse(BaseModel):
-    """The answer of ``POST /v1/check``: one result per uploaded file, in order."""
-
-    results: list[CheckResult]
+def _http_result(verdict: Verdict) -> dict[str, Any]:
+    return {HTTP_NAMES.get(k, k): v for k, v in verdict.to_dict().items()}
 
 
 class Service:
@@ -220,11 +226,7 @@ async def check_images(
         verdicts = await service.batcher.results(items, nbytes, service.config.request_timeout)
     except TrainleakError as err:
         raise HTTPException(503, str(err), headers={"Retry-After": "60"}) from None
-    # A verdict's path is the upload's name; the API calls it "name".
-    results = [{"name": v.path, **v.to_dict()} for v in verdicts]
-    for r in results:
-        del r["path"]
-    return {"results": results}
+    return {"results": [_http_result(v) for v in verdicts]}
 
 
 @router.post("/v1/index/add")
