@@ -59,3 +59,15 @@ def orl_scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "synthetic": root / "synthetic",
         "holdout": root / "holdout",
     }
+
+
+@pytest.fixture(scope="session")
+def orl_face(cache_dir: Path):
+    """All 400 ORL photos embedded once with the face encoder (labels ``s1``..``s40``).
+
+    Slow cold (about 2 images/s here), shared by every test that needs real
+    face vectors; the other ORL face tests' folders hit the same cache.
+    """
+    from trainleak.embedding import embed
+
+    return embed(_require(ORL), encoder="face", cache=str(cache_dir), workers=2)

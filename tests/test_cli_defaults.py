@@ -20,6 +20,7 @@ from trainleak.config import (
     AuditConfig,
     CheckConfig,
     DedupConfig,
+    EvidenceConfig,
     ExtractConfig,
     IndexConfig,
     InvertConfig,
@@ -34,6 +35,7 @@ from trainleak.config import (
 CONFIGS: dict[str, tuple[Any, ...]] = {
     "audit": (AuditConfig(),),
     "dedup": (DedupConfig(),),
+    "evidence": (EvidenceConfig(),),
     "extract": (ExtractConfig(),),
     "invert": (InvertConfig(),),
     "membership": (MembershipConfig(), LossConfig()),

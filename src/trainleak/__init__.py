@@ -17,7 +17,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from trainleak import result as _result
 from trainleak._version import __version__
+
+
+def _report_writer() -> _result.Writer:
+    # Results write themselves through the report layer, which sits above the
+    # audits that make them; loaded on the first write, not on import.
+    from trainleak.report.writers import write_result
+
+    return write_result
+
+
+_result.install_writers(_report_writer)
 
 #: Public name -> module that defines it.
 _EXPORTS = {
@@ -29,6 +41,7 @@ _EXPORTS = {
     "dedup": "trainleak.api",
     "extract": "trainleak.api",
     "membership": "trainleak.api",
+    "evidence": "trainleak.audits._evidence",
     "embeddings": "trainleak.api",
     "loss_membership": "trainleak.audits.loss_attack",
     "invert": "trainleak.audits.inversion.audit",
@@ -40,6 +53,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from trainleak.api import audit, dedup, embeddings, extract, membership
+    from trainleak.audits._evidence import evidence
     from trainleak.audits.inversion.audit import invert
     from trainleak.audits.loss_attack import loss_membership
     from trainleak.embedding import Embedder, EmbeddingSet, embed
@@ -75,6 +89,7 @@ __all__ = [
     "dedup",
     "embed",
     "embeddings",
+    "evidence",
     "extract",
     "invert",
     "knn",

@@ -469,3 +469,47 @@ class DDPMConfig:
     hflip: bool = False
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: What ``evidence`` compares between owners: the best match, or matches above the threshold.
+EvidenceStatistic = Literal["max", "count"]
+
+
+@dataclass
+class EvidenceConfig:
+    """Settings of ``evidence`` (one owner: "was my data used?"); written into the packet.
+
+    Attributes:
+        embed: how the owner's, the reference owners' and the searched images are embedded.
+        statistic: ``max`` (default) = an owner's best match score against the
+            searched images; ``count`` = how many searched images match the
+            owner at or above ``threshold``. ``max`` because one image seen in
+            training can surface once among many samples; a count needs several.
+        threshold: the match threshold of ``count`` and of the listed pairs
+            (``None``: the encoder's declared default).
+        alpha: the significance level of the verdict.
+        copy_threshold: pixel-level similarity at or above which a matched
+            pair is a near-copy rather than a look-alike (``None``: the
+            ``pixel`` encoder's declared copy threshold).
+        pairs: matched pairs listed in the packet, best first.
+        n_samples: samples drawn when ``against`` is a generator.
+        seed: seeds generation (sample ``i`` depends on ``(seed, i)`` only).
+        gen_batch_size: samples generated and embedded at a time.
+        steps: denoising steps of a ``diffusers:`` generator (its default when None).
+
+    """
+
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    statistic: EvidenceStatistic = "max"
+    threshold: float | None = None
+    alpha: float = 0.05
+    copy_threshold: float | None = None
+    pairs: int = 20
+    n_samples: int = 1000
+    seed: int = 0
+    gen_batch_size: int = 32
+    steps: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as written into the evidence packet."""
+        return asdict(self)

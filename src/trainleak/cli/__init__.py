@@ -27,6 +27,7 @@ from trainleak.cli import (
     check,
     dedup,
     demo,
+    evidence,
     extract,
     index,
     invert,
@@ -56,7 +57,7 @@ EXIT_CODES = (
 EXIT_BROKEN_PIPE = 141
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (audit, dedup, extract, invert, membership, index, check, serve, review, demo)
+COMMANDS = (audit, evidence, dedup, extract, invert, membership, index, check, serve, review, demo)
 
 __all__ = [
     "COMMANDS",
