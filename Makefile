@@ -37,6 +37,8 @@ test: install chromium
 lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+	# Layers point down, no import cycles (the contracts in .importlinter).
+	$(VENV)/bin/lint-imports --no-cache
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainleak import result as _result
 from trainleak._version import __version__
+from trainleak.registry import COMPARISON_RULES
 
 
 def _report_writer() -> _result.Writer:
@@ -30,6 +31,15 @@ def _report_writer() -> _result.Writer:
 
 
 _result.install_writers(_report_writer)
+
+
+@COMPARISON_RULES.register("local")
+def _local_rule(info: Any) -> Any:
+    # The local-feature encoders' rule builds on Similarity (which cannot import it):
+    # descriptor votes, then verification. Loaded on first use, not on import.
+    from trainleak.local_search import LocalSimilarity
+
+    return LocalSimilarity.of_local(info)
 
 #: Public name -> module that defines it.
 _EXPORTS = {

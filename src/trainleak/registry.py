@@ -58,3 +58,11 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+#: Comparison rules that are more than a vector metric, by the metric an encoder
+#: declares (``local``: :class:`trainleak.local_search.LocalSimilarity`). Each entry
+#: maps an :class:`~trainleak.encoders.base.EncoderInfo` to its rule; it is registered
+#: at the top (``trainleak/__init__.py``), so ``similarity`` never imports the rules
+#: that build on it. Plain metrics (``cosine``, ``tiled_l2``) need no entry.
+COMPARISON_RULES: Registry[Callable[..., object]] = Registry("comparison rule")

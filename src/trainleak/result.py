@@ -10,7 +10,23 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
 from typing import Any
+
+from trainleak.errors import TrainleakError
+
+#: Writes a result's files into a folder and returns their paths by kind; picked by
+#: the result's type (:func:`trainleak.report.writers.write_result`).
+Writer = Callable[["Result", "str | os.PathLike[str]", bool, dict[str, Any]], dict[str, str]]
+
+# How to find the writers: installed once, at the top (``trainleak/__init__.py``), so
+# that the audits, which make results, never import the report writers above them.
+_find_writer: list[Callable[[], Writer]] = []
+
+
+def install_writers(find: Callable[[], Writer]) -> None:
+    """Install the function that returns the report writer (the package does it on import)."""
+    _find_writer[:] = [find]
 
 
 class Result:
@@ -37,8 +53,18 @@ class Result:
         return str(self.summary)
 
     def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json`` and the other report files into ``out``; return their paths."""
-        raise NotImplementedError
+        """Write ``report.json`` and the other report files into ``out``; return their paths.
+
+        The writer is chosen by the result's type in :mod:`trainleak.report.writers`.
+        """
+        return self._write(out, redact, {})
+
+    def _write(
+        self, out: str | os.PathLike[str], redact: bool, options: dict[str, Any]
+    ) -> dict[str, str]:
+        if not _find_writer:
+            raise TrainleakError("no report writers installed: import trainleak first")
+        return _find_writer[0]()(self, out, redact, options)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.report.get('command', '')}: {self.verdict}>"

@@ -16,6 +16,7 @@ import numpy as np
 
 from trainleak.encoders.base import EncoderInfo
 from trainleak.neighbors import Backend, MetricName, knn, pairwise_scores
+from trainleak.registry import COMPARISON_RULES
 
 #: Query rows mirrored at a time (the mirror search copies one block, not every query).
 MIRROR_BLOCK = 16384
@@ -70,16 +71,20 @@ class Similarity:
 
     @classmethod
     def of(cls, info: EncoderInfo) -> Similarity:
-        """Build the rule of one encoder: tiles from its ``grid``, mirror from its layout.
+        """Build the rule of one encoder: the tiles and mirror columns it declares.
 
-        Encoders with the ``local`` metric get :class:`trainleak.local_search.LocalSimilarity`
-        (descriptor votes, then geometric verification of the shortlist).
+        A metric registered in :data:`trainleak.registry.COMPARISON_RULES` gets
+        its own rule (``local``: :class:`trainleak.local_search.LocalSimilarity`,
+        descriptor votes, then geometric verification of the shortlist).
         """
-        if info.metric == "local":
-            from trainleak.local_search import LocalSimilarity
+        if info.metric in COMPARISON_RULES:
+            rule = COMPARISON_RULES.get(info.metric)(info)
+            if not isinstance(rule, Similarity):
+                raise TypeError(f"the {info.metric!r} comparison rule is not a Similarity")
+            return rule
 
-            return LocalSimilarity.of_local(info)
-
+        if info.metric == "local":  # a rule no vector search can stand in for
+            raise ValueError("no comparison rule is registered for 'local': import trainleak")
         return cls(info.metric, info.tiles, info.mirror)
 
     def prepare(self, databases: list[np.ndarray]) -> None:

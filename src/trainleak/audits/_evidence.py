@@ -281,11 +281,5 @@ class EvidenceResult(Result):
         """The verdict in plain words, with the p-value."""
         return str(self.report["verdict"]["text"])
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write the packet: ``evidence.json`` and the self-contained ``evidence.html``."""
-        from trainleak.report.evidence import write_evidence_packet
-
-        return write_evidence_packet(self, out, redact=redact)
-
 
 __all__ = ["ASSUMPTIONS", "METHOD", "EvidenceResult", "evidence", "run_evidence"]

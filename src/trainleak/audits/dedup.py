@@ -290,12 +290,6 @@ class DedupResult(Result):
         """Paths to keep (cluster medoids and singletons), sorted."""
         return sorted(r["path"] for r in self.report["rows"] if r["kept"])
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json``, ``dedup.csv`` and ``report.html`` into ``out``."""
-        from trainleak.report.dedup import write_dedup_report
-
-        return write_dedup_report(self.report, out, redact=redact)
-
     def copy_kept(self, dest: str | os.PathLike[str]) -> int:
         """Copy the kept images to ``dest``, keeping their paths relative to the input.
 

@@ -227,8 +227,4 @@ class ExtractResult(Result):
         """Training images extracted (paths as found under the training root)."""
         return list(self.report["summary"]["extracted"])
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json`` and ``report.html`` into ``out``."""
-        from trainleak.report.extract import write_extract_report
 
-        return write_extract_report(self.report, out, redact=redact)

@@ -215,8 +215,4 @@ class MembershipResult(Result):
         self.photos = photos or {}
         self.closest = closest or {}
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json`` and ``report.html`` (and closest samples as PNG) into ``out``."""
-        from trainleak.report.membership import write_membership_report
 
-        return write_membership_report(self, out, redact=redact)

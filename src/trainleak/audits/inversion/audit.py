@@ -208,12 +208,6 @@ class InversionResult(Result):
             f"(mean-image baseline {s['baseline']['psnr']:.1f} dB)"
         )
 
-    def write(self, out: str | os.PathLike[str], redact: bool = False) -> dict[str, str]:
-        """Write ``report.json`` and ``report.html`` into ``out``."""
-        from trainleak.report.invert import write_invert_report
-
-        return write_invert_report(self.report, self.originals, self.reconstructions, out, redact)
-
 
 def invert(
     model: str | nn.Module,
