@@ -31,10 +31,9 @@ from trainleak.decide.scores import Scores
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import resolve_device
-from trainleak.report import report_header
-from trainleak.report.plots import histogram_counts
+from trainleak.records import report_header
 from trainleak.result import Result
-from trainleak.stats import auc_score, meehan_ct, summarise, wilson_interval
+from trainleak.stats import auc_score, histogram_counts, meehan_ct, summarise, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +390,4 @@ class AuditResult(Result):
             when the table is CSV).
 
         """
-        from trainleak.report import write_audit_report
-
-        fmt = table or self.report.get("settings", {}).get("table") or "auto"
-        return write_audit_report(self.report, out, redact, self.table.blocks(), fmt)
+        return self._write(out, redact, {"table": table})
