@@ -11,6 +11,7 @@ and builds its report from these.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -88,12 +89,19 @@ def resolve_score_mode(config: AuditConfig, train: EmbeddingSet) -> str:
 
 
 def choose_threshold(
-    config: AuditConfig, holdout: Scores | None, default: float, default_note: str
+    config: AuditConfig,
+    holdout: Scores | None,
+    default: float,
+    default_note: str,
+    groups: Sequence[str | None] | None = None,
 ) -> Calibration:
     """Holdout calibration first, then a fixed value, then the encoder default.
 
     The rule is :func:`~trainleak.decide.calibration.choose_calibration`, the
-    one ``index build`` uses too.
+    one ``index build`` uses too. ``groups``, the holdout's person labels,
+    make the calibration count people when every holdout image has one.
     """
     null = None if holdout is None else holdout.score
-    return choose_calibration(null, config.fpr, config.threshold, default, default_note)
+    return choose_calibration(
+        null, config.fpr, config.threshold, default, default_note, groups=groups
+    )

@@ -149,8 +149,9 @@ def audit_embeddings(
         if hold_set is not None:
             hold = score_against(hold_set, train_set, mode, config, device)
     threshold = choose_threshold(
-        config, hold, train_set.info.default_threshold, train_set.info.threshold_note
-    )
+        config, hold, train_set.info.default_threshold, train_set.info.threshold_note,
+        hold_set.labels if hold_set is not None else None,
+    )  # fmt: skip
     reviews = None if decisions is None else find_reviews(decisions, train_set, synth_set, synth)
     report, table = build_report(
         config, train_set, synth_set, hold_set, synth, hold, threshold, mode, argv, device, reviews,

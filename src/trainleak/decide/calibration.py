@@ -12,12 +12,13 @@ value, else the encoder's operating point.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from trainleak.decide.people import INDEPENDENT_IMAGES, threshold_over_people
 from trainleak.errors import AuditInputError
 from trainleak.stats import threshold_at_fpr, wilson_interval
 
@@ -48,7 +49,8 @@ class Calibration:
         target_fpr: the false-positive rate asked for (holdout only).
         achieved_fpr: the rate of null samples above ``value`` (holdout only).
         resolvable_fpr: the smallest rate the holdout can resolve, ``1 / n``.
-        interval: 95% Wilson interval of the achieved rate, ``(low, high)``.
+        interval: 95% interval of the achieved rate, ``(low, high)``: Wilson over
+            images, exact (Clopper-Pearson) over people.
         counted_over: ``images`` or ``people``: what the rates count.
         note: one sentence a reader of the report needs.
         details: further keys written beside these (holdout counts, the index's
@@ -119,6 +121,36 @@ class Calibration:
             t.note,
             dict(details or {}),
         )
+
+    @classmethod
+    def at_fpr_over_people(
+        cls,
+        null_scores: np.ndarray,
+        groups: Sequence[str],
+        fpr: float,
+        details: Mapping[str, Any] | None = None,
+    ) -> Calibration:
+        """Calibrate so that at most ``fpr`` of the holdout *people* are flagged.
+
+        A person is flagged when any of their photos is; the rate and its
+        (Clopper-Pearson) interval count people: see :mod:`trainleak.decide.people`.
+
+        Raises:
+            CalibrationError: a null score is not finite (a damaged vector).
+
+        """
+        scores = np.asarray(null_scores, np.float64)
+        if not np.isfinite(scores).all():
+            raise CalibrationError(
+                f"{int((~np.isfinite(scores)).sum())} holdout score(s) are not finite numbers: "
+                "a training or holdout vector is damaged; rebuild from the images"
+            )
+        t = threshold_over_people(scores, groups, fpr)
+        extra = {**t.counts, **dict(details or {})}
+        return cls(
+            t.value, "holdout", fpr, t.achieved_fpr, t.resolvable_fpr, t.interval, "people",
+            t.note, extra,
+        )  # fmt: skip
 
     @classmethod
     def fixed(cls, value: float) -> Calibration:
@@ -204,8 +236,14 @@ def choose_calibration(
     default: float,
     default_note: str,
     counted_over: CountedOver = "images",
+    groups: Sequence[str | None] | None = None,
 ) -> Calibration:
     """Choose as ``audit`` and ``index build`` do: holdout, then fixed, then encoder default.
+
+    With ``groups`` (a person label for every holdout image) the holdout
+    calibration counts people (:meth:`Calibration.at_fpr_over_people`);
+    without, it counts images and its note says the interval assumes
+    independent images.
 
     Args:
         holdout_scores: the holdout's leak scores, or ``None`` without a holdout.
@@ -214,6 +252,7 @@ def choose_calibration(
         default: the encoder's operating point (``nan`` when it has none).
         default_note: what the encoder says about its operating point.
         counted_over: what the holdout's rates count.
+        groups: the holdout's person labels; any missing label means images are counted.
 
     Example:
         >>> choose_calibration(None, 0.01, 0.9, 0.5, "").method
@@ -221,7 +260,12 @@ def choose_calibration(
 
     """
     if holdout_scores is not None:
-        return Calibration.at_fpr(holdout_scores, fpr, counted_over)
+        if groups is not None and len(groups) and all(g for g in groups):
+            return Calibration.at_fpr_over_people(holdout_scores, [str(g) for g in groups], fpr)
+        c = Calibration.at_fpr(holdout_scores, fpr, counted_over)
+        if counted_over == "images":
+            c = Calibration(**{**c.__dict__, "note": c.note + INDEPENDENT_IMAGES})
+        return c
     if fixed is not None:
         return Calibration.fixed(fixed)
     return Calibration.encoder_default(default, default_note)

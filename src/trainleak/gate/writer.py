@@ -23,7 +23,7 @@ import numpy as np
 
 from trainleak.approx_search import use_search
 from trainleak.config import CheckConfig
-from trainleak.decide.calibration import Calibration, check_change
+from trainleak.decide.calibration import Calibration, check_change, choose_calibration
 from trainleak.decide.contamination import contaminated_rows
 from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError
@@ -62,7 +62,12 @@ def _calibrate(index: OpenedIndex, live_digests: set[str], fpr: float) -> Calibr
     gone = contaminated_rows([r["digest"] for r in rows], live_digests, fix)
     keep = ~gone
     details = {"holdout_used": int(keep.sum()), "holdout_contaminated": int(gone.sum())}
-    return Calibration.at_fpr(index.score(vectors[keep]).score, fpr, details=details)
+    # Person labels (stored with the holdout rows) make it count people, as audit does.
+    labels = [rows[i].get("label") for i in np.flatnonzero(keep)]
+    scores = index.score(vectors[keep]).score
+    return choose_calibration(scores, fpr, None, float("nan"), "", groups=labels).with_details(
+        **details
+    )
 
 
 def _target_fpr(manifest: dict[str, Any]) -> float:
