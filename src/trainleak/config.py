@@ -333,7 +333,10 @@ class MembershipConfig:
         gen_batch_size: samples generated and embedded at a time.
         steps: denoising steps of a ``diffusers:`` generator (its default when None).
         top_m: nearest generated samples averaged by the ``topm`` score.
-        score: the headline score, ``topm`` (default) or ``max``.
+        score: the headline score, ``max`` (default) or ``topm``. ``max``
+            because a person a generator memorised may appear in one sample
+            among many: ``topm`` averages that sample with strangers' and
+            misses them (tests/audits/test_membership_default.py).
         n_boot: bootstrap replicates of the evaluation intervals.
 
     """
@@ -344,7 +347,7 @@ class MembershipConfig:
     gen_batch_size: int = 32
     steps: int | None = None
     top_m: int = 5
-    score: Headline = "topm"
+    score: Headline = "max"
     n_boot: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
