@@ -102,7 +102,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 print("\t".join(map(for_terminal, (v.verdict, v.path, v.reason))), file=say)
         t = index.manifest["threshold"]
     n = sum(counts.values())
-    what = ("person" if n == 1 else "people") if args.identity else "inputs"
+    if args.identity:
+        what = "person" if n == 1 else "people"
+    else:
+        what = "input" if n == 1 else "inputs"
     print(
         f"checked {n} {what}: {counts['release']} released, "
         f"{counts['block']} blocked, {counts['skip']} skipped "
