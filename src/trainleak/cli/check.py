@@ -102,10 +102,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 print("\t".join(map(for_terminal, (v.verdict, v.path, v.reason))), file=say)
         t = index.manifest["threshold"]
     n = sum(counts.values())
-    if args.identity:
-        what = "person" if n == 1 else "people"
-    else:
-        what = "input" if n == 1 else "inputs"
+    one, many = ("person", "people") if args.identity else ("input", "inputs")
+    what = one if n == 1 else many
     print(
         f"checked {n} {what}: {counts['release']} released, "
         f"{counts['block']} blocked, {counts['skip']} skipped "
