@@ -39,7 +39,7 @@ import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +48,6 @@ from trainleak.encoders.base import EncoderInfo
 from trainleak.encoders.copydetect import inlier_score, pair_match
 from trainleak.encoders.keypoints import Features, unpack
 from trainleak.similarity import Similarity
-
-if TYPE_CHECKING:
-    from trainleak.similarity import SearchRunner
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +243,12 @@ class LocalSimilarity(Similarity):
         backend: Any = "auto",
         exclude_self: bool = False,
         device: str = "cpu",
-        engine: SearchRunner | None = None,
         self_offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` database rows of each query by verified score; ``(n, k)`` float32 / int64.
 
         ``backend`` and ``device`` are accepted for the common interface and
-        unused (the search is faiss on the CPU, verification OpenCV);
-        ``engine`` likewise: this rule runs here.
+        unused (the search is faiss on the CPU, verification OpenCV).
         """
         n_db = len(database)
         out_s = np.full((len(queries), k), -np.inf, np.float32)

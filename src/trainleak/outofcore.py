@@ -196,7 +196,10 @@ def knn_blocks(
     """
     rule = similarity or Similarity()
     for block in query_blocks:
-        yield rule.knn(block, database, k, backend=backend, device=device, engine=engine)
+        if engine is None:
+            yield rule.knn(block, database, k, backend=backend, device=device)
+        else:
+            yield engine.knn(rule, block, database, k, backend=backend, device=device)
 
 
 def knn_files(

@@ -23,10 +23,12 @@ MIRROR_BLOCK = 16384
 
 
 class SearchRunner(Protocol):
-    """What :meth:`Similarity.knn` needs of an engine that searches elsewhere.
+    """An engine that runs a :class:`Similarity`'s search, here or elsewhere.
 
     The engine (:mod:`trainleak.engines`, a layer above) is built once per run
-    and handed down; this module never imports it.
+    and calls :meth:`Similarity.knn` for its part of the work; layers below the
+    engines that take one (``outofcore``) type it with this protocol, and this
+    module never imports the engines.
     """
 
     name: str
@@ -113,7 +115,6 @@ class Similarity:
         backend: Backend = "auto",
         exclude_self: bool = False,
         device: str = "cpu",
-        engine: SearchRunner | None = None,
         self_offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k under this rule; same shapes and padding as :func:`trainleak.neighbors.knn`.
@@ -125,16 +126,9 @@ class Similarity:
         ``self_offset`` is :func:`~trainleak.neighbors.knn`'s (query ``i`` is
         database row ``self_offset + i`` when leaving out its own row).
 
-        ``engine`` runs the search elsewhere (e.g. sharded over a Ray cluster,
-        see :mod:`trainleak.engines`) with the same results; ``None`` runs it here.
+        The search runs here; an engine (:mod:`trainleak.engines`, e.g. sharded
+        over a Ray cluster) calls this for its part of the work, with the same results.
         """
-        if engine is not None and engine.name != "local":
-            if self_offset:
-                raise ValueError("self_offset is for a search run here: leave engine out")
-            return engine.knn(
-                self, queries, database, k,
-                backend=backend, exclude_self=exclude_self, device=device,
-            )  # fmt: skip
 
         def search(rows: np.ndarray, offset: int = self_offset) -> tuple[np.ndarray, np.ndarray]:
             return knn(

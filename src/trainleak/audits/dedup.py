@@ -40,6 +40,7 @@ from trainleak.audits.inputs import embed_nonempty, make_embedder
 from trainleak.config import DedupConfig
 from trainleak.decoding import image_format
 from trainleak.embedding import EmbeddingSet
+from trainleak.engines.local import LocalEngine
 from trainleak.errors import AuditInputError
 from trainleak.images import SkipRecord, read_bytes
 from trainleak.records import report_header
@@ -85,11 +86,12 @@ def duplicate_edges(
     n = len(vectors)
     if n < 2:
         return np.zeros((0, 2), np.int64)
+    runner = engine if engine is not None else LocalEngine()
     pending = np.arange(n)
     found: list[np.ndarray] = []
     kk = min(k, n - 1)
     while len(pending):
-        scores, idx = similarity.knn(vectors[pending], vectors, kk + 1, engine=engine)
+        scores, idx = runner.knn(similarity, vectors[pending], vectors, kk + 1)
         for row, i in enumerate(pending):
             keep = (scores[row] > threshold) & (idx[row] != i) & (idx[row] >= 0)
             found.append(np.stack([np.full(keep.sum(), i), idx[row][keep]], 1))

@@ -19,6 +19,7 @@ import numpy as np
 
 from trainleak.decide.scores import Neighbours
 from trainleak.encoders.base import l2_normalise
+from trainleak.engines.local import LocalEngine
 from trainleak.neighbors import Backend
 from trainleak.similarity import Similarity
 
@@ -43,7 +44,8 @@ def nearest(
 ) -> Neighbours:
     """Top-k training neighbours (at most the training set's size), searched on ``engine``."""
     k = max(1, min(k, len(train)))
-    sims, idx = similarity.knn(queries, train, k, backend=backend, device=device, engine=engine)
+    runner = engine if engine is not None else LocalEngine()
+    sims, idx = runner.knn(similarity, queries, train, k, backend=backend, device=device)
     return Neighbours(sims, idx)
 
 

@@ -16,9 +16,11 @@ the same and they share one cache.
   them in an actor pool; the search runs one task per database shard and the
   shards' top-k lists are merged.
 
-Choose one with :attr:`trainleak.config.EmbedConfig.engine` (``--engine``)
-or pass an engine to :class:`trainleak.embedding.Embedder` and
-:meth:`~trainleak.similarity.Similarity.knn`.
+Choose one with :attr:`trainleak.config.EmbedConfig.engine` (``--engine``).
+It is built once per run and handed down: to :class:`trainleak.embedding.Embedder`
+(which calls its ``embed``), and to the searches, which call
+``engine.knn(similarity, queries, database, k)``; neither the embedder nor
+:class:`~trainleak.similarity.Similarity` imports this package.
 """
 
 from __future__ import annotations
