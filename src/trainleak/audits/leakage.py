@@ -200,6 +200,8 @@ def build_report(
         "flagged": n_flagged,
         "flagged_rate": n_flagged / n,
         "flagged_rate_ci95": list(wilson_interval(n_flagged, n)),
+        # Counted apart by what the encoder finds: the same picture, or the same person.
+        "flagged_as": "same person" if train.info.kind == "identity" else "copy",
         "score": mode,
         "score_note": _SCORE_NOTES[mode].format(w=config.identity_weight),
         "leaked_identities": _leaked_identities(train, synth_set, synth, flagged),

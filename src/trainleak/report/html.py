@@ -32,20 +32,25 @@ def verdict_sentence(report: dict[str, Any]) -> str:
     lo, hi = s["flagged_rate_ci95"]
     what = (
         f"{s['flagged']} of {s['n_synthetic']} synthetic samples ({percent(s['flagged_rate'])}, "
-        f"95% CI {percent(lo)}-{percent(hi)}) are flagged as copies or same-identity look-alikes "
-        "of training samples"
+        f"95% CI {percent(lo)}-{percent(hi)}) are flagged as {FLAGGED_AS[_kind(report)]}"
     )
     if t["method"] == "holdout":
         n_hold = (report["inputs"].get("holdout") or {}).get("embedded", "?")
+        if t.get("counted_over") == "people":
+            n_hold = (
+                f"{t.get('n_people', '?')} holdout people ({n_hold} photos; a person counts once)"
+            )
+        else:
+            n_hold = f"{n_hold} holdout"
         how = (
-            f", at a threshold of {number(t['value'])} calibrated on {n_hold} holdout images "
+            f", at a threshold of {number(t['value'])} calibrated on {n_hold} images "
             f"for a {percent(t['target_fpr'])} false-positive rate."
         )
         resolvable = t.get("resolvable_fpr")
         if resolvable is not None and t["target_fpr"] < resolvable:
             how = (
                 f", at a threshold of {number(t['value'])}: the largest score of {n_hold} "
-                f"holdout images, which are too few to calibrate a {percent(t['target_fpr'])} "
+                f"images, which are too few to calibrate a {percent(t['target_fpr'])} "
                 f"false-positive rate (they resolve {percent(resolvable)} at best; the real "
                 "rate is unknown below that). Give a larger holdout."
             )
@@ -63,34 +68,82 @@ def verdict_sentence(report: dict[str, Any]) -> str:
     return what + how
 
 
+def _kind(report: dict[str, Any]) -> str:
+    """Return the encoder's kind, ``copy`` or ``identity`` (older reports read as copy)."""
+    return "identity" if (report.get("encoder") or {}).get("kind") == "identity" else "copy"
+
+
+#: What a flag means, by the encoder's kind: a copy encoder finds the same
+#: picture; an identity encoder finds the same person, in any photo.
+FLAGGED_AS = {
+    "copy": "copies of training images (the same picture, possibly edited)",
+    "identity": "the same person as someone in training (another photo of them, or a copy: "
+    "a face encoder cannot tell the two apart)",
+}
+
+#: One plain line under each tile of the audit page.
+TILE_NOTES = {
+    "input": "images read and embedded; skipped files are listed at the end",
+    "copy": "synthetic images that copy a training image",
+    "identity": "synthetic images showing a training person",
+    "leaked": "training people shown by at least one synthetic image",
+    "dcr": "how often a synthetic image is closer to training than an unseen real image is: "
+    "0.5 = no closer (fine), near 1 = copying",
+    "ct": "a cell-by-cell test of the same: near 0 = fine, below -3 = copying",
+}
+
+
+def _card(title: str, value: Any, detail: str, note: str) -> str:
+    return (
+        f'<div class="card">{title}<b>{value}</b>{detail}'
+        f'<div class="note">{escape(note)}</div></div>'
+    )
+
+
 def _cards(report: dict[str, Any]) -> str:
     s = report["summary"]
+    kind = _kind(report)
     cards = []
     for name, counts in report["inputs"].items():
         if counts:
             cards.append(
-                f'<div class="card">{escape(name)}<b>{counts["embedded"]}</b>'
-                f"{counts['files']} files, {counts['skipped']} skipped</div>"
+                _card(
+                    escape(name),
+                    counts["embedded"],
+                    f"{counts['files']} files, {counts['skipped']} skipped",
+                    TILE_NOTES["input"],
+                )
             )
-    cards.append(
-        f'<div class="card">flagged<b>{s["flagged"]}</b>{percent(s["flagged_rate"])}</div>'
-    )
+    title = "flagged: copies" if kind == "copy" else "flagged: same person"
+    cards.append(_card(title, s["flagged"], percent(s["flagged_rate"]), TILE_NOTES[kind]))
     if s.get("identities_in_train"):
         cards.append(
-            f'<div class="card">leaked identities<b>{len(s["leaked_identities"])}</b>'
-            f"of {s['identities_in_train']} in training</div>"
+            _card(
+                "leaked identities",
+                len(s["leaked_identities"]),
+                f"of {s['identities_in_train']} in training",
+                TILE_NOTES["leaked"],
+            )
         )
     dcr = s.get("dcr")
     if dcr:
         cards.append(
-            f'<div class="card">DCR AUC<b>{number(dcr["auc_synthetic_closer"], 3)}</b>'
-            "P(synthetic closer than holdout)</div>"
+            _card(
+                "DCR AUC",
+                number(dcr["auc_synthetic_closer"], 3),
+                "P(synthetic closer than holdout)",
+                TILE_NOTES["dcr"],
+            )
         )
     ct = s.get("meehan_ct")
     if ct and ct.get("value") is not None:
         cards.append(
-            f'<div class="card">Meehan C<sub>T</sub><b>{number(ct["value"], 2)}</b>'
-            f"{ct['cells']} cells; &lt; -3 = copying</div>"
+            _card(
+                "Meehan C<sub>T</sub>",
+                number(ct["value"], 2),
+                f"{ct['cells']} cells; &lt; -3 = copying",
+                TILE_NOTES["ct"],
+            )
         )
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -109,7 +162,7 @@ def _per_sample(report: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(chosen.values(), key=lambda m: (not m["flagged"], -(m["score"] or 0.0)))
 
 
-def _pairs(rows: list[dict[str, Any]], thumbnail: Thumbnail | None) -> str:
+def _pairs(rows: list[dict[str, Any]], thumbnail: Thumbnail | None, kind: str = "copy") -> str:
     if not rows:
         return "<p>No synthetic samples were embedded.</p>"
     head = "<tr><th>#</th>"
@@ -131,14 +184,14 @@ def _pairs(rows: list[dict[str, Any]], thumbnail: Thumbnail | None) -> str:
             f'<td class="path">{escape(m["synthetic"])}</td>'
             f'<td class="path">{escape(m["train"])}</td>'
             f"<td>{escape(m.get('train_identity') or '')}</td><td>{number(m['similarity'])}</td>"
-            f'<td>{number(m["score"])}</td><td class="review-cell">{_verdict(m)}</td></tr>'
+            f'<td>{number(m["score"])}</td><td class="review-cell">{_verdict(m, kind)}</td></tr>'
         )
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _verdict(m: dict[str, Any]) -> str:
+def _verdict(m: dict[str, Any], kind: str = "copy") -> str:
     """Return the verdict cell: the threshold's, or what a reviewer decided (who and when)."""
-    text = "FLAGGED" if m["flagged"] else "ok"
+    text = ("FLAGGED: " + ("copy" if kind == "copy" else "same person")) if m["flagged"] else "ok"
     r = m.get("reviewed")
     if r:
         who = f"{escape(r['reviewer'])}, {escape(r['decided_at'])}"
@@ -243,7 +296,7 @@ def render_audit_html(
         f"score is above the threshold.</p>"
         f"<h2>Closest pairs (top {min(TOP_PAIRS, len(rows))} of {s['n_synthetic']}, "
         "flagged first)</h2>"
-        f"{_pairs(rows, thumbnail)}{_table_note(report)}{matched}"
+        f"{_pairs(rows, thumbnail, _kind(report))}{_table_note(report)}{matched}"
         f"<h2>Training identities</h2>{_identities(report, thumbnail)}"
         f"<h2>Skipped files</h2>{skipped_table(report)}"
         f"<h2>How it was run</h2>{_how(report)}",
