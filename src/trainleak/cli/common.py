@@ -256,8 +256,15 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
         if args.allow_download:
             options.setdefault("allow_download", True)
     if args.aligned or args.all_faces:
-        if args.encoder != "face":
-            raise UsageError("--aligned and --all-faces apply to the face encoder only")
+        # The encoder declares its options; the flags are two of the face encoder's.
+        from trainleak.encoders import encoder_factory
+
+        declared = getattr(encoder_factory(args.encoder.partition(":")[0]), "defaults", {})
+        if not {"aligned", "all_faces"} <= set(declared):
+            raise UsageError(
+                "--aligned and --all-faces are options of encoders that find faces (the face "
+                f"encoder only); --encoder {args.encoder} has: {', '.join(sorted(declared))}"
+            )
         options.setdefault("aligned", args.aligned)
         options.setdefault("all_faces", args.all_faces)
     config = EmbedConfig(
