@@ -31,7 +31,7 @@ TILE_NOTES = {
     "reference": "people (or artists) never trained on, compared the same way",
     "matches": "searched images the encoder matches to yours",
     "near": "the same picture as one of yours, possibly edited",
-    "look": "a different picture that still matches (same person, similar work)",
+    "look": "a different picture the encoder matches to yours: you, or someone who looks alike",
 }
 
 
