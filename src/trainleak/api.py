@@ -173,7 +173,7 @@ def audit(
         train: training images (a path, an :class:`EmbeddingSet` or an array).
         synthetic: the samples to audit.
         holdout: real images never trained on; calibrates the threshold at ``fpr``.
-        encoder: ``face``, ``pixel``, ``tiled``, ``onnx:FILE``, ``torchscript:FILE``.
+        encoder: ``face``, ``pixel``, ``tiled``, ``copy``, ``onnx:FILE``, ``torchscript:FILE``.
         encoder_options: the encoder's options, e.g. ``{"aligned": True}``.
         fpr: target false-positive rate on the holdout.
         threshold: a fixed threshold when there is no holdout.
