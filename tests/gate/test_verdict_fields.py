@@ -50,7 +50,7 @@ import importlib.util, sys
 import trainleak.gate
 path = sys.argv[1]
 source = open(path, encoding="utf-8").read()
-anchor = "    reviewed: str | None = None\n"
+anchor = "    match: MatchKind | None = None\n"
 assert anchor in source, "the record's last field moved: update this test's anchor"
 source = source.replace(anchor, anchor + "    provenance: str | None = None\n")
 spec = importlib.util.spec_from_loader("trainleak.gate.verdict", loader=None, origin=path)

@@ -20,7 +20,13 @@ from trainleak.embedding import EmbeddingSet
 from trainleak.errors import AuditInputError, IndexFormatError
 from trainleak.gate.ingest import Item, embed_blobs, embed_items, iter_records
 from trainleak.gate.opened import OpenedIndex
-from trainleak.gate.verdict import Inputs, Verdict
+from trainleak.gate.verdict import Inputs, MatchKind, Verdict
+
+#: A block's reason in words, by what its evidence shows.
+MATCH_WORDS: dict[MatchKind, str] = {
+    "copy": "a copy of a training image",
+    "same person": "the same person as in a training image",
+}
 
 
 def iter_verdicts(index: OpenedIndex, inputs: Inputs) -> Iterator[Verdict]:
@@ -149,14 +155,17 @@ def _verdict(
         same = found and rec.get("digest") == d.train_hash
         nearest = str(rec.get("id")) if same else (d.train or f"content {d.train_hash}")
         similarity = score if found else None
+        match = _match(index, digest, d.train_hash)
         return Verdict(
-            path, "block", nearest, similarity, t, identity if same else None, words, describe(d)
+            path, "block", nearest, similarity, t, identity if same else None, words, describe(d),
+            match,
         )  # fmt: skip
     if damage is not None:
         return Verdict(path, "block", None, None, t, None, damaged_reason(damage))
     if empty:
         return Verdict(path, "release", None, None, t, None, "the index has no training rows")
     if ruling.flagged:
+        match = _match(index, digest, rec.get("digest"))
         return Verdict(
             path,
             "block",
@@ -164,9 +173,17 @@ def _verdict(
             score,
             t,
             identity,
-            f"resembles a training image: {score:.4f} > threshold {t:.4f}",
+            f"{MATCH_WORDS[match]}: {score:.4f} > threshold {t:.4f}",
+            match=match,
         )
     return Verdict(path, "release", None, score, t, None, f"{score:.4f} <= threshold {t:.4f}")
+
+
+def _match(index: OpenedIndex, digest: str | None, train_digest: str | None) -> MatchKind:
+    """Say what a block shows, from the evidence the index holds (see ``Verdict.match``)."""
+    if digest is not None and digest == train_digest:
+        return "copy"  # the same bytes: a copy whatever the encoder compares
+    return "copy" if index.encoder_info.kind == "copy" else "same person"
 
 
 def _damage(index: OpenedIndex, score: float, row: int) -> str | None:
@@ -223,7 +240,10 @@ def _person_verdict(index: OpenedIndex, name: str, p: dict[str, Any]) -> Verdict
         f"likely in the training set: {p['keys'].get(key, 0)} of {m} photo(s) match {who} "
         f"(best {_shown(best.similarity)} > threshold {t:.4f}); "
     )
-    return Verdict(name, "block", best.nearest, best.similarity, t, best.identity, reason + rate)
+    return Verdict(
+        name, "block", best.nearest, best.similarity, t, best.identity, reason + rate,
+        match=best.match,
+    )  # fmt: skip
 
 
 def _shown(score: float | None) -> str:
@@ -233,18 +253,40 @@ def _shown(score: float | None) -> str:
 def false_match_rate(threshold: Calibration, photos: int = 1) -> float | None:
     """Upper bound on the chance that ``photos`` photos of a stranger pass the threshold.
 
-    ``None`` when the threshold was not calibrated on a holdout. A holdout in
-    which no score passed counts as ``3 / n`` (the 95% "rule of three").
+    ``None`` when the threshold was not calibrated on a holdout. Counted over
+    images, it is ``photos`` times the per-photo rate (a union bound), a
+    holdout in which no score passed counting as ``3 / n`` (the 95% "rule of
+    three"). Counted over people (the holdout's photos carried person labels),
+    it is the exact 95% upper bound of the share of holdout people with a
+    photo above the threshold, times ``ceil(photos / h)`` when the stranger has
+    more photos than the ``h`` a holdout person had on average (a union bound
+    over groups of ``h`` photos).
 
     Example:
         >>> false_match_rate(Calibration(0.9, "holdout", 0.01, 0.01, 0.001), 3)
         0.03
+        >>> people = Calibration(0.9, "holdout", 0.05, 0.0, 1 / 30, (0.0, 0.1157), "people",
+        ...                      details={"n_people": 30, "n_images": 60, "people_above": 0})
+        >>> round(false_match_rate(people, 2), 4), round(false_match_rate(people, 5), 4)
+        (0.1157, 0.3471)
 
     """
     if not threshold.calibrated:
         return None
+    if threshold.counted_over == "people" and threshold.interval is not None:
+        groups, _ = _photo_groups(threshold, photos)
+        return min(1.0, groups * float(threshold.interval[1]))
     per = float(threshold.achieved_fpr or 0.0) or 3 * float(threshold.resolvable_fpr or 0.0)
     return min(1.0, photos * per)
+
+
+def _photo_groups(threshold: Calibration, photos: int) -> tuple[int, float]:
+    """``(ceil(photos / h), h)``: ``h`` the photos per holdout person, on average."""
+    n_people = int(threshold.details.get("n_people") or 0)
+    n_images = int(threshold.details.get("n_images") or 0)
+    per_person = n_images / n_people if n_people and n_images else 1.0
+    # round() first: 3 photos against 2.9999999 per person is one group, not two.
+    return max(1, math.ceil(round(photos / per_person, 6))), per_person
 
 
 def false_match_words(threshold: Calibration, photos: int = 1) -> str:
@@ -254,6 +296,10 @@ def false_match_words(threshold: Calibration, photos: int = 1) -> str:
         >>> t = Calibration(0.9, "holdout", 0.01, 0.01, 0.001)
         >>> false_match_words(t, 2)
         'a stranger is falsely matched with at most 2.0% chance for 2 photos (1.0% per photo: 10 of 1000 holdout photos of people not in the index pass the threshold)'
+        >>> people = Calibration(0.9, "holdout", 0.05, 1 / 30, 1 / 30, (0.0008, 0.1722),
+        ...     "people", details={"n_people": 30, "n_images": 60, "people_above": 1})
+        >>> false_match_words(people, 2)
+        'a stranger is falsely matched with at most 17.2% chance (95% upper bound counted over people: 1 of 30 holdout people not in the index, 2 photos each on average, have a photo above the threshold)'
 
     """  # noqa: E501
     if not threshold.calibrated:
@@ -261,6 +307,8 @@ def false_match_words(threshold: Calibration, photos: int = 1) -> str:
             f"the threshold is {threshold.method}, not calibrated on a holdout, "
             "so the false-match rate is unknown (build the index with --holdout to know it)"
         )
+    if threshold.counted_over == "people" and threshold.interval is not None:
+        return _people_words(threshold, photos)
     n = round(1 / float(threshold.resolvable_fpr or 1.0))
     achieved = float(threshold.achieved_fpr or 0.0)
     per_photo = false_match_rate(threshold, 1) or 0.0
@@ -273,4 +321,29 @@ def false_match_words(threshold: Calibration, photos: int = 1) -> str:
     return (
         f"a stranger is falsely matched with at most {bound:.1%} chance for {photos} photos "
         f"({per_photo:.1%} per photo: {evidence})"
+    )
+
+
+def _people_words(threshold: Calibration, photos: int) -> str:
+    """:func:`false_match_words` for a threshold calibrated over people."""
+    groups, per_person = _photo_groups(threshold, photos)
+    n = int(threshold.details.get("n_people") or round(1 / float(threshold.resolvable_fpr or 1)))
+    above = threshold.details.get("people_above")
+    if above is None:
+        above = round(float(threshold.achieved_fpr or 0.0) * n)
+    hi = float(threshold.interval[1]) if threshold.interval is not None else 1.0
+    bound = false_match_rate(threshold, photos) or 0.0
+    evidence = (
+        f"{int(above)} of {n} holdout people not in the index, {per_person:.3g} photos each "
+        "on average, have a photo above the threshold"
+    )
+    if groups == 1:
+        return (
+            f"a stranger is falsely matched with at most {bound:.1%} chance "
+            f"(95% upper bound counted over people: {evidence})"
+        )
+    return (
+        f"a stranger is falsely matched with at most {bound:.1%} chance for {photos} photos "
+        f"({groups} times the 95% upper bound {hi:.1%} for a holdout person's "
+        f"{per_person:.3g} photos, counted over people: {evidence})"
     )

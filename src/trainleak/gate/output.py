@@ -76,9 +76,9 @@ class VerdictWriter:
         >>> VerdictWriter(buf, "csv").write(Verdict("=x.png", "release", similarity=0.5))
         >>> header, row = buf.getvalue().splitlines()
         >>> header
-        'path,verdict,nearest,similarity,threshold,identity,reason,reviewed'
+        'path,verdict,nearest,similarity,threshold,identity,reason,reviewed,match'
         >>> row
-        "'=x.png,release,,0.5,,,,"
+        "'=x.png,release,,0.5,,,,,"
 
     """
 

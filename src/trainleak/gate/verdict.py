@@ -19,6 +19,9 @@ import numpy as np
 from trainleak.embedding import EmbeddingSet
 
 VerdictName = Literal["release", "block", "skip"]
+#: What a block's evidence shows: a copy of the training image, or the same person in
+#: another photo (see :attr:`Verdict.match`).
+MatchKind = Literal["copy", "same person"]
 PathLike = str | os.PathLike[str]
 #: What ``check`` accepts: paths (folders, globs, list files, files), vectors, or a set.
 Inputs = PathLike | Sequence[PathLike] | np.ndarray | EmbeddingSet
@@ -44,6 +47,13 @@ class Verdict:
         reviewed: the reviewer's decision that set this verdict, as
             ``not a leak by ana at 2026-...`` (see :mod:`trainleak.gate.reviewed`);
             ``None`` when the threshold alone decided.
+        match: what a block that points at a training image shows, from the
+            evidence the index holds: ``copy`` for an index of a copy encoder
+            (pixel, tiled, copy, ...) or an input whose bytes equal the
+            training file's; ``same person`` for an identity (face) index,
+            which cannot tell a copy of a photo from another photo of the
+            person. ``None`` for releases, skips and blocks that point at
+            nothing (a damaged index).
 
     """
 
@@ -55,6 +65,7 @@ class Verdict:
     identity: str | None = None
     reason: str = ""
     reviewed: str | None = None
+    match: MatchKind | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the verdict as a dict with the keys of :data:`COLUMNS`."""
@@ -65,4 +76,4 @@ class Verdict:
 #: :class:`Verdict`.
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Verdict))
 
-__all__ = ["COLUMNS", "Inputs", "PathLike", "Verdict", "VerdictName"]
+__all__ = ["COLUMNS", "Inputs", "MatchKind", "PathLike", "Verdict", "VerdictName"]

@@ -31,6 +31,13 @@ QUESTIONS = {
     "dedup": "Are these the same picture (a near-duplicate)?",
     "membership": "Do the closest generated samples show this person (was it in training)?",
 }
+#: An audit's question by its encoder's kind (``encoder.kind`` in report.json): a copy
+#: encoder's evidence is a copy of a work, an identity encoder's is a person, who may
+#: appear in a photo that is no copy of any training image.
+AUDIT_QUESTIONS = {
+    "copy": "Is this a copy of the artwork (the training image)?",
+    "identity": "Is this the same person as in the training photo?",
+}
 #: Training neighbours shown beside an audit's synthetic image (the decided pair first).
 SHOWN_NEIGHBOURS = 3
 #: Clique members / closest samples shown for extract and membership candidates.
@@ -75,6 +82,8 @@ class Candidate:
         pair_images: the :class:`ImageTable` numbers of ``synthetic`` and
             ``train`` (``None`` for a side that is no file: a streamed
             sample, an identity).
+        question: what the page asks (:func:`question`); empty for the
+            report kind's generic question.
 
     """
 
@@ -94,6 +103,7 @@ class Candidate:
     facts: list[tuple[str, str]] = field(default_factory=list)
     order: float = 0.0
     pair_images: tuple[int | None, int | None] = (None, None)
+    question: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON the page reads (images as URLs)."""
@@ -108,7 +118,7 @@ class Candidate:
             "report": self.report,
             "kind": self.kind,
             "ref": self.ref,
-            "question": QUESTIONS[self.kind],
+            "question": self.question or QUESTIONS[self.kind],
             "synthetic": self.synthetic,
             "train": self.train,
             "score": self.score,
@@ -176,6 +186,21 @@ def encoder_key(encoder: dict[str, Any]) -> str:
     return info.cache_key()
 
 
+def question(kind: str, encoder_kind: str | None) -> str:
+    """Return what the page asks about a candidate of ``kind`` from an encoder of ``encoder_kind``.
+
+    Example:
+        >>> question("audit", "identity")
+        'Is this the same person as in the training photo?'
+        >>> question("audit", None)
+        'Is the synthetic image a copy, or the same person, as the training image?'
+
+    """
+    if kind == "audit" and encoder_kind in AUDIT_QUESTIONS:
+        return AUDIT_QUESTIONS[encoder_kind]
+    return QUESTIONS[kind]
+
+
 def report_kind(report: dict[str, Any]) -> str | None:
     """Return which kind of candidates a report holds, or ``None`` for none."""
     command = report.get("command")
@@ -215,8 +240,9 @@ def read_report(folder: str | os.PathLike[str], number: int, images: ImageTable)
     builders = {"audit": _audit, "extract": _extract, "dedup": _dedup, "membership": _membership}
     found = builders[kind](report, lambda p: images.add(p, where))
     found.sort(key=lambda c: (-c.order, c.ref))
+    asked = question(kind, (report.get("encoder") or {}).get("kind"))
     for n, c in enumerate(found):
-        c.id, c.report = f"{number}-{n}", number
+        c.id, c.report, c.question = f"{number}-{n}", number, asked
     settings = report.get("settings") or {}
     redacted = bool(report.get("redacted") or settings.get("redact"))
     key = encoder_key(report["encoder"]) if report.get("encoder") else "unknown"
