@@ -117,16 +117,19 @@ def encoder_info(folder: Path, manifest: dict[str, Any]) -> EncoderInfo:
     )
     if info.cache_key() != enc.get("cache_key"):
         raise IndexFormatError(f"{folder / MANIFEST}: its encoder entry is inconsistent; rebuild")
+    if "tiles" in enc and not enc.get("mirror"):
+        return info  # the manifest records the whole rule
     return _declared_rule(info)
 
 
 def _declared_rule(info: EncoderInfo) -> EncoderInfo:
     """Take the comparison rule (tiles, mirror) from the encoder itself where it is installed.
 
-    The rule is what the encoder declares for these options; the manifest's own
-    record (``tiles``, no mirror) stands in for an encoder that cannot be built
-    here (a model file given by path, a plugin not installed), and for indexes
-    written before the rule was recorded the registered encoder supplies it.
+    A mirror rule is a permutation the manifest does not store, and indexes
+    written before the rule was recorded have none of it: the registered
+    encoder, built with the same options (and checked to have the same cache
+    key), declares it. An encoder that cannot be built here (a model file given
+    by path, a plugin not installed) keeps the manifest's record.
     """
     try:
         live = get_encoder(info.name, **info.options).info
