@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from archs import IResNet  # noqa: E402
 
 import trainleak as tl  # noqa: E402
-from trainleak.audits.leakage import audit_embeddings  # noqa: E402
+from trainleak.audits._leakage import audit_embeddings  # noqa: E402
 from trainleak.config import AuditConfig  # noqa: E402
 from trainleak.embedding import EmbeddingSet  # noqa: E402
 from trainleak.encoders import EncoderInfo, get_encoder  # noqa: E402

@@ -17,7 +17,7 @@ and audited with ``audit_embeddings`` (the array path of ``tl.audit``).
 Both print, per run: wall time, the main process's peak RSS (``VmHWM``), and
 the seconds spent building the report dict and writing the report files
 (report.json, report.html and the parquet table), timed by wrapping
-``leakage.build_report`` and ``AuditResult.write`` in the child.
+``_leakage.build_report`` and ``AuditResult.write`` in the child.
 
 ``search``: ``queries`` x ``n_db`` random unit vectors, top-10 exact search
 with trainleak (``Similarity.knn``, all queries in memory, and
@@ -50,7 +50,7 @@ def vmhwm():
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
 
-from trainleak.audits import leakage
+from trainleak.audits import _leakage as leakage
 timed = {"build": 0.0, "write": 0.0}
 
 def timing(name, fn):

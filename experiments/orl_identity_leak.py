@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from trainleak.audits.leakage import audit  # noqa: E402
+from trainleak import audit  # noqa: E402
 from trainleak.config import AuditConfig, EmbedConfig  # noqa: E402
 
 from conftest import link_orl  # noqa: E402

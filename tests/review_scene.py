@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.config import AuditConfig, EmbedConfig
 
 from conftest import COIL, ORL

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from trainleak import audit
 from trainleak.archives import iter_inputs, split_key
 from trainleak.audits.dedup import dedup
-from trainleak.audits.leakage import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, CheckConfig, DedupConfig, EmbedConfig, IndexConfig
 from trainleak.embedding import embed

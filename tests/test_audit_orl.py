@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, EmbedConfig
 

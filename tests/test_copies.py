@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.config import AuditConfig, EmbedConfig
 
 from conftest import COIL

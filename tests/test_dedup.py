@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from trainleak import audit
 from trainleak.audits.dedup import dedup, duplicate_edges, star_clusters
 from trainleak.audits.graph import greedy_cliques
-from trainleak.audits.leakage import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.embedding import embed

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainleak import audit
 from trainleak.audits.dedup import dedup
-from trainleak.audits.leakage import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.embedding import Embedder

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 import trainleak as tl
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.cli import main
 from trainleak.config import AuditConfig, CheckConfig, EmbedConfig, IndexConfig
 from trainleak.decide.calibration import ThresholdChangeError

@@ -16,7 +16,6 @@ import pytest
 
 import trainleak as tl
 from trainleak.audits import leak_table
-from trainleak.audits.leakage import audit_embeddings
 from trainleak.config import AuditConfig
 
 DIM = 32
@@ -37,7 +36,7 @@ def _audit(n_train: int, n_synth: int, copies: int = 30, cap: int = 60, **cfg):
     t = tl.embeddings(train, ids=[f"train/{i}.png" for i in range(n_train)])
     s = tl.embeddings(synth, ids=[f"synth/{i}.png" for i in range(n_synth)])
     config = AuditConfig(threshold=0.9, report_samples=cap, **cfg)
-    return audit_embeddings(t, s, config=config), at
+    return tl.audit(t, s, config=config), at
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +135,7 @@ def test_identity_score_rows_past_the_top_k_carry_their_true_rank():
     labels = [f"id{i}" for i in np.repeat(np.arange(40), 6)]
     t = tl.embeddings(train, labels=labels)
     s = tl.embeddings(synth)
-    result = audit_embeddings(t, s, config=AuditConfig(threshold=0.8, k=3, score="identity"))
+    result = tl.audit(t, s, config=AuditConfig(threshold=0.8, k=3, score="identity"))
     sc = result.table.scored
     expect = []
     for i in range(300):
@@ -166,7 +165,7 @@ def test_listed_samples_adds_the_reviewed_ones():
 def test_odd_file_names_reach_the_parquet_table(tmp_path):
     t = tl.embeddings(np.eye(3, dtype=np.float32), ids=["a.png", "b\udcff.png", "c.png"])
     s = tl.embeddings(np.eye(3, dtype=np.float32)[:2], ids=["=x.png", "y.png"])
-    result = audit_embeddings(t, s, config=AuditConfig(threshold=0.9))
+    result = tl.audit(t, s, config=AuditConfig(threshold=0.9))
     paths = result.write(tmp_path, table="parquet")
     table = pq.read_table(paths["table"]).to_pydict()
     assert "b\\udcff.png" in table["train"]

@@ -404,7 +404,7 @@ def test_relative_paths_resolve_from_another_folder(tmp_path, cache_dir, monkeyp
     """An audit run with relative paths is reviewed from elsewhere (the report's parent)."""
     make_folders(tmp_path)
     monkeypatch.chdir(tmp_path)
-    from trainleak.audits.leakage import audit
+    from trainleak import audit
 
     from review_scene import audit_config
 

@@ -3,9 +3,11 @@
 ``import trainleak as tl`` then ``tl.audit(train=..., synthetic=..., holdout=...,
 encoder="face", fpr=0.01)``. Each function here builds its audit's config
 from its keywords (the defaults are the config's own fields) and calls the
-same function the command line calls; ``config=`` overrides the keywords
-entirely. Every result follows :class:`trainleak.result.Result`:
-``.report``, ``.summary``, ``.verdict``, ``.write(dir)``.
+same function the command line calls. Settings come one way: as keywords,
+or all at once as ``config=`` (the command line's way); a keyword that
+disagrees with the ``config=`` given is an error, never silently ignored.
+Every result follows :class:`trainleak.result.Result`: ``.report``, ``.summary``,
+``.verdict``, ``.write(dir)``.
 
 Inputs are paths (folder, glob or list file), an :class:`EmbeddingSet`
 (e.g. from :func:`trainleak.embed`), or an array of vectors (see
@@ -17,16 +19,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from trainleak.audits._leakage import AuditResult
+from trainleak.audits._leakage import audit as _audit
 from trainleak.audits.dedup import dedup_embeddings
 from trainleak.audits.extraction import ExtractConfig, ExtractResult
-from trainleak.audits.leakage import AuditResult, audit_embeddings
 from trainleak.audits.membership import MembershipConfig, MembershipResult
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
+from trainleak.decide.decisions import Decisions
 from trainleak.embedding import EmbeddingSet
 from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo, Metric, l2_normalise
@@ -115,24 +120,53 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _sets(named: dict[str, Source | None], embed: EmbedConfig) -> dict[str, EmbeddingSet | None]:
     """Embed the path inputs with one embedder; wrap arrays; keep sets as they are."""
-    from trainleak.audits.inputs import embed_nonempty, make_embedder
+    from trainleak.audits.inputs import embed_sources
 
-    out: dict[str, EmbeddingSet | None] = {}
-    paths = {k: v for k, v in named.items() if isinstance(v, (str, os.PathLike))}
-    if paths:
-        with make_embedder(embed) as embedder:
-            for key, path in paths.items():
-                out[key] = embed_nonempty(embedder, path, key)
-    for key, value in named.items():
-        if value is None or isinstance(value, EmbeddingSet):
-            out[key] = value
-        elif isinstance(value, np.ndarray):
-            out[key] = embeddings(value, name="arrays")
-        elif key not in out:
-            raise AuditInputError(
-                f"{key}: expected a path, an EmbeddingSet or an array, got {type(value).__name__}"
-            )
+    return embed_sources({k: v if v is None else _wrap(v) for k, v in named.items()}, embed)
+
+
+def _wrap(value: Source) -> str | os.PathLike[str] | EmbeddingSet:
+    """Wrap an array of vectors as an :class:`EmbeddingSet` (:func:`embeddings`); pass the rest."""
+    return embeddings(value, name="arrays") if isinstance(value, np.ndarray) else value
+
+
+def _flat(settings: dict[str, Any], prefix: str = "config.") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key != "encoder_options":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
     return out
+
+
+def _one_way(config: Any, from_keywords: Any, defaults: Any) -> Any:
+    """Return ``config``, or ``from_keywords`` when no config was given.
+
+    The keywords left at their defaults build ``defaults``: any setting the
+    keywords changed must then agree with ``config``.
+
+    Raises:
+        AuditInputError: a keyword disagrees with ``config=``; the message
+            names the setting and how to give it.
+
+    """
+    if config is None:
+        return from_keywords
+    given, kw = _flat(asdict(config)), _flat(asdict(from_keywords))
+    default = _flat(asdict(defaults))
+    clashes = [
+        f"{name} is {given[name]!r} but a keyword says {kw[name]!r}"
+        for name in kw
+        if kw[name] != default[name] and kw[name] != given[name]
+    ]
+    if clashes:
+        raise AuditInputError(
+            "settings given twice, as keywords and in config=, and they disagree: "
+            f"{'; '.join(clashes)}. Give them one way: set them on the config "
+            "(e.g. config.fpr = 0.01) or leave out config="
+        )
+    return config
 
 
 def _embed_config(
@@ -165,7 +199,8 @@ def audit(
     cache: str | os.PathLike[str] | bool = True,
     device: str = AuditConfig.search_device,
     config: AuditConfig | None = None,
-    decisions: str | os.PathLike[str] | None = None,
+    decisions: Decisions | str | os.PathLike[str] | None = None,
+    argv: list[str] | None = None,
 ) -> AuditResult:
     """Which synthetic samples copy or re-identify training samples (``trainleak audit``).
 
@@ -182,10 +217,16 @@ def audit(
         workers: embedding processes (``None`` = CPU cores).
         cache: the embedding cache folder, ``True`` (default folder) or ``False``.
         device: where the neighbour search runs (``auto``, ``cpu``, ``cuda[:N]``).
-        config: all settings at once (the keywords above are then ignored).
+        config: all settings at once, as the command line gives them; a
+            keyword above that disagrees with it raises :class:`AuditInputError`.
         decisions: reviewers' decisions from ``trainleak review`` (its
             ``decisions.sqlite``, report folder or exported CSV): pairs marked
             "not a leak" are released, pairs marked "leak" flagged.
+        argv: the command line, recorded in the report.
+
+    Raises:
+        AuditInputError: an input has no usable image, arrays without a
+            holdout or threshold, or keywords that disagree with ``config``.
 
     Example:
         >>> import trainleak as tl
@@ -193,27 +234,27 @@ def audit(
         >>> r = tl.audit(train=t, synthetic=np.eye(4)[[0, 3]], threshold=0.9)
         >>> r.verdict
         '1 of 2 synthetic samples flagged (threshold 0.9000, fixed)'
+        >>> tl.audit(t, t, config=AuditConfig(threshold=0.9), threshold=0.5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        trainleak.errors.AuditInputError: ... config.threshold is 0.9 but a keyword says 0.5...
 
     """
-    if config is None:
-        config = AuditConfig(
+    config = _one_way(
+        config,
+        AuditConfig(
             embed=_embed_config(encoder, encoder_options, workers, cache),
             fpr=fpr,
             threshold=threshold,
             k=k,
             score=score,
             search_device=device,
-        )
-    sets = _sets({"train": train, "synthetic": synthetic, "holdout": holdout}, config.embed)
-    train_set, synth_set = sets["train"], sets["synthetic"]
-    assert train_set is not None and synth_set is not None
-    if np.isnan(train_set.info.default_threshold) and holdout is None and config.threshold is None:
-        raise AuditInputError(
-            "vectors given as arrays have no operating point: pass holdout= or threshold="
-        )
-    return audit_embeddings(
-        train_set, synth_set, sets["holdout"], config=config, decisions=decisions
+        ),
+        AuditConfig(),
     )
+    return _audit(
+        _wrap(train), _wrap(synthetic), None if holdout is None else _wrap(holdout),
+        config=config, argv=argv, decisions=decisions,
+    )  # fmt: skip
 
 
 def dedup(
@@ -236,7 +277,7 @@ def dedup(
         threshold: similarity above which two images are near-duplicates.
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
-        config: all settings at once.
+        config: all settings at once; a keyword that disagrees with it is an error.
 
     Returns:
         A :class:`~trainleak.audits.dedup.DedupResult` (``.kept``, ``.copy_kept(dir)``).
@@ -244,10 +285,13 @@ def dedup(
     """
     from trainleak.audits.dedup import _require_threshold
 
-    if config is None:
-        config = DedupConfig(
+    config = _one_way(
+        config,
+        DedupConfig(
             embed=_embed_config(encoder, encoder_options, workers, cache), threshold=threshold
-        )
+        ),
+        DedupConfig(),
+    )
     if isinstance(images, (str, os.PathLike)):  # before embedding anything
         _require_threshold(get_encoder(config.embed.encoder, **config.embed.encoder_options).info,
                            config.threshold)  # fmt: skip
@@ -292,22 +336,25 @@ def extract(
         encoder: the distance (``tiled`` = the paper's).
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
-        config: all settings at once.
+        config: all settings at once; a keyword that disagrees with it is an error.
 
     """
     from trainleak.audits.extraction import extract as run
     from trainleak.audits.generate import generate_groups
     from trainleak.generators import is_generator_spec
 
-    if config is None:
-        config = ExtractConfig(
+    config = _one_way(
+        config,
+        ExtractConfig(
             embed=_embed_config(encoder, None, workers, cache),
             delta=delta,
             min_clique=min_clique,
             relative=relative,
             samples_per_prompt=samples_per_prompt,
             seed=seed,
-        )
+        ),
+        ExtractConfig(),
+    )
     source: str | os.PathLike[str] = generated
     if is_generator_spec(os.fspath(generated)):
         if out is None:
@@ -352,18 +399,21 @@ def membership(
         seed: sampling seed.
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
-        config: all settings at once.
+        config: all settings at once; a keyword that disagrees with it is an error.
 
     For the loss attack on a diffusion model's weights use :func:`loss_membership`.
 
     """
     from trainleak.audits.membership import membership as run
 
-    if config is None:
-        config = MembershipConfig(
+    config = _one_way(
+        config,
+        MembershipConfig(
             embed=_embed_config(encoder, encoder_options, workers, cache),
             n_samples=n_samples,
             top_m=top_m,
             seed=seed,
-        )
+        ),
+        MembershipConfig(),
+    )
     return run(generated, identities, reference, members, config=config)

@@ -58,7 +58,7 @@ class EmbedConfig:
     cache: str | None = None
     no_cache: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_mb: int = DEFAULT_MAX_FILE_MB
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
     identity_depth: int = 1
     progress: bool = False
     engine: EngineName = "local"

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from trainleak._optional import require
-from trainleak.audits.leakage import audit
+from trainleak.audits._leakage import audit
 from trainleak.config import AuditConfig, EmbedConfig
 
 N_TRAIN, N_HOLDOUT, N_LEAKS, N_NOVEL = 50, 25, 10, 25

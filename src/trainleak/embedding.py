@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainleak.archives import Read, is_archive, iter_inputs
+from trainleak.config import EmbedConfig
 
 # EmbeddingSet and assemble live in embedding_set (this module stays small);
 # they are imported from here too.
@@ -128,6 +129,38 @@ class Embedder:
             if reason is not None:
                 log.warning("embedding in-process, not in %d workers: %s", self.workers, reason)
                 self.workers = 1
+
+    @classmethod
+    def from_config(cls, config: EmbedConfig, engine: EmbedRunner | None = None) -> Embedder:
+        """Build the embedder an :class:`~trainleak.config.EmbedConfig` describes.
+
+        The one place embedding settings become an embedder: the audits, the
+        gate, :func:`embed` and the command line all describe them with an
+        ``EmbedConfig``.
+
+        Args:
+            config: encoder, options, workers, cache and limits.
+            engine: where :meth:`embed` runs, built once per run by the caller
+                (``config.engine`` names it; this layer never builds engines).
+
+        Example:
+            >>> with Embedder.from_config(EmbedConfig("pixel", workers=1, no_cache=True)) as e:
+            ...     e.info.name, e.workers, e.store.root
+            ('pixel', 1, None)
+
+        """
+        return cls(
+            config.encoder,
+            encoder_options=config.encoder_options,
+            workers=config.workers,
+            batch_size=config.batch_size,
+            cache=config.cache_arg(),
+            max_pixels=config.max_pixels,
+            max_file_mb=config.max_file_mb,
+            identity_depth=config.identity_depth,
+            progress=config.progress,
+            engine=engine,
+        )
 
     def __enter__(self) -> Embedder:
         return self
@@ -273,16 +306,18 @@ def embed(
         ((1, 1024), 'not an image (unrecognised format)')
 
     """
-    with Embedder(
-        encoder,
-        encoder_options=encoder_options,
+    config = EmbedConfig(
+        encoder=encoder,
+        encoder_options=dict(encoder_options or {}),
         workers=workers,
         batch_size=batch_size,
-        cache=cache,
+        cache=os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None,
+        no_cache=cache is False or cache is None,
         max_pixels=max_pixels,
         max_file_mb=max_file_mb,
         progress=progress,
-    ) as embedder:
+    )
+    with Embedder.from_config(config) as embedder:
         return embedder.embed(source, set_name)
 
 

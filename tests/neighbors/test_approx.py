@@ -75,7 +75,7 @@ def test_approx_refuses_tiled_l2_and_default_stays_exact() -> None:
 
 
 def test_audit_report_carries_measured_recall(orl_scenario: dict[str, Path]) -> None:
-    from trainleak.audits.leakage import audit_embeddings
+    from trainleak import audit
     from trainleak.embedding import embed
 
     sets = {k: embed(orl_scenario[k], encoder="pixel", cache=False, workers=1)
@@ -83,7 +83,7 @@ def test_audit_report_carries_measured_recall(orl_scenario: dict[str, Path]) -> 
     reports = {}
     for mode in ("exact", "approx"):
         cfg = AuditConfig(search=mode, fpr=0.05)  # type: ignore[arg-type]
-        res = audit_embeddings(sets["train"], sets["synthetic"], sets["holdout"], config=cfg)
+        res = audit(sets["train"], sets["synthetic"], sets["holdout"], config=cfg)
         reports[mode] = res.report
     rep = reports["approx"]
     assert rep["settings"]["search"] == "approx"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.report.html import TILE_NOTES, render_audit_html, verdict_sentence
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from trainleak.audits.leakage import audit
+from trainleak import audit
 from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.service.review_images import ImageTable
 from trainleak.service.review_items import AUDIT_QUESTIONS, QUESTIONS, read_report

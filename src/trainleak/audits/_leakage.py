@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainleak.approx_search import use_search
-from trainleak.audits.inputs import embed_nonempty, make_embedder, probe_identity_encoder
+from trainleak.audits.inputs import Input, embed_sources
 from trainleak.audits.leak_scores import choose_threshold, resolve_score_mode, score_against
 from trainleak.audits.leak_table import MatchTable, listed_samples
 from trainleak.audits.reviewed import Reviews, find_reviews
@@ -37,11 +37,13 @@ from trainleak.stats import auc_score, histogram_counts, meehan_ct, summarise, w
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AuditResult", "audit", "audit_embeddings", "build_report"]
+
 
 def audit(
-    train: str | os.PathLike[str],
-    synthetic: str | os.PathLike[str],
-    holdout: str | os.PathLike[str] | None = None,
+    train: Input,
+    synthetic: Input,
+    holdout: Input | None = None,
     *,
     config: AuditConfig | None = None,
     argv: list[str] | None = None,
@@ -49,8 +51,12 @@ def audit(
 ) -> AuditResult:
     """Find synthetic samples that copy or re-identify training samples.
 
+    The one implementation behind :func:`trainleak.audit` and ``trainleak
+    audit``; call it through :func:`trainleak.audit`.
+
     Args:
-        train: the training images (folder, glob or list file).
+        train: the training images (folder, glob or list file), or a set
+            already embedded (an :class:`EmbeddingSet`).
         synthetic: the generated or synthetic images to audit.
         holdout: real images of the same kind never used in training; the
             threshold is calibrated on them when given.
@@ -83,14 +89,17 @@ def audit(
     """
     config = config or AuditConfig()
     _device(config)  # a bad device name fails before anything is embedded
-    with make_embedder(config.embed) as embedder:
-        probe_identity_encoder(embedder, train)  # a face encoder on paintings stops here
-        train_set = embed_nonempty(embedder, train, "train")
-        synth_set = embed_nonempty(embedder, synthetic, "synthetic")
-        hold_set = embed_nonempty(embedder, holdout, "holdout") if holdout is not None else None
-    # The embedder's store keeps a copy of every vector it read or wrote (1 kB
-    # per image at d = 256): let it go before the search, the audit's peak.
-    del embedder
+    sets = embed_sources(
+        {"train": train, "synthetic": synthetic, "holdout": holdout}, config.embed, probe="train"
+    )
+    train_set, synth_set, hold_set = sets["train"], sets["synthetic"], sets["holdout"]
+    assert train_set is not None and synth_set is not None
+    if math.isnan(train_set.info.default_threshold) and hold_set is None and (
+        config.threshold is None
+    ):
+        raise AuditInputError(
+            "vectors given as arrays have no operating point: pass holdout= or threshold="
+        )
     return audit_embeddings(
         train_set, synth_set, hold_set, config=config, argv=argv, decisions=decisions
     )

@@ -15,21 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def make_embedder(e: EmbedConfig) -> Embedder:
-    """Build the :class:`Embedder` an :class:`EmbedConfig` describes, on its engine."""
+    """Build the :class:`Embedder` an :class:`EmbedConfig` describes, on the engine it names."""
     from trainleak.engines import engine_for
 
-    return Embedder(
-        e.encoder,
-        encoder_options=e.encoder_options,
-        workers=e.workers,
-        batch_size=e.batch_size,
-        cache=e.cache_arg(),
-        max_pixels=e.max_pixels,
-        max_file_mb=e.max_file_mb,
-        identity_depth=e.identity_depth,
-        progress=e.progress,
-        engine=engine_for(e),
-    )
+    return Embedder.from_config(e, engine=engine_for(e))
 
 
 #: Training images the probe of an identity encoder embeds first.
@@ -88,3 +77,45 @@ def embed_nonempty(embedder: Embedder, path: str | os.PathLike[str], name: str) 
             f"({emb.files} files; reasons: {'; '.join(reasons) or 'no files'})"
         )
     return emb
+
+
+#: One input of an audit: a source of images (folder, glob, list file) or a set already embedded.
+Input = str | os.PathLike[str] | EmbeddingSet
+
+
+def embed_sources(
+    named: dict[str, Input | None], embed: EmbedConfig, *, probe: str | None = None
+) -> dict[str, EmbeddingSet | None]:
+    """Embed the path inputs with one embedder; pass embedded sets (and ``None``) through.
+
+    Args:
+        named: set name (``train``, ``synthetic``...) -> its input.
+        embed: how the paths are embedded.
+        probe: the set whose first images are probed for faces when the encoder
+            compares people (:func:`probe_identity_encoder`), if it is a path.
+
+    Raises:
+        AuditInputError: an input is neither a path nor an :class:`EmbeddingSet`,
+            or a path holds no usable image.
+
+    """
+    out: dict[str, EmbeddingSet | None] = {}
+    paths: dict[str, str | os.PathLike[str]] = {}
+    for key, value in named.items():
+        if value is None or isinstance(value, EmbeddingSet):
+            out[key] = value
+        elif isinstance(value, (str, os.PathLike)):
+            paths[key] = value
+        else:
+            raise AuditInputError(
+                f"{key}: expected a path, an EmbeddingSet or an array, got {type(value).__name__}"
+            )
+    if paths:
+        with make_embedder(embed) as embedder:
+            if probe is not None and probe in paths:  # a face encoder on paintings stops here
+                probe_identity_encoder(embedder, paths[probe])
+            for key, path in paths.items():
+                out[key] = embed_nonempty(embedder, path, key)
+    # The embedder's store keeps a copy of every vector it read or wrote (1 kB
+    # per image at d = 256): it is let go here, before the search, the audit's peak.
+    return {key: out[key] for key in named}

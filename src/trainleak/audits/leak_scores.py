@@ -4,7 +4,7 @@ The set-level layer over :mod:`trainleak.audits.scoring` (which works on
 arrays): which score an audit uses (``nn`` or ``identity``) and each query's
 score against the training set, as :class:`~trainleak.decide.scores.Scores`;
 the threshold rule is :func:`trainleak.decide.calibration.choose_calibration`,
-shared with the release gate. :mod:`trainleak.audits.leakage` runs the audit
+shared with the release gate. :mod:`trainleak.audits._leakage` runs the audit
 and builds its report from these.
 """
 

@@ -105,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak audit``; return the exit code."""
-    from trainleak.audits.leakage import audit
+    from trainleak import audit
 
     if args.threshold is not None and args.holdout:
         raise UsageError("give --holdout (calibrated threshold) or --threshold (fixed), not both")

@@ -35,7 +35,7 @@ def build_index(
     config: IndexConfig,
 ) -> None:
     """Embed the sets and write a new index at ``out`` (see :meth:`Index.build`)."""
-    from trainleak.audits.leakage import resolve_score_mode
+    from trainleak.audits.leak_scores import resolve_score_mode
 
     if holdout is not None and config.threshold is not None:
         raise AuditInputError(

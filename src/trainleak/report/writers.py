@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from trainleak.audits._evidence import EvidenceResult
+from trainleak.audits._leakage import AuditResult
 from trainleak.audits.dedup import DedupResult
 from trainleak.audits.extraction import ExtractResult
 from trainleak.audits.inversion.audit import InversionResult
-from trainleak.audits.leakage import AuditResult
 from trainleak.audits.membership import MembershipResult
 from trainleak.config import TableFormat
 from trainleak.report import write_audit_report
