@@ -155,7 +155,10 @@ class FaceAligner:
         from trainleak.encoders.face import FaceEncoder
 
         self.size = size
-        self._detector = FaceEncoder(flip=False)
+        # The detection these models were versioned with: the face encoder's
+        # cheap first pass (its version 3) moves boxes, and these encoders'
+        # cache keys do not follow the face encoder's version.
+        self._detector = FaceEncoder(flip=False, cheap_first=False)
         self._predictor: Any = None
 
     def landmarks(self, image: np.ndarray, box: Any) -> np.ndarray:
