@@ -13,9 +13,10 @@ from trainleak.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_embed_arguments,
+    embed_config,
     positive_int,
 )
-from trainleak.cli.index import add_runtime_arguments, runtime_embed
 from trainleak.config import CheckConfig, IndexSearch
 
 
@@ -60,7 +61,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=defaults.batch,
         help="images read and embedded at a time; bounds memory (default: %(default)s)",
     )
-    add_runtime_arguments(c, defaults.embed)
+    add_embed_arguments(c, defaults.embed, encoder=False, quiet=True)
     c.set_defaults(func=run, out_is_file=True)  # --out is the verdicts file
     return c
 
@@ -71,7 +72,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.gate.output import VerdictWriter, for_terminal
 
     config = CheckConfig(
-        embed=runtime_embed(args), batch=args.batch, search=args.search, decisions=args.decisions
+        embed=embed_config(args, CheckConfig().embed),
+        batch=args.batch,
+        search=args.search,
+        decisions=args.decisions,
     )
     counts = {"release": 0, "block": 0, "skip": 0}
     reviewed = 0

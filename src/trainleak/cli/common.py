@@ -12,6 +12,7 @@ import ast
 import math
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -131,18 +132,103 @@ def add_output_arguments(p: argparse.ArgumentParser, out: str, *, redact: bool =
 
 
 def add_embed_arguments(
-    p: argparse.ArgumentParser, defaults: EmbedConfig, *, engines: bool = False
+    p: argparse.ArgumentParser,
+    defaults: EmbedConfig,
+    *,
+    encoder: bool = True,
+    engines: bool = False,
+    quiet: bool = False,
 ) -> None:
-    """Add the flags every audit shares: encoder, workers, cache, limits.
+    """Add the embedding flags, declared here once for every command.
 
     Args:
         p: the command's parser.
-        defaults: the command config's ``embed`` field, the source of every default.
+        defaults: the command config's ``embed`` field, the source of every
+            default. Where it keeps no cache (``serve``: uploads are other
+            people's photos) ``--cache FOLDER`` turns one on and there is no
+            ``--no-cache``.
+        encoder: add the flags that choose the encoder and read the inputs
+            (``--encoder``, ``-O``, ``--identity-depth``...); leave out for
+            commands whose encoder comes from an index (``check``, ``serve``).
         engines: add ``--engine`` and ``--ray-address`` too (commands that run
             on an engine: see :mod:`trainleak.engines`).
+        quiet: add ``--quiet`` (commands without :func:`add_output_arguments`).
 
     """
     g = p.add_argument_group(EMBEDDING_GROUP)
+    if encoder:
+        _add_encoder_flags(g, defaults)
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        default=defaults.workers,
+        help="embedding processes (default: CPU cores)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="images embedded at a time (default: %(default)s)",
+    )
+    if defaults.no_cache:
+        g.add_argument(
+            "--cache",
+            default=defaults.cache,
+            help="keep embeddings in this cache folder (default: none, uploads are not kept)",
+        )
+    else:
+        g.add_argument(
+            "--cache",
+            default=defaults.cache,
+            help="embedding cache folder (default: $TRAINLEAK_CACHE or ~/.cache/trainleak)",
+        )
+        g.add_argument(
+            "--no-cache",
+            action="store_true",
+            default=defaults.no_cache,
+            help="do not read or write the cache",
+        )
+    g.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=defaults.max_pixels,
+        help="skip images with more pixels than this, decompression bombs (default: %(default)s)",
+    )
+    if encoder:
+        g.add_argument(
+            "--identity-depth",
+            type=int,
+            default=defaults.identity_depth,
+            help="which sub-folder level names the person: 1 = root/alice/x.jpg, "
+            "2 = root/batch/alice/x.jpg, -1 = each image's own folder (default: %(default)s)",
+        )
+        g.add_argument(
+            "--max-file-mb",
+            type=positive_int,
+            default=defaults.max_file_mb,
+            help="skip files larger than this many MB before reading them (default: %(default)s)",
+        )
+    if quiet:
+        g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    if engines:
+        g.add_argument(
+            "--engine",
+            choices=get_args(EngineName),
+            default=defaults.engine,
+            help="where embedding and search run: this machine, or a Ray cluster "
+            "(pip install 'trainleak[ray]'); --workers is then the encoder actors "
+            "(default: %(default)s)",
+        )
+        g.add_argument(
+            "--ray-address",
+            default=defaults.ray_address,
+            metavar="auto|HOST:PORT",
+            help="the Ray cluster for --engine ray: auto (the one this machine belongs to), "
+            "HOST:PORT of its head, or ray://HOST:PORT (default: start one here)",
+        )
+
+
+def _add_encoder_flags(g: Any, defaults: EmbedConfig) -> None:
     g.add_argument(
         "--encoder",
         default=defaults.encoder,
@@ -180,70 +266,42 @@ def add_embed_arguments(
         metavar="KEY=VALUE",
         help="an encoder option, e.g. -O size=112 (repeatable)",
     )
-    g.add_argument(
-        "--workers",
-        type=positive_int,
-        default=defaults.workers,
-        help="embedding processes (default: CPU cores)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help="images embedded at a time (default: %(default)s)",
-    )
-    g.add_argument(
-        "--cache",
-        default=defaults.cache,
-        help="embedding cache folder (default: $TRAINLEAK_CACHE or ~/.cache/trainleak)",
-    )
-    g.add_argument(
-        "--no-cache",
-        action="store_true",
-        default=defaults.no_cache,
-        help="do not read or write the cache",
-    )
-    g.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=defaults.max_pixels,
-        help="skip images with more pixels than this, decompression bombs (default: %(default)s)",
-    )
-    g.add_argument(
-        "--identity-depth",
-        type=int,
-        default=defaults.identity_depth,
-        help="which sub-folder level names the person: 1 = root/alice/x.jpg, "
-        "2 = root/batch/alice/x.jpg, -1 = each image's own folder (default: %(default)s)",
-    )
-    g.add_argument(
-        "--max-file-mb",
-        type=positive_int,
-        default=defaults.max_file_mb,
-        help="skip files larger than this many MB before reading them (default: %(default)s)",
-    )
-    if engines:
-        g.add_argument(
-            "--engine",
-            choices=get_args(EngineName),
-            default=defaults.engine,
-            help="where embedding and search run: this machine, or a Ray cluster "
-            "(pip install 'trainleak[ray]'); --workers is then the encoder actors "
-            "(default: %(default)s)",
-        )
-        g.add_argument(
-            "--ray-address",
-            default=defaults.ray_address,
-            metavar="auto|HOST:PORT",
-            help="the Ray cluster for --engine ray: auto (the one this machine belongs to), "
-            "HOST:PORT of its head, or ray://HOST:PORT (default: start one here)",
-        )
 
 
-def embed_config(args: argparse.Namespace) -> EmbedConfig:
-    """Resolve the shared embedding flags into an :class:`EmbedConfig`."""
+def embed_config(args: argparse.Namespace, defaults: EmbedConfig | None = None) -> EmbedConfig:
+    """Resolve the flags of :func:`add_embed_arguments` into an :class:`EmbedConfig`.
+
+    Args:
+        args: the parsed command line.
+        defaults: the command config's ``embed`` field; the settings a command
+            has no flag for keep its values (for ``check`` and ``serve`` the
+            encoder, which comes from the index).
+
+    """
+    config = replace(
+        defaults or EmbedConfig(),
+        **{name: getattr(args, name) for name in _FLAG_FIELDS if hasattr(args, name)},
+    )
+    if not hasattr(args, "no_cache"):  # no cache unless --cache names one (serve)
+        config.no_cache = config.no_cache and args.cache is None
+    config.progress = not getattr(args, "quiet", True) and sys.stderr.isatty()
+    if hasattr(args, "encoder"):
+        config.encoder_options = _encoder_options(args)
+    if config.ray_address is not None and config.engine != "ray":
+        raise UsageError("--ray-address is for --engine ray: add --engine ray")
+    return config
+
+
+#: EmbedConfig fields set by a flag of the same name (where the command has it).
+_FLAG_FIELDS = (
+    "encoder", "workers", "batch_size", "cache", "no_cache", "max_pixels", "max_file_mb",
+    "identity_depth", "engine", "ray_address",
+)  # fmt: skip
+
+
+def _encoder_options(args: argparse.Namespace) -> dict[str, Any]:
     options = dict(args.encoder_option)
-    if getattr(args, "weights", None) is not None or getattr(args, "allow_download", False):
+    if args.weights is not None or args.allow_download:
         from trainleak.encoders.cards import CARDS
 
         if args.encoder not in CARDS:
@@ -267,23 +325,7 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
             )
         options.setdefault("aligned", args.aligned)
         options.setdefault("all_faces", args.all_faces)
-    config = EmbedConfig(
-        encoder=args.encoder,
-        encoder_options=options,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        cache=args.cache,
-        no_cache=args.no_cache,
-        max_pixels=args.max_pixels,
-        max_file_mb=args.max_file_mb,
-        identity_depth=args.identity_depth,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
-    if hasattr(args, "engine"):  # commands with engines=True in add_embed_arguments
-        if args.ray_address is not None and args.engine != "ray":
-            raise UsageError("--ray-address is for --engine ray: add --engine ray")
-        config.engine, config.ray_address = args.engine, args.ray_address
-    return config
+    return options
 
 
 def writable_dir(path: str, flag: str) -> None:

@@ -8,7 +8,6 @@ import sys
 from typing import Any, get_args
 
 from trainleak.cli.common import (
-    EMBEDDING_GROUP,
     EXIT_OK,
     UsageError,
     add_embed_arguments,
@@ -20,7 +19,6 @@ from trainleak.cli.common import (
 from trainleak.config import (
     MAX_THRESHOLD_CHANGE,
     CheckConfig,
-    EmbedConfig,
     IndexConfig,
     ScoreMode,
     SearchMode,
@@ -53,7 +51,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="commit the addition whatever it does to the calibrated threshold",
     )
-    add_runtime_arguments(a, CheckConfig().embed)
+    add_embed_arguments(a, CheckConfig().embed, encoder=False, quiet=True)
     a.set_defaults(func=run_add)
     r = actions.add_parser("remove", help="tombstone rows by id: gone from every answer at once")
     r.add_argument("index", help="the index folder")
@@ -130,46 +128,6 @@ def _add_build(actions: Any) -> None:
     b.set_defaults(func=run_build)
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser, defaults: EmbedConfig) -> None:
-    """Add the embedding flags that do not change the encoder (it comes from the index)."""
-    g = p.add_argument_group(EMBEDDING_GROUP)
-    g.add_argument(
-        "--workers",
-        type=positive_int,
-        default=defaults.workers,
-        help="embedding processes (default: CPU cores)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help="images per embedding task (default: %(default)s)",
-    )
-    g.add_argument("--cache", default=defaults.cache, help="embedding cache folder")
-    g.add_argument(
-        "--no-cache", action="store_true", default=defaults.no_cache, help="no embedding cache"
-    )
-    g.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=defaults.max_pixels,
-        help="skip images with more pixels than this (default: %(default)s)",
-    )
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-
-
-def runtime_embed(args: argparse.Namespace) -> EmbedConfig:
-    """Return the :class:`EmbedConfig` of :func:`add_runtime_arguments` (encoder: the index's)."""
-    return EmbedConfig(
-        workers=args.workers,
-        batch_size=args.batch_size,
-        cache=args.cache,
-        no_cache=args.no_cache,
-        max_pixels=args.max_pixels,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
-
-
 def run_build(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak index build``; return the exit code."""
     from trainleak.gate.index import Index
@@ -194,7 +152,8 @@ def run_add(args: argparse.Namespace, argv: list[str]) -> int:
     from trainleak.gate.index import Index
     from trainleak.gate.output import for_terminal
 
-    with Index.open(args.index, config=CheckConfig(embed=runtime_embed(args))) as index:
+    config = CheckConfig(embed=embed_config(args, CheckConfig().embed))
+    with Index.open(args.index, config=config) as index:
         result = index.add(
             args.images,
             max_threshold_change=args.max_threshold_change,

@@ -9,8 +9,15 @@ import os
 import stat
 from typing import Any, get_args
 
-from trainleak.cli.common import DECISIONS_HELP, EMBEDDING_GROUP, EXIT_OK, UsageError, positive_int
-from trainleak.config import CheckConfig, EmbedConfig, IndexSearch, ServeConfig
+from trainleak.cli.common import (
+    DECISIONS_HELP,
+    EXIT_OK,
+    UsageError,
+    add_embed_arguments,
+    embed_config,
+    positive_int,
+)
+from trainleak.config import CheckConfig, IndexSearch, ServeConfig
 
 #: Environment variables holding the check and admin tokens.
 TOKEN_ENV, ADMIN_TOKEN_ENV = "TRAINLEAK_TOKEN", "TRAINLEAK_ADMIN_TOKEN"
@@ -159,36 +166,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=d.check.decisions,
         help=DECISIONS_HELP + "; re-read while serving when it changes",
     )
-    _add_embedding(s, d.check.embed)
+    add_embed_arguments(s, d.check.embed, encoder=False)
     s.set_defaults(func=run)
     return s
-
-
-def _add_embedding(s: argparse.ArgumentParser, d: EmbedConfig) -> None:
-    g = s.add_argument_group(EMBEDDING_GROUP)
-    g.add_argument(
-        "--workers",
-        type=positive_int,
-        default=d.workers,
-        help="embedding processes (default: CPU cores)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=d.batch_size,
-        help="images per embedding task (default: %(default)s)",
-    )
-    g.add_argument(
-        "--cache",
-        default=d.cache,
-        help="keep upload embeddings in this cache folder (default: none, uploads are not kept)",
-    )
-    g.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=d.max_pixels,
-        help="refuse images with more pixels than this, 413 (default: %(default)s)",
-    )
 
 
 def read_secret(path: str, what: str) -> str:
@@ -249,13 +229,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         check_bind(args.host, tokens)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    embed = EmbedConfig(
-        workers=args.workers,
-        batch_size=args.batch_size,
-        cache=args.cache,
-        no_cache=args.cache is None,
-        max_pixels=args.max_pixels,
-    )
+    embed = embed_config(args, ServeConfig().check.embed)
     config = ServeConfig(
         check=CheckConfig(embed=embed, search=args.search, decisions=args.decisions),
         host=args.host,
