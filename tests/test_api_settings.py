@@ -16,7 +16,13 @@ import pytest
 import trainleak as tl
 import trainleak.api
 from trainleak.cli import main
-from trainleak.config import AuditConfig, DedupConfig, EmbedConfig, MembershipConfig
+from trainleak.config import (
+    AuditConfig,
+    DedupConfig,
+    EmbedConfig,
+    EvidenceConfig,
+    MembershipConfig,
+)
 from trainleak.errors import AuditInputError
 
 from conftest import link_orl
@@ -38,6 +44,8 @@ def test_a_keyword_that_disagrees_with_config_is_an_error() -> None:
         tl.dedup("no/such/folder", config=DedupConfig(), threshold=0.9)
     with pytest.raises(AuditInputError, match=r"config\.top_m is 5 but a keyword says 3"):
         tl.membership("no/such/people", "no/such/samples", config=MembershipConfig(), top_m=3)
+    with pytest.raises(AuditInputError, match=r"config\.alpha is 0\.05 but a keyword says 0\.01"):
+        tl.evidence("no/such/mine", "no/such/samples", config=EvidenceConfig(), alpha=0.01)
 
 
 def test_keywords_that_agree_or_stay_default_are_accepted() -> None:

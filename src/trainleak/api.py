@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +28,11 @@ from trainleak.audits._leakage import AuditResult
 from trainleak.audits._leakage import audit as _audit
 from trainleak.audits.dedup import dedup_embeddings
 from trainleak.audits.extraction import ExtractConfig, ExtractResult
+from trainleak.audits.inputs import one_way
 from trainleak.audits.membership import MembershipConfig, MembershipResult
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.decide.decisions import Decisions
-from trainleak.embedding import EmbeddingSet
+from trainleak.embedding import EmbeddingSet, keyword_config
 from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo, Metric, l2_normalise
 from trainleak.errors import AuditInputError
@@ -130,60 +130,6 @@ def _wrap(value: Source) -> str | os.PathLike[str] | EmbeddingSet:
     return embeddings(value, name="arrays") if isinstance(value, np.ndarray) else value
 
 
-def _flat(settings: dict[str, Any], prefix: str = "config.") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key != "encoder_options":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _one_way(config: Any, from_keywords: Any, defaults: Any) -> Any:
-    """Return ``config``, or ``from_keywords`` when no config was given.
-
-    The keywords left at their defaults build ``defaults``: any setting the
-    keywords changed must then agree with ``config``.
-
-    Raises:
-        AuditInputError: a keyword disagrees with ``config=``; the message
-            names the setting and how to give it.
-
-    """
-    if config is None:
-        return from_keywords
-    given, kw = _flat(asdict(config)), _flat(asdict(from_keywords))
-    default = _flat(asdict(defaults))
-    clashes = [
-        f"{name} is {given[name]!r} but a keyword says {kw[name]!r}"
-        for name in kw
-        if kw[name] != default[name] and kw[name] != given[name]
-    ]
-    if clashes:
-        raise AuditInputError(
-            "settings given twice, as keywords and in config=, and they disagree: "
-            f"{'; '.join(clashes)}. Give them one way: set them on the config "
-            "(e.g. config.fpr = 0.01) or leave out config="
-        )
-    return config
-
-
-def _embed_config(
-    encoder: str,
-    encoder_options: dict[str, Any] | None,
-    workers: int | None,
-    cache: str | os.PathLike[str] | bool,
-) -> EmbedConfig:
-    return EmbedConfig(
-        encoder=encoder,
-        encoder_options=dict(encoder_options or {}),
-        workers=workers,
-        cache=None if isinstance(cache, bool) else os.fspath(cache),
-        no_cache=cache is False,
-    )
-
-
 def audit(
     train: Source,
     synthetic: Source,
@@ -239,10 +185,10 @@ def audit(
         trainleak.errors.AuditInputError: ... config.threshold is 0.9 but a keyword says 0.5...
 
     """
-    config = _one_way(
+    config = one_way(
         config,
         AuditConfig(
-            embed=_embed_config(encoder, encoder_options, workers, cache),
+            embed=keyword_config(encoder, encoder_options, workers, cache),
             fpr=fpr,
             threshold=threshold,
             k=k,
@@ -285,10 +231,10 @@ def dedup(
     """
     from trainleak.audits.dedup import _require_threshold
 
-    config = _one_way(
+    config = one_way(
         config,
         DedupConfig(
-            embed=_embed_config(encoder, encoder_options, workers, cache), threshold=threshold
+            embed=keyword_config(encoder, encoder_options, workers, cache), threshold=threshold
         ),
         DedupConfig(),
     )
@@ -343,10 +289,10 @@ def extract(
     from trainleak.audits.generate import generate_groups
     from trainleak.generators import is_generator_spec
 
-    config = _one_way(
+    config = one_way(
         config,
         ExtractConfig(
-            embed=_embed_config(encoder, None, workers, cache),
+            embed=keyword_config(encoder, None, workers, cache),
             delta=delta,
             min_clique=min_clique,
             relative=relative,
@@ -406,10 +352,10 @@ def membership(
     """
     from trainleak.audits.membership import membership as run
 
-    config = _one_way(
+    config = one_way(
         config,
         MembershipConfig(
-            embed=_embed_config(encoder, encoder_options, workers, cache),
+            embed=keyword_config(encoder, encoder_options, workers, cache),
             n_samples=n_samples,
             top_m=top_m,
             seed=seed,

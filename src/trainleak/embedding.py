@@ -306,19 +306,38 @@ def embed(
         ((1, 1024), 'not an image (unrecognised format)')
 
     """
-    config = EmbedConfig(
-        encoder=encoder,
-        encoder_options=dict(encoder_options or {}),
-        workers=workers,
+    config = replace(
+        keyword_config(encoder, encoder_options, workers, cache),
         batch_size=batch_size,
-        cache=os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None,
-        no_cache=cache is False or cache is None,
         max_pixels=max_pixels,
         max_file_mb=max_file_mb,
         progress=progress,
     )
     with Embedder.from_config(config) as embedder:
         return embedder.embed(source, set_name)
+
+
+def keyword_config(
+    encoder: str,
+    encoder_options: dict[str, Any] | None,
+    workers: int | None,
+    cache: str | os.PathLike[str] | None | bool,
+) -> EmbedConfig:
+    """Return the :class:`EmbedConfig` of the keywords :func:`embed` and ``tl.*`` share.
+
+    Example:
+        >>> c = keyword_config("pixel", None, 1, False)
+        >>> c.encoder, c.workers, c.no_cache, c.cache_arg()
+        ('pixel', 1, True, False)
+
+    """
+    return EmbedConfig(
+        encoder=encoder,
+        encoder_options=dict(encoder_options or {}),
+        workers=workers,
+        cache=os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None,
+        no_cache=cache is False or cache is None,
+    )
 
 
 def _scan(

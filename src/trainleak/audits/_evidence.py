@@ -37,11 +37,11 @@ from trainleak.audits._evidence_stats import (
     rank_p_value,
 )
 from trainleak.audits.identity_inputs import load_identities
-from trainleak.audits.inputs import embed_nonempty, make_embedder
+from trainleak.audits.inputs import embed_nonempty, make_embedder, one_way
 from trainleak.audits.membership import embed_generated
 from trainleak.audits.sampling import GeneratedSet, sample_pngs
 from trainleak.config import EmbedConfig, EvidenceConfig, EvidenceStatistic, MembershipConfig
-from trainleak.embedding import Embedder, EmbeddingSet
+from trainleak.embedding import Embedder, EmbeddingSet, keyword_config
 from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo
 from trainleak.generators import is_generator_spec
@@ -87,7 +87,7 @@ def evidence(
         seed: sampling seed.
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
-        config: all settings at once (overrides the keywords).
+        config: all settings at once; a keyword that disagrees with it is an error.
         argv: the command line recorded in the packet (default ``sys.argv``).
 
     Returns:
@@ -107,18 +107,17 @@ def evidence(
         ('cannot_tell', 0.5)
 
     """
-    if config is None:
-        cache_arg = os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None
-        embed = EmbedConfig(
-            encoder=encoder,
-            encoder_options=dict(encoder_options or {}),
-            workers=workers,
-            cache=cache_arg,
-            no_cache=cache is False,
-        )
-        config = EvidenceConfig(
-            embed=embed, statistic=statistic, alpha=alpha, n_samples=n_samples, seed=seed
-        )
+    config = one_way(
+        config,
+        EvidenceConfig(
+            embed=keyword_config(encoder, encoder_options, workers, cache),
+            statistic=statistic,
+            alpha=alpha,
+            n_samples=n_samples,
+            seed=seed,
+        ),
+        EvidenceConfig(),
+    )
     return run_evidence(mine, against, reference, config=config, argv=argv)
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 from trainleak.config import EmbedConfig
 from trainleak.embedding import Embedder, EmbeddingSet
 from trainleak.errors import AuditInputError
 
 log = logging.getLogger(__name__)
+
+#: A settings dataclass (AuditConfig, DedupConfig...).
+C = TypeVar("C")
 
 
 def make_embedder(e: EmbedConfig) -> Embedder:
@@ -119,3 +124,43 @@ def embed_sources(
     # The embedder's store keeps a copy of every vector it read or wrote (1 kB
     # per image at d = 256): it is let go here, before the search, the audit's peak.
     return {key: out[key] for key in named}
+
+
+def _flat(settings: dict[str, Any], prefix: str = "config.") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key != "encoder_options":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def one_way(config: C | None, from_keywords: C, defaults: C) -> C:
+    """Return ``config``, or ``from_keywords`` when no config was given: settings come one way.
+
+    The keywords left at their defaults build ``defaults``: any setting the
+    keywords changed must then agree with ``config``, never be silently
+    dropped (``tl.audit(config=c, fpr=0.01)`` used to ignore ``fpr``).
+
+    Raises:
+        AuditInputError: a keyword disagrees with ``config=``; the message
+            names the setting and how to give it.
+
+    """
+    if config is None:
+        return from_keywords
+    given, kw = _flat(asdict(config)), _flat(asdict(from_keywords))  # type: ignore[call-overload]
+    default = _flat(asdict(defaults))  # type: ignore[call-overload]
+    clashes = [
+        f"{name} is {given[name]!r} but a keyword says {kw[name]!r}"
+        for name in kw
+        if kw[name] != default[name] and kw[name] != given[name]
+    ]
+    if clashes:
+        raise AuditInputError(
+            "settings given twice, as keywords and in config=, and they disagree: "
+            f"{'; '.join(clashes)}. Give them one way: set them on the config "
+            "(e.g. config.fpr = 0.01) or leave out config="
+        )
+    return config

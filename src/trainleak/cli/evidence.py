@@ -105,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak evidence`` and print the verdict in plain words first."""
-    from trainleak.audits._evidence import run_evidence
+    from trainleak import evidence
 
     config = EvidenceConfig(
         embed=embed_config(args),
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         gen_batch_size=args.gen_batch_size,
         steps=args.steps,
     )
-    result = run_evidence(args.mine, args.against, args.reference, config=config, argv=argv)
+    result = evidence(args.mine, args.against, args.reference, config=config, argv=argv)
     paths = result.write(args.out, redact=args.redact)
     report = result.report
     print(report["verdict"]["text"])
