@@ -80,3 +80,22 @@ def test_cli_audit_goes_through_tl_audit(tmp_path, monkeypatch) -> None:
     api = front(train, synth, encoder="pixel", threshold=0.97, workers=1, cache=False)
     assert api.report["summary"]["flagged"] == cli["summary"]["flagged"]
     assert api.report["summary"]["n_synthetic"] == cli["summary"]["n_synthetic"] == 4
+
+
+def test_cli_dedup_goes_through_tl_dedup(tmp_path, monkeypatch) -> None:
+    images = link_orl(tmp_path / "in", range(1, 3), range(1, 4), per_person=False)
+    seen: list[list[str] | None] = []
+    front = trainleak.api.dedup
+
+    def recorded(*args, **kwargs):  # the real tl.dedup, remembering the argv it got
+        seen.append(kwargs["argv"])
+        return front(*args, **kwargs)
+
+    monkeypatch.setattr(trainleak.api, "dedup", recorded)
+    monkeypatch.setattr(tl, "dedup", recorded, raising=False)
+    argv = ["dedup", str(images), "--encoder", "pixel", "--workers", "1", "--no-cache", "-q",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    assert len(seen) == 1 and seen[0] is not None and seen[0][-len(argv):] == argv
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["removed"] == 0  # six different photos of two people

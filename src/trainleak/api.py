@@ -26,14 +26,12 @@ import numpy as np
 
 from trainleak.audits._leakage import AuditResult
 from trainleak.audits._leakage import audit as _audit
-from trainleak.audits.dedup import dedup_embeddings
 from trainleak.audits.extraction import ExtractConfig, ExtractResult
 from trainleak.audits.inputs import one_way
 from trainleak.audits.membership import MembershipConfig, MembershipResult
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.decide.decisions import Decisions
 from trainleak.embedding import EmbeddingSet, keyword_config
-from trainleak.encoders import get_encoder
 from trainleak.encoders.base import EncoderInfo, Metric, l2_normalise
 from trainleak.errors import AuditInputError
 
@@ -116,13 +114,6 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     for i, b in enumerate(_blocks(x)):
         out[i * ROWS_PER_BLOCK : i * ROWS_PER_BLOCK + len(b)] = l2_normalise(b)
     return out
-
-
-def _sets(named: dict[str, Source | None], embed: EmbedConfig) -> dict[str, EmbeddingSet | None]:
-    """Embed the path inputs with one embedder; wrap arrays; keep sets as they are."""
-    from trainleak.audits.inputs import embed_sources
-
-    return embed_sources({k: v if v is None else _wrap(v) for k, v in named.items()}, embed)
 
 
 def _wrap(value: Source) -> str | os.PathLike[str] | EmbeddingSet:
@@ -212,6 +203,7 @@ def dedup(
     workers: int | None = EmbedConfig.workers,
     cache: str | os.PathLike[str] | bool = True,
     config: DedupConfig | None = None,
+    argv: list[str] | None = None,
 ) -> Any:
     """Near-duplicate clusters in one set and what to keep (``trainleak dedup``).
 
@@ -224,12 +216,13 @@ def dedup(
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
         config: all settings at once; a keyword that disagrees with it is an error.
+        argv: the command line, recorded in the report.
 
     Returns:
         A :class:`~trainleak.audits.dedup.DedupResult` (``.kept``, ``.copy_kept(dir)``).
 
     """
-    from trainleak.audits.dedup import _require_threshold
+    from trainleak.audits.dedup import dedup as run
 
     config = one_way(
         config,
@@ -238,12 +231,7 @@ def dedup(
         ),
         DedupConfig(),
     )
-    if isinstance(images, (str, os.PathLike)):  # before embedding anything
-        _require_threshold(get_encoder(config.embed.encoder, **config.embed.encoder_options).info,
-                           config.threshold)  # fmt: skip
-    emb = _sets({"input": images}, config.embed)["input"]
-    assert emb is not None
-    return dedup_embeddings(emb, config=config)
+    return run(_wrap(images), config=config, argv=argv)
 
 
 def extract(
@@ -330,6 +318,7 @@ def membership(
     workers: int | None = EmbedConfig.workers,
     cache: str | os.PathLike[str] | bool = True,
     config: MembershipConfig | None = None,
+    argv: list[str] | None = None,
 ) -> MembershipResult:
     """Was this person in the generator's training set? (Webster et al.'s identity attack).
 
@@ -346,6 +335,7 @@ def membership(
         workers: embedding processes.
         cache: the embedding cache folder, ``True`` or ``False``.
         config: all settings at once; a keyword that disagrees with it is an error.
+        argv: the command line, recorded in the report.
 
     For the loss attack on a diffusion model's weights use :func:`loss_membership`.
 
@@ -362,4 +352,4 @@ def membership(
         ),
         MembershipConfig(),
     )
-    return run(generated, identities, reference, members, config=config)
+    return run(generated, identities, reference, members, config=config, argv=argv)

@@ -141,12 +141,16 @@ def star_clusters(n: int, edges: np.ndarray, weights: np.ndarray) -> list[tuple[
 
 
 def dedup(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | EmbeddingSet,
     *,
     config: DedupConfig | None = None,
     argv: list[str] | None = None,
 ) -> DedupResult:
     """Find near-duplicate clusters in one set and choose what to keep.
+
+    The one implementation behind :func:`trainleak.dedup` and ``trainleak
+    dedup``; call it through :func:`trainleak.dedup`. ``path`` is a source of
+    images or a set already embedded.
 
     Raises:
         AuditInputError: when nothing is readable, or an encoder other than
@@ -165,6 +169,8 @@ def dedup(
 
     """
     config = config or DedupConfig()
+    if isinstance(path, EmbeddingSet):
+        return dedup_embeddings(path, config=config, argv=argv)
     with make_embedder(config.embed) as embedder:
         _require_threshold(embedder.info, config.threshold)  # before embedding anything
         emb = embed_nonempty(embedder, path, "input")

@@ -64,7 +64,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``trainleak dedup``; return the exit code."""
-    from trainleak.audits.dedup import dedup
+    from trainleak import dedup
 
     config = DedupConfig(
         embed=embed_config(args), threshold=args.threshold, k=args.k, search=args.search

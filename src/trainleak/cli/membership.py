@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _identity(args: argparse.Namespace, argv: list[str], members: set[str] | None) -> Any:
-    from trainleak.audits.membership import membership
+    from trainleak import membership
 
     config = MembershipConfig(
         embed=embed_config(args),
@@ -178,7 +178,7 @@ def _identity(args: argparse.Namespace, argv: list[str], members: set[str] | Non
     if args.steps is not None and not args.generated.startswith("diffusers:"):
         raise UsageError("--steps applies to a diffusers:DIR generator only")
     return membership(
-        args.generated, args.identities, args.reference, members, config=config, argv=argv
+        args.identities, args.generated, args.reference, members, config=config, argv=argv
     )
 
 
