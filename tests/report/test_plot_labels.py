@@ -99,8 +99,8 @@ def test_the_threshold_label_keeps_clear_of_the_legend_and_the_edges(page, where
         "holdout (real images never used in training)": [0.1, 0.3, 0.35, 0.5],
         "a third set": [0.6, 0.7],
     }
-    svg = svg_histogram(series, where, title="Leak score: synthetic vs holdout " * 3,
-                        x_label="leak score = " + "a long explanation of the score " * 6)  # fmt: skip
+    label = "leak score = " + "a long explanation of the score " * 6
+    svg = svg_histogram(series, where, title="Leak score: synthetic vs holdout " * 3, x_label=label)
     page.set_content(f"<!doctype html><body style='margin:0'><div style='width:720px'>{svg}")
     plots = page.evaluate(MEASURE)
     assert any("threshold" in t["text"] for t in plots[0]["texts"])
