@@ -26,6 +26,7 @@ from typing import Any, get_args
 
 import numpy as np
 
+from trainleak._optional import require
 from trainleak.encoders.base import Encoder, EncodeSkip, Kind, Metric, OperatingPoint
 from trainleak.errors import TrainleakError
 
@@ -150,13 +151,10 @@ def _check_rows(metric: str, dim: int, rows: Any, where: str) -> None:
 
 
 def _default_images() -> list[np.ndarray]:
-    try:
-        from skimage import data
-    except ImportError:
-        raise EncoderContractError(
-            "check_encoder needs images: pass images=[...] (RGB uint8 arrays), or install "
-            "scikit-image for its bundled photographs (pip install scikit-image)"
-        ) from None
+    # Without images, scikit-image's bundled photographs; require() names the extra to install.
+    data = require(
+        "skimage.data", extra="demo", needed_for="check_encoder without images=[...]"
+    )
     grey = data.camera()
     return [data.astronaut(), data.coffee(), np.repeat(grey[:, :, None], 3, axis=2)]
 
