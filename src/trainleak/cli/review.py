@@ -69,7 +69,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--export",
         metavar="CSV",
         help="write the decisions as CSV (synthetic, train, decision, reviewer, decided_at, ...) "
-        "and exit instead of serving",
+        "and exit instead of serving; a copy audit's per-pair evidence (PNG + JSON) is "
+        "copied beside it, to CSV's name without extension + '-evidence/'",
     )
     a.add_argument(
         "--history", action="store_true", help="with --export: every row, undos included"
@@ -148,6 +149,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
         n = export_csv(stores, args.export, history=args.history)
         print(f"wrote {n} decision(s) to {args.export}")
+        from trainleak.report.copy_evidence import export_evidence
+
+        # A copy audit's per-pair pictures and edits go beside the CSV, ready to attach.
+        folder = os.path.splitext(args.export)[0] + "-evidence"
+        files = export_evidence(args.reports, folder)
+        if files:
+            print(f"wrote {len(files)} copy-evidence file(s) (PNG + JSON per pair) to {folder}")
         return EXIT_OK
     if args.history:
         raise UsageError("--history goes with --export")

@@ -171,6 +171,38 @@ def evidence_html(entries: list[dict[str, Any]], folder: Path, redact: bool) -> 
     return "".join(parts)
 
 
+def export_evidence(folders: list[str], dest: str | Path) -> list[Path]:
+    """Copy the evidence files (PNG + JSON) of copy-audit report folders into ``dest``.
+
+    Files are named ``report{N}-pair-NNN.png``/``.json`` (``N``: the folder's
+    place in ``folders``), so pairs of several reports do not collide. A
+    folder without ``copy_evidence`` in its report.json adds nothing, and
+    ``dest`` is made only when there is something to copy.
+
+    Returns:
+        The files written.
+
+    """
+    import shutil
+
+    written: list[Path] = []
+    for n, folder in enumerate(folders):
+        try:
+            report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # review checked the folders; a vanished report has no evidence to copy
+        for entry in report.get("copy_evidence") or []:
+            for key in ("png", "json"):
+                src = Path(folder) / str(entry.get(key, ""))
+                if key not in entry or not src.is_file():
+                    continue
+                target = Path(dest) / f"report{n}-{src.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                written.append(target)
+    return written
+
+
 def png_bytes(picture: Image.Image) -> bytes:
     """PNG bytes of a drawing (for a service that answers with the picture)."""
     buf = io.BytesIO()

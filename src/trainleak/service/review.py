@@ -31,6 +31,7 @@ from typing import Any
 
 from trainleak.config import ReviewConfig
 from trainleak.decide.decisions import DB_NAME, VERDICTS, Decision, DecisionsError, DecisionStore
+from trainleak.service.review_evidence import attach_copy_evidence
 from trainleak.service.review_images import ImageTable, render_png
 from trainleak.service.review_items import Candidate, ReviewReport, read_report
 
@@ -69,12 +70,17 @@ class Review:
         self.reports: list[ReviewReport] = [
             read_report(f, i, self.images) for i, f in enumerate(folders)
         ]
+        for r in self.reports:
+            if r.kind == "audit" and r.report.get("copy_evidence"):
+                attach_copy_evidence(r.candidates, r.report["copy_evidence"], r.folder, self.images)
         self.stores = [open_store(r.folder / DB_NAME) for r in self.reports]
         ordered = [c for r in self.reports for c in r.candidates]
         ordered.sort(key=lambda c: -c.order)
         self.candidates: list[Candidate] = ordered
         self.by_id = {c.id: c for c in ordered}
         self.keys = {c.id: self.key(c) for c in ordered}
+        # Evidence pictures hold two images side by side: sent twice as wide.
+        self.wide = {c.evidence.image for c in ordered if c.evidence is not None}
         self._png = lru_cache(maxsize=512)(self._render)
 
     def key(self, c: Candidate) -> tuple[str, str, str]:
@@ -140,7 +146,8 @@ class Review:
         data = self.images.read(n)
         if data is None:
             return None
-        return render_png(data, self.config.image_size, self.config.max_pixels)
+        side = self.config.image_size * (2 if n in self.wide else 1)
+        return render_png(data, side, self.config.max_pixels)
 
     def payload(self, reviewer: str) -> dict[str, Any]:
         """Return what ``GET /api/candidates`` answers to ``reviewer``."""

@@ -84,6 +84,8 @@ class Candidate:
             sample, an identity).
         question: what the page asks (:func:`question`); empty for the
             report kind's generic question.
+        evidence: the report's picture of where the pair matches (a copy
+            encoder's ``evidence/pair-NNN.png``), when it drew one.
 
     """
 
@@ -104,6 +106,7 @@ class Candidate:
     order: float = 0.0
     pair_images: tuple[int | None, int | None] = (None, None)
     question: str = ""
+    evidence: Shown | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON the page reads (images as URLs)."""
@@ -129,6 +132,7 @@ class Candidate:
             "left": shown(self.left),
             "right": shown(self.right),
             "facts": [list(f) for f in self.facts],
+            "evidence": shown([self.evidence])[0] if self.evidence else None,
         }
 
 

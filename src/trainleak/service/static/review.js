@@ -164,6 +164,8 @@ function drawCard() {
   const right = c.right.map((item, i) => shot(c, item, i));
   if (!right.length) right.push(el("div", { class: "missing", text: c.kind === "membership" ? "the person's photos are not in the report" : "no training match" }));
   $("right").replaceChildren(...right);
+  $("evidence").hidden = !c.evidence;
+  $("evidence-image").replaceChildren(...(c.evidence ? [shot(c, c.evidence, 0)] : []));
   const facts = [[c.score_name, fmt(c.score)], ["threshold", fmt(c.threshold)]];
   if (c.identity) facts.push(["identity", c.identity]);
   facts.push(...c.facts);
