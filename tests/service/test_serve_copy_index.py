@@ -95,9 +95,9 @@ def test_serve_blocks_copies_releases_unrelated_as_check_does(
 ) -> None:
     queries = sorted(copy_index["queries"].iterdir())
     out = tmp_path / "verdicts.jsonl"
-    code = main(["check", "--index", str(copy_index["idx"]), str(copy_index["queries"]),
-                 "--jsonl", "--out", str(out), "--workers", "1", "--no-cache", "--quiet"])  # fmt: skip
-    assert code == 1  # something blocked
+    args = ["check", "--index", str(copy_index["idx"]), str(copy_index["queries"]), "--jsonl",
+            "--out", str(out), "--workers", "1", "--no-cache", "--quiet"]  # fmt: skip
+    assert main(args) == 1  # something blocked
     checked = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     port = _free_port()
     proc = _serve(copy_index["idx"], port)
