@@ -1,7 +1,7 @@
 """The documentation site builds strictly, and the README's commands are real commands.
 
 ``mkdocs build --strict`` fails on a broken link, a missing page or a
-docstring mkdocstrings cannot render. The README's shell blocks name
+docstring mkdocstrings cannot render. The shell blocks of the README and the docs name
 ``trainleak`` subcommands and flags: each must be one the command line
 accepts (checked by parsing it, not by running the work). Its Python example
 runs in ``tests/test_front_door.py``.
@@ -34,8 +34,8 @@ def test_docs_build_strictly(tmp_path):
     assert (tmp_path / "site" / "reference" / "api" / "index.html").is_file()
 
 
-def _readme_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _commands(page: Path) -> list[list[str]]:
+    text = page.read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
@@ -48,14 +48,19 @@ def _readme_commands() -> list[list[str]]:
     return commands
 
 
-def test_readme_commands_parse():
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_shown_parse(page):
     from trainleak.cli import build_parser
 
-    commands = _readme_commands()
-    assert len(commands) >= 5, "the README shows too few commands to be a walk-through"
+    commands = _commands(page)
+    if page.name == "README.md":
+        assert len(commands) >= 5, "the README shows too few commands to be a walk-through"
     parser = build_parser()
     for words in commands:
         try:
             parser.parse_args(words[1:])
         except SystemExit as exc:  # argparse exits 2 on an unknown flag or subcommand
-            pytest.fail(f"README command does not parse ({exc.code}): {' '.join(words)}")
+            pytest.fail(f"command does not parse ({exc.code}): {' '.join(words)}")
