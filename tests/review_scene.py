@@ -8,6 +8,7 @@ The pixel encoder flags the four copies at its default threshold.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -54,11 +55,29 @@ def audit_config(cache: Path) -> AuditConfig:
 
 
 def make_audit_report(
-    root: Path, cache: Path, *, redact: bool = False, formula_name: bool = False
+    root: Path,
+    cache: Path,
+    *,
+    redact: bool = False,
+    formula_name: bool = False,
+    relative: bool = False,
 ) -> Path:
-    """Run the audit on the scene and write its report to ``root/report``; return that folder."""
+    """Run the audit on the scene and write its report to ``root/report``; return that folder.
+
+    ``relative``: run it from ``root`` with relative folders, as a user in their
+    project folder would, so the report names ``train/s1/2.pgm`` rather than
+    a temporary path (the review page then needs ``base=root``).
+    """
     folders = make_folders(root, formula_name)
-    result = audit(folders["train"], folders["synthetic"], config=audit_config(cache))
+    if relative:
+        here = os.getcwd()
+        os.chdir(root)
+        try:
+            result = audit(Path("train"), Path("synthetic"), config=audit_config(cache))
+        finally:
+            os.chdir(here)
+    else:
+        result = audit(folders["train"], folders["synthetic"], config=audit_config(cache))
     out = root / "report"
     result.write(out, redact=redact)
     return out

@@ -73,7 +73,9 @@ def browser():
 
 @pytest.fixture
 def served(tmp_path, cache_dir):
-    report = make_audit_report(tmp_path, cache_dir)
+    # Relative folders, as a user runs it from their project: the page (and the
+    # docs' screenshot) shows train/s1/2.pgm, not a temporary path.
+    report = make_audit_report(tmp_path, cache_dir, relative=True)
     review = Review([report], base=tmp_path)
     with ServerThread(app_of(review)) as server:
         server.report = report
