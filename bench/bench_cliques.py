@@ -61,7 +61,7 @@ def main() -> None:
     for n in args.sizes:
         rows, planted = group(n, rng)
         t0 = time.perf_counter()
-        graph = near_graph(rows, 0.85, "tiled_l2", 16)
+        graph = near_graph(rows, 1 / 1.15, "tiled_l2", 16)  # delta 0.15: score 1 / (1 + d)
         t_graph = time.perf_counter() - t0
         t0 = time.perf_counter()
         found = greedy_cliques(graph, args.min_clique)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from trainleak.audits.dedup import DedupConfig, dedup
+from trainleak.block_search import score_at_distance, score_to_distance
 from trainleak.config import EmbedConfig
 from trainleak.embedding import embed
 from trainleak.encoders import pixel
@@ -96,11 +97,13 @@ def calibrate(margin: float) -> dict:
             assert len(files) == len(emb)
             r = int(np.argmax(s[:, 0]))
             best, pair = float(s[r, 0]), (emb.ids[r], emb.ids[int(i[r, 0])])
-            closest.append({"set": name, "score": best, "distance": 1 - best, "pair": pair})
+            # tiled scores 1 / (1 + d) (version 3), cosine 1 - d: read the distance back.
+            d = float(score_to_distance(best, emb.info.metric))
+            closest.append({"set": name, "score": best, "distance": d, "pair": pair})
         d_min = min(c["distance"] for c in closest)
         out[enc] = {
             "closest_distinct": closest,
-            "derived_threshold": round(1 - margin * d_min, 4),
+            "derived_threshold": round(score_at_distance(margin * d_min, emb.info.metric), 4),
             "shipped_threshold": {"pixel": pixel.PIXEL_THRESHOLD, "tiled": pixel.TILED_THRESHOLD}[
                 enc
             ],

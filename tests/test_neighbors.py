@@ -32,7 +32,7 @@ def _true_score(a: np.ndarray, b: np.ndarray, metric: str, tiles: int) -> float:
         np.sqrt(np.mean((a[t * td : (t + 1) * td] - b[t * td : (t + 1) * td]) ** 2))
         for t in range(tiles)
     ]
-    return 1.0 - max(rms)
+    return 1.0 / (1.0 + max(rms))
 
 
 def _brute(q, db, k, metric, tiles=16, exclude_self=False):
@@ -97,10 +97,12 @@ def test_tiled_l2_is_the_max_over_tiles_not_the_mean():
     b = a.copy()
     b[0, :4] = 1.0  # tile 0 of 16 (4 values) differs completely, the rest match
     s, i = knn(a, b, 1, metric="tiled_l2", tiles=16)
-    assert s[0, 0] == pytest.approx(0.0, abs=1e-6) and i[0, 0] == 0  # RMS of tile 0 is 1
-    assert pairwise_scores(a, b, metric="tiled_l2")[0, 0] == pytest.approx(0.0, abs=1e-6)
-    b[0, :4] = 0.15  # the paper's delta: score 0.85 exactly at the threshold
-    assert knn(a, b, 1, metric="tiled_l2")[0][0, 0] == pytest.approx(0.85, abs=1e-6)
+    # RMS of tile 0 is 1: score 1 / (1 + 1)
+    assert s[0, 0] == pytest.approx(0.5, abs=1e-6) and i[0, 0] == 0
+    assert pairwise_scores(a, b, metric="tiled_l2")[0, 0] == pytest.approx(0.5, abs=1e-6)
+    b[0, :4] = 0.15  # the paper's delta: score 1 / 1.15 exactly at the threshold
+    assert knn(a, b, 1, metric="tiled_l2")[0][0, 0] == pytest.approx(1 / 1.15, abs=1e-6)
+    assert knn(a, a, 1, metric="tiled_l2")[0][0, 0] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -23,7 +23,7 @@ def _score(a, b, metric, tiles):
     if metric == "cosine":
         return float(np.dot(a.astype(np.float64), b))
     t = np.split(a.astype(np.float64) - b, tiles)
-    return 1.0 - max(np.sqrt(np.mean(x * x)) for x in t)
+    return 1.0 / (1.0 + max(np.sqrt(np.mean(x * x)) for x in t))
 
 
 def _assert_tie_aware(scores, idx, q, db, k, metric, tiles=16):

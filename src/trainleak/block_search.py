@@ -20,7 +20,35 @@ if TYPE_CHECKING:
 MetricName = Literal["cosine", "tiled_l2"]
 Backend = Literal["auto", "torch", "numpy", "faiss"]
 
-__all__ = ["Backend", "MetricName", "pairwise_scores"]
+__all__ = ["Backend", "MetricName", "pairwise_scores", "score_at_distance", "score_to_distance"]
+
+
+def score_to_distance(scores: np.ndarray | float, metric: str) -> np.ndarray | float:
+    """Return the distance a score stands for: ``1/s - 1`` for ``tiled_l2``, else ``1 - s``.
+
+    ``tiled_l2`` scores are ``1 / (1 + d)`` of the tiled l2 distance ``d``: in
+    ``(0, 1]``, 1 for identical rows, ordered exactly as ``-d`` (a monotone
+    map, so searches rank as by distance); ``cosine`` scores are ``1 - d``.
+
+    Example:
+        >>> score_to_distance(0.8, "tiled_l2"), score_to_distance(0.8, "cosine")
+        (0.25, 0.19999999999999996)
+
+    """
+    x = np.asarray(scores, np.float64)
+    d = 1.0 / x - 1.0 if metric == "tiled_l2" else 1.0 - x
+    return float(d) if d.ndim == 0 else d
+
+
+def score_at_distance(distance: float, metric: str) -> float:
+    """Return the score of a distance (the inverse of :func:`score_to_distance`).
+
+    Example:
+        >>> round(score_at_distance(0.15, "tiled_l2"), 4)  # Carlini et al.'s delta
+        0.8696
+
+    """
+    return 1.0 / (1.0 + float(distance)) if metric == "tiled_l2" else 1.0 - float(distance)
 
 
 def _check(
@@ -59,7 +87,8 @@ def pairwise_scores(
     Args:
         a: rows ``(n_a, dim)``.
         b: rows ``(n_b, dim)``.
-        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
+        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 / (1 + d)`` of the tiled
+            distance ``d``).
         tiles: tiles per row for ``tiled_l2``.
 
     Returns:
@@ -87,7 +116,8 @@ def pairwise_scores(
         d2 += bn[None, :, t]
         np.maximum(worst, d2, out=worst)
     # Clamping once after the max is the same as clamping every tile.
-    return (1.0 - np.sqrt(np.maximum(worst, 0) / td)).astype(np.float32)
+    # 1 / (1 + d): in (0, 1], ordered as -d (see score_to_distance).
+    return (1.0 / (1.0 + np.sqrt(np.maximum(worst, 0) / td))).astype(np.float32)
 
 
 def _db_block(database: np.ndarray, d0: int, block: int, writeable: bool = False) -> np.ndarray:
@@ -213,7 +243,7 @@ def _tiled_torch(
         torch.addmm(bn[None, :, t], at, bt.T, alpha=-2, out=d2)
         d2 += an[:, t, None]
         torch.maximum(worst, d2, out=worst)
-    return worst.clamp_(min=0).div_(td).sqrt_().neg_().add_(1)
+    return worst.clamp_(min=0).div_(td).sqrt_().add_(1).reciprocal_()
 
 
 def _knn_faiss(

@@ -11,7 +11,8 @@ higher score means more similar.
   ``tiles`` contiguous tiles of equal length. The distance ``d`` of Carlini et
   al. (2023, "Extracting training data from diffusion models") is the largest,
   over tiles, of the RMS difference between corresponding tiles, and the score
-  is ``1 - d``: their threshold ``delta = 0.15`` is a score of ``0.85``.
+  is ``1 / (1 + d)``, in ``(0, 1]`` (1 for identical images, ordered as ``-d``):
+  their threshold ``delta = 0.15`` is a score of ``1 / 1.15 = 0.8696``.
 
 The database is scanned ``block_size`` rows at a time (each block converted to
 float32 on its own, so a ``np.memmap`` database is never read whole) against
@@ -90,7 +91,8 @@ def knn(
         queries: ``(n_query, dim)`` rows (unit rows for ``cosine``).
         database: ``(n_database, dim)`` rows; may be a ``np.memmap``.
         k: neighbours per query.
-        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 -`` tiled distance).
+        metric: ``cosine`` (inner product) or ``tiled_l2`` (``1 / (1 + d)`` of the
+            tiled distance ``d``).
         backend: ``torch``, ``numpy``, ``faiss`` (``IndexFlatIP``, cosine
             only, needs ``pip install 'trainleak[faiss]'``), or ``auto``: see
             :func:`pick_backend`.
@@ -266,7 +268,7 @@ def _rescore(
             vals = (rows * qs).sum(-1)
         else:
             diff = (rows - qs).reshape(*part.shape, tiles, -1)
-            vals = 1.0 - np.sqrt((diff * diff).mean(-1).max(-1))
+            vals = 1.0 / (1.0 + np.sqrt((diff * diff).mean(-1).max(-1)))
         out[s0 : s0 + step] = np.where(valid, vals, -np.inf)
     return out
 

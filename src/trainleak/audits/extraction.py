@@ -16,8 +16,9 @@ passes the relative test with ``relative``); ``train_match`` is then its
 nearest training image, else null (``nearest_train`` always names it). The
 tiled distance is the paper's: raw pixels, no smoothing, not mirror-blind
 (``PAPER_TILED``; the ``tiled`` encoder's own defaults differ, see
-:mod:`trainleak.encoders.pixel`). Distances are ``1 - score``:
-for ``tiled`` that is the tiled l2 itself, for cosine encoders ``1 - cos``.
+:mod:`trainleak.encoders.pixel`). Distances are read back from scores
+(:func:`~trainleak.block_search.score_to_distance`): for ``tiled`` the tiled
+l2 itself (its score is ``1 / (1 + d)``), for cosine encoders ``1 - cos``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from trainleak.audits.graph import greedy_cliques, medoid
 from trainleak.audits.inputs import embed_nonempty, make_embedder
+from trainleak.block_search import score_at_distance, score_to_distance
 from trainleak.config import PAPER_TILED as PAPER_TILED  # re-exported: it lived here
 from trainleak.config import ExtractConfig as ExtractConfig  # re-exported: it lived here
 from trainleak.embedding import EmbeddingSet
@@ -84,14 +86,15 @@ def find_candidates(
 ) -> list[Candidate]:
     """Cliques among one group's generations, each confirmed against training."""
     sim = Similarity.of(gen.info)
-    adjacency = near_graph(gen.vectors, 1.0 - config.delta, sim)
+    metric = gen.info.metric
+    adjacency = near_graph(gen.vectors, score_at_distance(config.delta, metric), sim)
     out = []
     for clique in greedy_cliques(adjacency, config.min_clique):
         inside = gen.vectors[clique]
         rep = clique[medoid(sim.pairwise(inside, inside))]
         n_near = max(1, min(config.relative_n, len(train)))
         sims, idx = sim.knn(gen.vectors[[rep]], train.vectors, n_near)
-        dists = 1.0 - sims[0].astype(np.float64)
+        dists = np.asarray(score_to_distance(sims[0], metric))
         d1 = float(dists[0])
         rel = d1 / float(dists.mean()) if dists.mean() > 0 else 0.0
         hit = rel < config.alpha if config.relative else d1 < config.delta
@@ -226,5 +229,3 @@ class ExtractResult(Result):
     def extracted(self) -> list[str]:
         """Training images extracted (paths as found under the training root)."""
         return list(self.report["summary"]["extracted"])
-
-

@@ -14,7 +14,9 @@ takes away the pixel-level noise that JPEG, resizing and sensor noise add.
 ``size`` x ``size`` RGB and cut into a ``grid`` x ``grid`` grid of tiles; the
 distance of two images is the largest, over tiles, of the RMS difference
 between corresponding tiles. A copy must match everywhere, not on average.
-Search scores are ``1 - distance``. The paper compares raw [0, 1] pixels of
+Search scores are ``1 / (1 + distance)``, a similarity in ``(0, 1]`` (1 for
+identical images; version 3, was ``1 - distance``, which went negative for
+distinct images), ordered exactly as the distance. The paper compares raw [0, 1] pixels of
 32 x 32 CIFAR-10 images with 16 tiles and delta = 0.15; with
 ``normalise=False, blur=0`` this encoder is exactly that (``extract`` uses it
 so). By default (ours) each image is first smoothed like ``pixel`` and
@@ -57,7 +59,12 @@ from trainleak.encoders.base import Encoder, EncoderInfo, l2_normalise, resolve_
 
 #: Default operating points (scores); see the module docstring for how they were chosen.
 PIXEL_THRESHOLD = 0.9983
-TILED_THRESHOLD = 0.9376
+#: ``tiled``: the score of the tiled distance 0.0624 (``1 / 1.0624``; 0.9376 as
+#: ``1 - d`` before version 3), so exactly the same pairs pass as before.
+TILED_THRESHOLD = 1.0 / (1.0 + 0.0624)
+_TILED_SHOWN = (
+    f"{TILED_THRESHOLD:.4f} (score = 1 / (1 + tiled l2 distance), in (0, 1]: distance 0.0624)"
+)
 
 _HOW_CHOSEN = (
     "encoder default operating point {value} (trainleak's, chosen from data: half the "
@@ -254,16 +261,17 @@ class TiledEncoder(Encoder):
         paper_form = not opts["normalise"] and not float(opts["blur"])
         self.info = EncoderInfo(
             name="tiled",
-            version=2,
+            version=3,
             dim=size * size * 3,
             metric="tiled_l2",
-            default_threshold=0.85 if paper_form else TILED_THRESHOLD,
+            default_threshold=1.0 / 1.15 if paper_form else TILED_THRESHOLD,
             threshold_note=(
-                "Carlini et al. 2023's delta = 0.15 on [0, 1] pixels (score = 1 - distance); "
+                "Carlini et al. 2023's delta = 0.15 on [0, 1] pixels (score = 1 / (1 + "
+                "distance) = 0.8696); "
                 "uncalibrated for your data: calibrate it with a holdout (audit --holdout, "
                 "index build --holdout) or set --threshold"
                 if paper_form
-                else _HOW_CHOSEN.format(value=TILED_THRESHOLD)
+                else _HOW_CHOSEN.format(value=_TILED_SHOWN)
             ),
             options=opts,
             paper="Carlini et al. 2023, Extracting Training Data from Diffusion Models",
