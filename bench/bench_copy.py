@@ -26,6 +26,12 @@ COIL-20 objects that no crop came from, long side <= 512) end to end:
 decode, features, retrieval, verification; peak memory of the checking
 process from ``VmHWM`` (build and check run in separate processes).
 
+Profile (``--part profile --work DIR``, on the index and queries a speed
+run left in ``DIR``): milliseconds per query of decode, SIFT, the descriptor
+vote (``nprobe`` 12 and the default, one search per query and batched) and
+verification, in one process, one thread. ``--nprobe N`` runs the speed
+check with ``N`` lists probed.
+
 Run: ``.venv/bin/python bench/bench_copy.py --part accuracy`` and
 ``.venv/bin/python bench/bench_copy.py --part speed --n 1000`` (then 10000).
 Needs ``imagehash`` for the hash column (``pip install imagehash``).
@@ -34,6 +40,7 @@ Needs ``imagehash`` for the hash column (``pip install imagehash``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -220,6 +227,10 @@ def _speed_child(args: argparse.Namespace) -> None:
     from trainleak.gate.index import Index
 
     work = Path(args.work)
+    if args.nprobe:  # the search setting under test (issue 23's speed follow-up)
+        import trainleak.local_search
+
+        trainleak.local_search.NPROBE = args.nprobe
     embed = EmbedConfig("copy", workers=2, cache=str(work / "cache"))
     t0 = time.perf_counter()
     if args.stage == "build":
@@ -261,7 +272,7 @@ def _speed_child(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def speed(n: int, work: Path) -> dict:
+def speed(n: int, work: Path, nprobe: int = 0) -> dict:
     train, queries = work / "train", work / "queries"
     if not train.exists():
         train.mkdir(parents=True)
@@ -282,11 +293,12 @@ def speed(n: int, work: Path) -> dict:
         for j in range(50):
             im = Image.open(coil / f"obj{j % 20 + 1}__{(j // 20) * 20}.png").convert("RGB")
             im.resize((128, 128), Image.BICUBIC).save(queries / f"other_{j:03d}.png")
-    out = {"n": n}
+    out: dict = {"n": n, "nprobe": nprobe or "default"}
     for stage in ("build", "check"):
         if stage == "build" and (work / "idx").exists():
             continue  # built by an earlier run (same crops: the seed is n)
         cmd = [sys.executable, __file__, "--child", stage, "--work", str(work)]
+        cmd += ["--nprobe", str(nprobe)] if nprobe else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)  # noqa: S603
         out[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(stage, out[stage], flush=True)
@@ -298,13 +310,98 @@ def speed(n: int, work: Path) -> dict:
     return out
 
 
+def profile(work: Path, k: int = 5) -> dict:
+    """Where a check's time goes, stage by stage, in one process (the index of ``speed``).
+
+    Decode, SIFT (the encoder's ``encode``), the descriptor vote (one faiss
+    search per query, and the same searches batched over all queries), and
+    geometric verification of the shortlist (``verify``: both orientations).
+    One thread per stage; ratios within the run are what to read.
+    """
+    import faiss
+
+    from trainleak.config import CheckConfig, EmbedConfig
+    from trainleak.encoders.copydetect import pair_match
+    from trainleak.encoders.keypoints import unpack
+    from trainleak.gate.index import Index
+    from trainleak.images import load_image
+    from trainleak.local_search import NPROBE
+
+    faiss.omp_set_num_threads(1)
+    files = sorted((work / "queries").iterdir())
+    embed = EmbedConfig("copy", workers=1, no_cache=True)
+    with Index.open(work / "idx", config=CheckConfig(embed=embed)) as index:
+        index.warm()
+        shard = index.shards[0]
+        sim = index.similarity
+        opts = sim.options
+        enc = get_encoder("copy", **{k_: v for k_, v in opts.items()})
+        t = time.perf_counter()
+        images = [load_image(str(f)) for f in files]
+        t_decode = time.perf_counter() - t
+        t = time.perf_counter()
+        rows = []
+        for im in images:
+            with contextlib.suppress(EncodeSkip):  # too few keypoints: the gate blocks it
+                rows.append(enc.encode(im)[0])
+        t_sift = time.perf_counter() - t
+        rows_a = np.stack(rows)
+        dindex = sim.index_for(shard)
+        feats = [unpack(r) for r in rows_a]
+        n = len(rows)
+        neighbours = int(opts["neighbours"])
+        vote_ms = {}
+        both = [[f, f.mirrored()] for f in feats]
+        for nprobe in (12, NPROBE):
+            t = time.perf_counter()
+            votes = [dindex.votes_many([fm], neighbours, nprobe)[0] for fm in both]
+            vote_ms[f"vote_nprobe{nprobe}_one_search_per_query"] = (
+                1e3 * (time.perf_counter() - t) / n
+            )
+            t = time.perf_counter()
+            dindex.votes_many(both, neighbours, nprobe)
+            vote_ms[f"vote_nprobe{nprobe}_batched"] = 1e3 * (time.perf_counter() - t) / n
+        desc_per_query = sum(len(f) for f in feats) * 2 / n
+        shortlist, min_votes = int(opts["shortlist"]), int(opts.get("min_votes", 4))
+        checks = []
+        for v in votes:
+            ranked = sorted(v, key=lambda r: (-v[r], r))[:shortlist]
+            checks.append([r for r in ranked if v[r] >= min_votes])
+        t = time.perf_counter()
+        inliers = [[pair_match(rows_a[q], shard[r], opts).inliers for r in c]
+                   for q, c in enumerate(checks)]  # fmt: skip
+        t_verify = time.perf_counter() - t
+        t = time.perf_counter()
+        sim.knn(rows_a, shard, k)
+        t_knn = time.perf_counter() - t
+    fits = sum(len(c) for c in checks)
+    return {
+        "queries": len(files),
+        "scored": n,
+        "descriptors_per_query": desc_per_query,
+        "ms_per_query": {
+            "decode": 1e3 * t_decode / len(files),
+            "sift": 1e3 * t_sift / len(files),
+            **vote_ms,
+            "verify_shortlist": 1e3 * t_verify / n,
+            "knn_total (vote + verify)": 1e3 * t_knn / n,
+        },
+        "verified_pairs_per_query": fits / n,
+        "ms_per_verified_pair": 1e3 * t_verify / max(1, fits),
+        "nlist": int(getattr(dindex.index, "nlist", 0)),
+        "ntotal": int(dindex.index.ntotal),
+        "best_inliers_median": float(np.median([max(i) if i else 0 for i in inliers])),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["accuracy", "speed"], default="accuracy")
+    ap.add_argument("--part", choices=["accuracy", "speed", "profile"], default="accuracy")
     ap.add_argument("--methods", default="copy,pixel,tiled,phash")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--work", default=None)
     ap.add_argument("--child", choices=["build", "check"], default=None)
+    ap.add_argument("--nprobe", type=int, default=0, help="check with this many IVF lists probed")
     args = ap.parse_args()
     if args.child:
         args.stage = args.child
@@ -312,9 +409,11 @@ def main() -> None:
         return
     if args.part == "accuracy":
         print(json.dumps(accuracy(args.methods.split(",")), indent=1))
+    elif args.part == "profile":
+        print(json.dumps(profile(Path(args.work)), indent=1))
     else:
         work = Path(args.work or tempfile.mkdtemp(prefix=f"copybench{args.n}-"))
-        print(json.dumps(speed(args.n, work), indent=1))
+        print(json.dumps(speed(args.n, work, args.nprobe), indent=1))
 
 
 if __name__ == "__main__":
