@@ -57,10 +57,10 @@ EXACT_MAX = 16_384
 TRAIN_SAMPLE = 120_000
 #: Inverted lists probed per query descriptor (the encoder option ``nprobe`` overrides it).
 #: 12 until bench/bench_copy.py's profile showed the vote was a query's largest
-#: cost; 4 scans a third of the lists and gave every copy of the 1,000-crop
-#: speed set the same verified score (a copy needs only ``min_votes`` of its
-#: hundreds of descriptors to find their image).
-NPROBE = 4
+#: cost; 6 halves it and blocked the same copies of the 1,000- and 10,000-crop
+#: speed sets (a copy needs only ``min_votes`` of its hundreds of descriptors to
+#: find their image); 4 missed one of 150 at 10,000.
+NPROBE = 6
 #: Queries whose descriptors are searched at once (about 256 KB each as float32).
 VOTE_BLOCK = 64
 #: Rows unpacked at a time while adding to the index (bounds memory).
