@@ -328,23 +328,19 @@ class FaceEncoder(Encoder):
         return l2_normalise(vecs)
 
     def encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray | EncodeSkip]:
-        """Embed several images, their chips described in one batch; a skip is returned in place."""
-        found: list[list[np.ndarray] | EncodeSkip] = []
+        """Embed several images; a skip is returned in place.
+
+        Each image's chips (and their mirrors) go through the network as one batch
+        of their own: a batch holding other images' chips changes how torch blocks
+        its convolutions, and with it the last bits of the descriptors, so vectors
+        would depend on ``--batch-size`` and on the worker count.
+        """
+        out: list[np.ndarray | EncodeSkip] = []
         for image in images:
             try:
-                found.append(self.chips(image))
+                out.append(self.describe(self.chips(image)))
             except EncodeSkip as skip:
-                found.append(skip)
-        chips = [c for f in found if not isinstance(f, EncodeSkip) for c in f]
-        vecs = self.describe(chips) if chips else np.zeros((0, 128))
-        out: list[np.ndarray | EncodeSkip] = []
-        at = 0
-        for f in found:
-            if isinstance(f, EncodeSkip):
-                out.append(f)
-            else:
-                out.append(vecs[at : at + len(f)])
-                at += len(f)
+                out.append(skip)
         return out
 
 

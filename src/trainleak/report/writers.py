@@ -12,18 +12,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from trainleak.audits._evidence import EvidenceResult
-from trainleak.audits._leakage import AuditResult
-from trainleak.audits.dedup import DedupResult
-from trainleak.audits.extraction import ExtractResult
-from trainleak.audits.inversion.audit import InversionResult
-from trainleak.audits.membership import MembershipResult
 from trainleak.config import TableFormat
 from trainleak.report import write_audit_report
 from trainleak.report.dedup import write_dedup_report
 from trainleak.report.evidence import write_evidence_packet
 from trainleak.report.extract import write_extract_report
-from trainleak.report.invert import write_invert_report
 from trainleak.report.membership import write_membership_report
 from trainleak.result import Result
 
@@ -40,17 +33,30 @@ def _audit(result: Any, out: PathLike, redact: bool, options: dict[str, Any]) ->
 def _inversion(
     result: Any, out: PathLike, redact: bool, options: dict[str, Any]
 ) -> dict[str, str]:
+    # Its writer imports torch: only a run that has an inversion result to write loads it.
+    from trainleak.report.invert import write_invert_report
+
     return write_invert_report(result.report, result.originals, result.reconstructions, out, redact)
 
 
-#: Result type -> its writer ``(result, out, redact, options) -> paths``.
-WRITERS: dict[type[Result], Callable[[Any, PathLike, bool, dict[str, Any]], dict[str, str]]] = {
-    AuditResult: _audit,
-    EvidenceResult: lambda r, out, redact, _: write_evidence_packet(r, out, redact=redact),
-    DedupResult: lambda r, out, redact, _: write_dedup_report(r.report, out, redact=redact),
-    ExtractResult: lambda r, out, redact, _: write_extract_report(r.report, out, redact=redact),
-    InversionResult: _inversion,
-    MembershipResult: lambda r, out, redact, _: write_membership_report(r, out, redact=redact),
+#: Result type, by its dotted name -> its writer ``(result, out, redact, options) -> paths``.
+#: Named, not imported: importing every result type would import every audit (the
+#: inversion audit imports torch), and a warm face audit must load neither torch nor dlib.
+WRITERS: dict[str, Callable[[Any, PathLike, bool, dict[str, Any]], dict[str, str]]] = {
+    "trainleak.audits._leakage.AuditResult": _audit,
+    "trainleak.audits._evidence.EvidenceResult": (
+        lambda r, out, redact, _: write_evidence_packet(r, out, redact=redact)
+    ),
+    "trainleak.audits.dedup.DedupResult": (
+        lambda r, out, redact, _: write_dedup_report(r.report, out, redact=redact)
+    ),
+    "trainleak.audits.extraction.ExtractResult": (
+        lambda r, out, redact, _: write_extract_report(r.report, out, redact=redact)
+    ),
+    "trainleak.audits.inversion.audit.InversionResult": _inversion,
+    "trainleak.audits.membership.MembershipResult": (
+        lambda r, out, redact, _: write_membership_report(r, out, redact=redact)
+    ),
 }
 
 
@@ -73,7 +79,7 @@ def write_result(
 
     """
     for klass in type(result).__mro__:
-        writer = WRITERS.get(klass)
+        writer = WRITERS.get(f"{klass.__module__}.{klass.__qualname__}")
         if writer is not None:
             return writer(result, out, redact, options or {})
     raise TypeError(f"no report writer for {type(result).__name__}: add one to WRITERS")
