@@ -101,12 +101,7 @@ class Calibration:
             CalibrationError: a null score is not finite (a damaged vector).
 
         """
-        scores = np.asarray(null_scores, np.float64)
-        if not np.isfinite(scores).all():
-            raise CalibrationError(
-                f"{int((~np.isfinite(scores)).sum())} holdout score(s) are not finite numbers: "
-                "a training or holdout vector is damaged; rebuild from the images"
-            )
+        scores = _finite_null_scores(null_scores)
         t = threshold_at_fpr(scores, fpr)
         n = len(scores)
         passed = int(round((t.achieved_fpr or 0.0) * n))
@@ -139,12 +134,7 @@ class Calibration:
             CalibrationError: a null score is not finite (a damaged vector).
 
         """
-        scores = np.asarray(null_scores, np.float64)
-        if not np.isfinite(scores).all():
-            raise CalibrationError(
-                f"{int((~np.isfinite(scores)).sum())} holdout score(s) are not finite numbers: "
-                "a training or holdout vector is damaged; rebuild from the images"
-            )
+        scores = _finite_null_scores(null_scores)
         t = threshold_over_people(scores, groups, fpr)
         extra = {**t.counts, **dict(details or {})}
         return cls(
@@ -318,3 +308,19 @@ def check_change(old: Calibration, new: Calibration, max_change: float, what: st
         "or commit it anyway with --accept-threshold-change (API: accept_threshold_change=True), "
         "or allow more with --max-threshold-change"
     )
+
+
+def _finite_null_scores(null_scores: np.ndarray) -> np.ndarray:
+    """Return the holdout scores as float64; a non-finite one is a damaged vector (fail closed).
+
+    Raises:
+        CalibrationError: a score is NaN or infinite.
+
+    """
+    scores = np.asarray(null_scores, np.float64)
+    if not np.isfinite(scores).all():
+        raise CalibrationError(
+            f"{int((~np.isfinite(scores)).sum())} holdout score(s) are not finite numbers: "
+            "a training or holdout vector is damaged; rebuild from the images"
+        )
+    return scores
