@@ -55,7 +55,10 @@ log = logging.getLogger(__name__)
 EXACT_MAX = 16_384
 #: Descriptors sampled to train the inverted file.
 TRAIN_SAMPLE = 120_000
-#: Inverted lists probed per query descriptor (the encoder option ``nprobe`` overrides it).
+#: Inverted lists probed per query descriptor. A search setting, not a feature one:
+#: not an encoder option (options are in the cache key, and every built index
+#: would stop matching its encoder); a ``LocalSimilarity`` whose ``options``
+#: hold ``nprobe`` uses that instead (the benchmark's sweep).
 #: 12 until bench/bench_copy.py's profile showed the vote was a query's largest
 #: cost; 6 halves it and blocked the same copies of the 1,000- and 10,000-crop
 #: speed sets (a copy needs only ``min_votes`` of its hundreds of descriptors to
