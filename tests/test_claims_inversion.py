@@ -152,11 +152,16 @@ def test_the_split_machine_workflow_scores_faces_afterwards(tmp_path: Path) -> N
     dlib), then ``--rescore`` here: the face and victim-model scores appear,
     the originals are recognised and the mean image is not.
     """
+    import shutil
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / "orl_inversion_deep.py"
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    script = experiments / "orl_inversion_deep.py"
     run = [sys.executable, str(script), "--size", "112x92", "--threads", "1"]
+    # The GPU run's committed classifier, as the GPU machine hands it over: loaded, not trained.
+    shutil.copy(experiments / "results" / "orl_inversion_deep_112x92_classifier.pt",
+                tmp_path / "c.pt")  # fmt: skip
     common = ["--classifier", str(tmp_path / "c.pt"), "--epochs", "2"]
     first = ["--splits", "layer4", "--methods", "decoder", "--scale", "0.05", "--no-faces"]
     first += ["--save-recon", str(tmp_path / "r.npz"), "--out", str(tmp_path / "r.json")]
