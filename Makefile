@@ -31,8 +31,10 @@ chromium:
 	      "the browser tests will be skipped"; \
 	  fi; }
 
+# Two test processes, one per core of the 2-core CI machine (most tests use one core);
+# a file's tests stay in one process, so its module fixtures (Ray, a browser) are made once.
 test: install chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
