@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 from PIL import Image
 
 from trainleak.config import CheckConfig, EmbedConfig, IndexConfig, ServeConfig
@@ -71,3 +74,29 @@ def wait(condition, timeout=20.0):
         if time.monotonic() > end:
             raise AssertionError("timed out")
         time.sleep(0.01)
+
+
+def start_serve(
+    idx: Path, port: int, *extra: str, timeout: float = 90.0, token: str = TOKEN
+) -> subprocess.Popen:
+    """Start ``trainleak serve`` as a real process on 127.0.0.1; return it once /healthz says 200.
+
+    Raises:
+        AssertionError: it exited or did not answer within ``timeout`` (with its output).
+
+    """
+    env = {**os.environ, "TRAINLEAK_TOKEN": token}
+    argv = [sys.executable, "-m", "trainleak.cli", "serve", "--index", str(idx),
+            "--port", str(port), "--workers", "1", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(proc.communicate()[0].decode(errors="replace"))
+        time.sleep(0.1)

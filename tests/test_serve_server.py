@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import serve_helpers as sh
-from serve_helpers import AUTH, TOKEN
+from serve_helpers import AUTH
 
 from trainleak.service.batcher import Batcher, QueueFull
 
@@ -109,30 +105,13 @@ def test_graceful_shutdown_answers_requests_in_flight(gate):
     assert not batcher.alive()
 
 
-def _start(idx: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "TRAINLEAK_TOKEN": TOKEN}
-    argv = [sys.executable, "-m", "trainleak.cli", "serve", "--index", str(idx),
-            "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    end = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode(errors="replace"))
-        time.sleep(0.1)
-
 
 @pytest.mark.slow
 def test_real_server_kill_9_restart_same_answers(gate):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     answers = []
-    proc = _start(gate["idx"], port)
+    proc = sh.start_serve(gate["idx"], port)
     try:
         for _ in range(2):
             r = httpx.post(
@@ -146,7 +125,7 @@ def test_real_server_kill_9_restart_same_answers(gate):
             )
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(30) == -signal.SIGKILL
-            proc = _start(gate["idx"], port)
+            proc = sh.start_serve(gate["idx"], port)
         proc.send_signal(signal.SIGTERM)  # graceful, then uvicorn exits by the signal it got
         assert proc.wait(60) == -signal.SIGTERM
         assert b"Application shutdown complete" in proc.communicate()[0]

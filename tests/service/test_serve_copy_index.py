@@ -11,11 +11,7 @@ verdict and nearest image is the one ``trainleak check`` gives.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +19,7 @@ import numpy as np
 import pytest
 from copy_edits import apply
 from PIL import Image
+from serve_helpers import start_serve
 
 from trainleak.cli import main
 
@@ -72,23 +69,6 @@ def copy_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"idx": root / "idx", "queries": queries}
 
 
-def _serve(idx: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TRAINLEAK_TOKEN": TOKEN}
-    argv = [sys.executable, "-m", "trainleak.cli", "serve", "--index", str(idx),
-            "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    end = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode(errors="replace"))
-        time.sleep(0.1)
-
 
 def test_serve_blocks_copies_releases_unrelated_as_check_does(
     copy_index: dict[str, Path], tmp_path: Path
@@ -100,7 +80,7 @@ def test_serve_blocks_copies_releases_unrelated_as_check_does(
     assert main(args) == 1  # something blocked
     checked = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     port = _free_port()
-    proc = _serve(copy_index["idx"], port)
+    proc = start_serve(copy_index["idx"], port, timeout=120, token=TOKEN)
     try:
         body = [("file", (p.name, p.read_bytes(), "image/png")) for p in queries]
         r = httpx.post(

@@ -9,10 +9,7 @@ eviction rules of :mod:`trainleak.service.httpserver`.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -39,23 +36,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def _start(idx, port: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TRAINLEAK_TOKEN": TOKEN}
-    argv = [sys.executable, "-m", "trainleak.cli", "serve", "--index", str(idx),
-            "--port", str(port), "--workers", "1", *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    end = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode(errors="replace"))
-        time.sleep(0.1)
 
 
 class Slowloris(threading.Thread):
@@ -123,7 +103,7 @@ def test_256_slow_clients_do_not_lock_out_authorised_requests(gate):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     query = gate["queries"][0]  # a training view: blocked
-    proc = _start(gate["idx"], port, "--header-timeout", str(HEADER_TIMEOUT))
+    proc = sh.start_serve(gate["idx"], port, "--header-timeout", str(HEADER_TIMEOUT))
     try:
         attack = Slowloris(port, 256, seconds=15.0)
         attack.start()
