@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainleak.service.decisions import DB_NAME
+from trainleak.decide.decisions import DB_NAME
 from trainleak.service.review import Review
 
 from review_scene import ServerThread, app_of, login, make_audit_report
