@@ -241,6 +241,35 @@ class LocalSimilarity(Similarity):
         for db in databases:
             self.index_for(db)
 
+    def search_state(self, database: np.ndarray) -> np.ndarray:
+        """Return the descriptor index of ``database`` as bytes (``uint8``), for a search elsewhere.
+
+        An engine that sends the queries to other processes (Ray tasks) sends
+        this with the rows, so every task votes in the one index the local
+        search uses (read from beside a gate shard when there is one), and no
+        task rebuilds it.
+        """
+        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
+        return np.asarray(faiss.serialize_index(self.index_for(database).index))
+
+    def adopt_state(self, database: np.ndarray, state: Any) -> None:
+        """Keep the index that :meth:`search_state` packed as ``database``'s."""
+        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
+        index = faiss.deserialize_index(np.asarray(state, np.uint8))
+        if hasattr(index, "nprobe"):
+            index.nprobe = NPROBE
+        if len(self._cache) >= KEEP:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[id(database)] = (weakref.ref(database), DescriptorIndex(database, index=index))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the rule without its kept indexes (weak references and faiss objects).
+
+        A copy in another process gets its index from :meth:`adopt_state`, or
+        builds it.
+        """
+        return {**self.__dict__, "_cache": {}}
+
     def _sidecar(self, database: np.ndarray) -> Path | None:
         name = getattr(database, "filename", None)
         if not name or not isinstance(database, np.memmap):

@@ -10,7 +10,7 @@ rule and the mirror rule in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -95,6 +95,18 @@ class Similarity:
         Nothing for a plain vector rule; a re-scoring rule (local features)
         builds and persists its descriptor index here.
         """
+
+    def search_state(self, database: np.ndarray) -> Any:
+        """Return what a search of ``database`` in another process needs besides its rows.
+
+        ``None`` for a plain vector rule; a re-scoring rule returns its built
+        index of ``database`` as a picklable value, so that an engine builds
+        it once, not once per task (see :meth:`adopt_state`).
+        """
+        return None
+
+    def adopt_state(self, database: np.ndarray, state: Any) -> None:
+        """Use a :meth:`search_state` for ``database`` (a copy of the rows it was made for)."""
 
     def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(n_a, n_b)`` float32 scores of two small sets, higher is more similar."""

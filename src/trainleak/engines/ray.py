@@ -25,7 +25,10 @@ its own task (:func:`~trainleak.engines.ray_stages.search_shard`, the local
 exact search) and the shards' top-k lists are merged by score, then lower
 row. Every chosen pair is re-scored in float64 by the local search, so scores
 are the same to the bit; "auto" is resolved to one backend for the whole
-search, as the local engine resolves it.
+search, as the local engine resolves it. A rule that re-scores its own
+shortlist (the ``copy`` encoder's local features: votes in one descriptor
+index of the whole database, then verification) is split by queries instead:
+every task gets the whole database and the index the driver built once.
 """
 
 from __future__ import annotations
@@ -255,6 +258,8 @@ class RayEngine:
             return similarity.knn(queries, database, k, backend=backend, exclude_self=exclude_self)
         ray = self.connect()
         cpus, gpus = self.resources()
+        if similarity.rescoring:
+            return self._knn_by_queries(ray, similarity, queries, database, k, exclude_self, cpus)
         # Each task takes a GPU where the cluster has them and searches on it
         # if its torch sees CUDA ("auto"); the answers do not depend on where.
         where = "auto" if gpus else "cpu"
@@ -279,3 +284,34 @@ class RayEngine:
                               np.concatenate([p[1] for p in parts], 1), k)  # fmt: skip
             scores[q0 : q0 + len(s)], idx[q0 : q0 + len(s)] = s, i
         return scores, idx
+
+    @staticmethod
+    def _knn_by_queries(
+        ray: Any,
+        similarity: Similarity,
+        queries: np.ndarray,
+        database: np.ndarray,
+        k: int,
+        exclude_self: bool,
+        cpus: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of a re-scoring rule (local features): the queries are cut, not the database.
+
+        Such a rule shortlists by votes in an index of its whole database;
+        each database shard would shortlist its own candidates, and the merged
+        lists would not be the local engine's. So every task searches the whole
+        database for a block of queries, with the one index built (or read from
+        beside a gate shard) here and put in the object store once.
+        """
+        n = len(queries)
+        rows = min(QUERY_ROWS, math.ceil(n / (cpus * SHARDS_PER_CPU)))
+        db = ray.put(np.ascontiguousarray(database, np.float32))
+        state = ray.put(similarity.search_state(database))
+        task = ray.remote(num_cpus=1)(stages.search_queries)
+        log.debug("ray knn (re-scoring): %d queries, blocks of %d", n, rows)
+        parts = ray.get([
+            task.remote(similarity, np.ascontiguousarray(queries[q0 : q0 + rows], np.float32),
+                        db, state, k, q0 if exclude_self else None)
+            for q0 in range(0, n, rows)
+        ])  # fmt: skip
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -13,6 +13,8 @@ Each wraps the function the local engine runs, so both compute the same:
   its batch (Ray would retry the batch on a new actor, which crashes again).
 * :func:`search_shard` (Ray tasks): :meth:`trainleak.similarity.Similarity.knn`
   of a block of queries against one shard of the database.
+* :func:`search_queries` (Ray tasks): the same for a re-scoring rule (local
+  features), a block of queries against the whole database and its index.
 
 Rows cross the cluster as plain columns; ids and labels as bytes
 (``surrogateescape``), so a file name that is not UTF-8 survives the trip.
@@ -201,4 +203,36 @@ def search_shard(
         self_offset=(self_start or 0) - offset,  # query i is shard row self_start - offset + i
     )
     idx = np.where(idx >= 0, idx + offset, -1)
+    return scores.astype(np.float32), idx.astype(np.int64)
+
+
+def search_queries(
+    similarity: Similarity,
+    queries: np.ndarray,
+    database: np.ndarray,
+    state: Any,
+    k: int,
+    self_start: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of a block of queries in the whole database, for a re-scoring rule.
+
+    Args:
+        similarity: the comparison rule (local features).
+        queries: ``(n, dim)`` query rows.
+        database: ``(m, dim)`` the whole database.
+        state: the rule's :meth:`~trainleak.similarity.Similarity.search_state`
+            of the database (its descriptor index), or ``None`` to build it here.
+        k: neighbours per query.
+        self_start: the database row of the first query when each query's own
+            row is to be left out; ``None`` otherwise.
+
+    Returns:
+        ``(scores, idx)`` ``(n, k)``, ``-inf``/``-1`` padding.
+
+    """
+    if state is not None:
+        similarity.adopt_state(database, state)
+    scores, idx = similarity.knn(
+        queries, database, k, exclude_self=self_start is not None, self_offset=self_start or 0
+    )
     return scores.astype(np.float32), idx.astype(np.int64)
