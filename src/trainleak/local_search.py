@@ -26,8 +26,10 @@ shard, ``np.load(..., mmap_mode="r")``) is written beside its file, named by
 the encoder's matching options and the shard file's size and modification
 time, and read back by the next process instead of rebuilt (``index build``
 writes them through :meth:`LocalSimilarity.prepare`). A folder that cannot
-be written keeps the index in memory only. Each array's index is kept in
-memory for as long as the array lives (at most :data:`KEEP` arrays).
+be written keeps the index in memory only. The gate deletes these files with
+their shard (``index compact``; :func:`trainleak.gate.shards.remove_unlisted`).
+Each array's index is kept in memory for as long as the array lives (at most
+:data:`KEEP` arrays).
 """
 
 from __future__ import annotations

@@ -48,6 +48,12 @@ _OWNED = re.compile(
     r"|holdout-vectors\.npy|holdout-rows\.jsonl|\..+\.tmp-[0-9a-f]{32})$"
 )
 
+#: Files derived from a shard's vectors and named after them, ``<vectors name>.<more>``
+#: (the copy encoder's descriptor index ``<vectors name>.copy-<digest>.faiss``, see
+#: :mod:`trainleak.local_search`), or their temporary names while written
+#: (``.<vectors name>.<more>``): they belong to their shard and go when it goes.
+_DERIVED = re.compile(r"^\.?(vectors-(?:\d{5}-)?\d{5}\.npy)\..+$")
+
 
 def shard_names(number: int, generation: int) -> dict[str, str]:
     """File names of shard ``number`` written by the change that commits ``generation``.
@@ -307,10 +313,20 @@ def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def remove_unlisted(folder: Path, manifest: dict[str, Any]) -> None:
-    """Delete index files the manifest does not list (left by a crash or superseded)."""
+    """Delete index files the manifest does not list (left by a crash or superseded).
+
+    A file derived from a shard (its descriptor index beside it) goes with the
+    shard: ``compact`` retires shards, and a refused ``add`` removes the
+    shards it wrote; nothing else reads those files again.
+    """
     keep = {e["name"] for e in listed_files(manifest)}
     for path in folder.iterdir():
-        if _OWNED.match(path.name) and path.name not in keep:
+        if _OWNED.match(path.name):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+            continue
+        derived = _DERIVED.match(path.name)
+        if derived and derived.group(1) not in keep:
             path.unlink(missing_ok=True)
 
 
