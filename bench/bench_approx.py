@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from trainleak.approx_search import ApproxSettings, recall_at_k, use_search
+from trainleak import _ivf_join
+from trainleak.approx_search import ApproxSettings, candidates, recall_at_k, use_search
 from trainleak.neighbors import knn
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -150,6 +152,56 @@ def compare(x: np.ndarray, k: int) -> None:
         print(f"| {name} | {build:.1f} | {value} | {r:.4f} | {dt:.2f} | {mb:.0f} |")
 
 
+def exact_check(x: np.ndarray, nq: int, k: int, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` seeded rows among the first ``nq`` and their exact top-k, own row left out."""
+    rows = np.sort(np.random.default_rng(7).choice(nq, min(n, nq), replace=False))
+    es, ei = knn(x[rows], x, k + 1, search="exact")
+    own = ei == rows[:, None]
+    es = np.where(own, -np.inf, es)
+    order = np.argsort(-es, axis=1, kind="stable")[:, :k]
+    es, ei = np.take_along_axis(es, order, 1), np.take_along_axis(np.where(own, -1, ei), order, 1)
+    return rows, es, ei
+
+
+def search(x: np.ndarray, nq: int, k: int, path: str, indexes: dict) -> tuple:
+    """One ``knn(search="approx")`` self-search of the first ``nq`` rows on ``path``.
+
+    ``faiss`` forces faiss's per-query scan (the grouped path's threshold set
+    out of reach), ``grouped`` the grouped one, ``auto`` leaves the choice to
+    the library. ``indexes`` carries the built index from one path to the next.
+    """
+    saved = _ivf_join.MIN_PAIRS_PER_LIST
+    _ivf_join.MIN_PAIRS_PER_LIST = {"faiss": float("inf"), "grouped": 0}.get(path, saved)
+    try:
+        t0 = time.perf_counter()
+        with use_search("approx", ApproxSettings()) as ctx:
+            ctx.indexes.update(indexes)
+            s, i = knn(x[:nq], x, k, exclude_self=True)
+        dt = time.perf_counter() - t0
+    finally:
+        _ivf_join.MIN_PAIRS_PER_LIST = saved
+    indexes.update(ctx.indexes)
+    return s, i, dt, ctx.records[0]
+
+
+def crossover(index: object, x: np.ndarray, nprobe: int, k: int) -> None:
+    """Candidate search alone, faiss's per-query scan against the grouped one, by query count."""
+    print(f"\n### candidates alone at nprobe {nprobe}: faiss per query vs grouped by list\n")
+    print("| queries | pairs per list | faiss s | grouped s | faiss / grouped |")
+    print("|---|---|---|---|---|")
+    nlist, ntotal = index.nlist, index.ntotal  # type: ignore[attr-defined]
+    for m in (250, 1000, 4000, 16000):
+        q = x[:m]
+        t0 = time.perf_counter()
+        candidates(index, q, k + 9, nprobe, grouped=False)
+        tf = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        candidates(index, q, k + 9, nprobe, grouped=True)
+        tg = time.perf_counter() - t0
+        pairs = min(m, _ivf_join.BLOCK) * nprobe / nlist * ntotal / nlist
+        print(f"| {m:,} | {pairs:,.0f} | {tf:.2f} | {tg:.2f} | {tf / tg:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -158,37 +210,45 @@ def main() -> None:
     ap.add_argument(
         "--queries", type=int, default=0, help="search only the first N rows (0 = all; a fraction)"
     )
+    ap.add_argument("--faiss-queries", type=int, default=0, help="both paths on N rows (0 = skip)")
+    ap.add_argument("--crossover", action="store_true", help="time both candidate paths by size")
     ap.add_argument("--compare", type=int, default=0, help="rows for IVF vs HNSW (0 = skip)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(f"load average at start: {os.getloadavg()}")
     t0 = time.perf_counter()
     x = crops(args.rows)
     print(f"{len(x):,} real-crop vectors (d=128) made in {time.perf_counter() - t0:.1f} s, "
           f"{peak_mb():.0f} MB peak so far")  # fmt: skip
     if args.compare:
         compare(x[: args.compare], args.k)
-    t0 = time.perf_counter()
     nq = args.queries or len(x)
-    with use_search("approx", ApproxSettings()) as ctx:
-        s, i = knn(x[:nq], x, args.k, exclude_self=True)
-    dt = time.perf_counter() - t0
-    rec = ctx.records[0]
-    rng = np.random.default_rng(7)
-    rows = np.sort(rng.choice(nq, min(args.check, nq), replace=False))
-    es, ei = knn(x[rows], x, args.k + 1, search="exact")
-    own = ei == rows[:, None]
-    es = np.where(own, -np.inf, es)
-    order = np.argsort(-es, axis=1, kind="stable")[:, : args.k]
-    es, ei = np.take_along_axis(es, order, 1), np.take_along_axis(np.where(own, -1, ei), order, 1)
-    check = recall_at_k(s[rows], i[rows], es, ei)
-    search = rec.seconds - rec.build_seconds - rec.check_seconds
-    print(f"\napprox self-search {nq:,} x {len(x):,}, k={args.k}: {dt:.1f} s: index build "
-          f"{rec.build_seconds:.1f} s, recall samples {rec.check_seconds:.1f} s, search "
-          f"{search:.1f} s ({search / nq * 1e6:.0f} us/query: {search / nq * len(x) / 60:.1f} min "
-          f"for all {len(x):,} queries) "
-          f"(nlist {rec.nlist}, nprobe {rec.nprobe}); recall@{args.k} measured by the run "
-          f"{rec.recall_at_k:.4f} on {rec.sampled_queries} queries, checked here {check:.4f} "
-          f"on {len(rows)} others; peak RSS {peak_mb():.0f} MB")  # fmt: skip
+    runs = [("auto", nq)]
+    if args.faiss_queries:
+        runs = [("faiss", args.faiss_queries), ("grouped", args.faiss_queries), *runs]
+    indexes: dict = {}
+    print(f"\n### approx self-search, {len(x):,} rows, k={args.k}\n")
+    print("| path | queries | total s | build s | recall samples s | search s | us/query "
+          "| nlist | nprobe | recall@k (run) | recall@k (check) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    found = {}
+    for path, m in runs:
+        s, i, dt, rec = search(x, m, args.k, path, indexes)
+        rows, es, ei = exact_check(x, m, args.k, args.check)
+        check = recall_at_k(s[rows], i[rows], es, ei)
+        t = rec.seconds - rec.build_seconds - rec.check_seconds
+        print(f"| {path} | {m:,} | {dt:.1f} | {rec.build_seconds:.1f} | {rec.check_seconds:.1f} "
+              f"| {t:.1f} | {t / m * 1e6:.0f} | {rec.nlist} | {rec.nprobe} | "
+              f"{rec.recall_at_k:.4f} ({rec.sampled_queries}) | {check:.4f} ({len(rows)}) |",
+              flush=True)  # fmt: skip
+        found[path] = i[: args.faiss_queries or 1]
+    if args.faiss_queries:
+        same = (np.sort(found["faiss"], 1) == np.sort(found["grouped"], 1)).all(1).mean()
+        print(f"\nrows with the same {args.k} neighbours on both paths: {same:.5f}")
+    if args.crossover:
+        (index,) = indexes.values()
+        crossover(index, x, rec.nprobe, args.k)
+    print(f"\npeak RSS {peak_mb():.0f} MB; load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -173,9 +173,13 @@ def build_index(database: np.ndarray, nlist: int, seed: int) -> Any:
     rows = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
     index.cp.seed = seed
     index.cp.niter = 10
+    t0 = time.perf_counter()
     index.train(np.ascontiguousarray(database[rows], np.float32))
+    t1 = time.perf_counter()
     for d0 in range(0, n, ADD_BLOCK):
         index.add(np.ascontiguousarray(database[d0 : d0 + ADD_BLOCK], np.float32))
+    log.info("approx index: k-means on %d rows, %d lists: %.1f s; adding %d rows: %.1f s",
+             take, nlist, t1 - t0, n, time.perf_counter() - t1)  # fmt: skip
     return index
 
 
@@ -196,11 +200,24 @@ def index_for(ctx: SearchContext, database: np.ndarray) -> Any:
 
 
 def candidates(
-    index: Any, queries: np.ndarray, kk: int, nprobe: int
+    index: Any, queries: np.ndarray, kk: int, nprobe: int, grouped: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return faiss's ``kk`` candidates ``(scores, idx)`` per query at ``nprobe`` (-1 = none)."""
-    index.nprobe = nprobe
+    """Return faiss's ``kk`` candidates ``(scores, idx)`` per query at ``nprobe`` (-1 = none).
+
+    Many queries are searched grouped by inverted list
+    (:func:`trainleak._ivf_join.grouped_candidates`: the same candidates as
+    faiss's per-query scan, ties at the ``kk``-th score aside, at matrix-product
+    speed); few queries by faiss itself. ``grouped`` forces one or the other
+    (``None``: :func:`trainleak._ivf_join.grouped_pays` decides).
+    """
+    from trainleak import _ivf_join  # imports torch: only when a search runs
+
     kk = max(1, min(kk, index.ntotal))
+    if grouped is None:
+        grouped = _ivf_join.grouped_pays(len(queries), nprobe, index.nlist, index.ntotal)
+    if grouped:
+        return _ivf_join.grouped_candidates(index, queries, kk, nprobe)
+    index.nprobe = nprobe
     out_s = np.empty((len(queries), kk), np.float32)
     out_i = np.empty((len(queries), kk), np.int64)
     for q0 in range(0, len(queries), QUERY_BLOCK):

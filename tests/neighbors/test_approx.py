@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainleak.approx_search import ApproxSettings, recall_at_k, use_search
+from trainleak import _ivf_join
+from trainleak.approx_search import (
+    ApproxSettings,
+    build_index,
+    candidates,
+    recall_at_k,
+    use_search,
+)
 from trainleak.config import AuditConfig, DedupConfig, EmbedConfig
 from trainleak.errors import AuditInputError
 from trainleak.neighbors import knn
 
-from conftest import COIL
+from conftest import COIL, ORL
 
 pytest.importorskip("faiss")
 
@@ -26,6 +33,70 @@ def coil_rows() -> np.ndarray:
                   for p in paths])  # fmt: skip
     x -= x.mean(axis=1, keepdims=True)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def orl_rows() -> np.ndarray:
+    """The 400 real ORL faces as 128-d unit rows, made as :func:`coil_rows`."""
+    paths = sorted(Path(ORL).glob("s*/*.pgm"))
+    x = np.stack([np.asarray(Image.open(p).convert("L").resize((8, 16)), np.float32).ravel()
+                  for p in paths])  # fmt: skip
+    x -= x.mean(axis=1, keepdims=True)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows", ["coil_rows", "orl_rows"])
+@pytest.mark.parametrize(("nprobe", "kk"), [(1, 60), (3, 19), (8, 11)])
+def test_grouped_finds_faiss_candidates(
+    rows: str, nprobe: int, kk: int, request: pytest.FixtureRequest
+) -> None:
+    # Oracle: the grouped-by-list search returns the candidates of faiss's own
+    # IVF-flat scan at the same nprobe; only a tie at the kk-th score may differ.
+    x = request.getfixturevalue(rows)
+    index = build_index(x, 20, seed=0)
+    fs, fi = candidates(index, x, kk, nprobe, grouped=False)
+    gs, gi = _ivf_join.grouped_candidates(index, x, kk, nprobe, block=97)
+    assert gi.shape == fi.shape == (len(x), kk) and gs.dtype == np.float32
+    if kk == 60:  # nearest list only: some lists hold fewer than 60 rows, so padding
+        assert (fi == -1).any()
+    np.testing.assert_array_equal(gi == -1, fi == -1)
+    fs = np.where(fi == -1, -np.inf, fs)  # faiss pads with -FLT_MAX
+    np.testing.assert_allclose(gs, fs, atol=1e-5)
+    differ = 0
+    for r in range(len(x)):
+        extra = set(gi[r]) ^ set(fi[r])
+        if extra:
+            differ += 1
+            kth = fs[r][fi[r] >= 0].min()
+            score = dict(zip(fi[r], fs[r], strict=True)) | dict(zip(gi[r], gs[r], strict=True))
+            assert all(abs(score[e] - kth) < 1e-5 for e in extra), r
+    assert differ <= len(x) // 100
+
+
+def test_grouped_independent_of_block_and_workers(coil_rows: np.ndarray) -> None:
+    index = build_index(coil_rows, 20, seed=0)
+    one = _ivf_join.grouped_candidates(index, coil_rows, 12, 4, block=1000, workers=1)
+    many = _ivf_join.grouped_candidates(index, coil_rows, 12, 4, block=33, workers=2)
+    # float32 products round with the block's shape (last bits only); the same rows are found.
+    np.testing.assert_allclose(one[0], many[0], atol=1e-5)
+    np.testing.assert_array_equal(np.sort(one[1], axis=1), np.sort(many[1], axis=1))
+
+
+@pytest.mark.parametrize(("k", "exclude_self"), [(1, True), (10, True)])
+def test_grouped_approx_equals_exact_at_recall_one(
+    coil_rows: np.ndarray, k: int, exclude_self: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The grouped path everywhere (the tuning sample and the search), as on a large set.
+    monkeypatch.setattr(_ivf_join, "MIN_PAIRS_PER_LIST", 0)
+    assert _ivf_join.grouped_pays(len(coil_rows), 1, 25, len(coil_rows))
+    with use_search("approx", ApproxSettings(target_recall=1.0)) as ctx:
+        s, i = knn(coil_rows, coil_rows, k, exclude_self=exclude_self)
+    (rec,) = ctx.records
+    assert rec.recall_at_k == 1.0 and rec.sampled_queries == len(coil_rows)
+    assert 1 < rec.nprobe < rec.nlist  # recall 1.0 reached before probing every list
+    es, ei = knn(coil_rows, coil_rows, k, exclude_self=exclude_self, search="exact")
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(s, es)
 
 
 @pytest.mark.parametrize(("k", "exclude_self"), [(1, True), (5, False), (10, True)])

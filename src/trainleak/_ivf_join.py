@@ -1,0 +1,202 @@
+"""Many queries against an inverted-file index, grouped by inverted list.
+
+faiss's ``IndexIVFFlat.search`` scans each query's probed lists one query at a
+time: every scanned row is read from memory for one inner product, so a large
+self-join runs at memory speed (about 1 GFLOP/s on the development machine).
+When many queries probe each list, :func:`grouped_candidates` turns the work
+around: for a block of queries it takes faiss's own probes (the index's
+quantiser, the same call faiss's search makes), then for each list gathers the
+queries of the block that probe it and scores them against the list's rows
+with one float32 matrix product, so each list row is read once per block and
+the work runs at matrix-product speed.
+
+The candidates are the ones faiss's IVF-flat search would return at the same
+``nprobe`` (same probes, same lists, top ``kk`` by float32 score); only
+rounding in the float32 sums differs, which can swap rows within about 1e-6 of
+each other at the last place. Callers re-score candidates in float64 anyway.
+
+Memory is bounded by the query block: the probes of one block, one list's
+scores at a time, and a running top-``kk`` per query of the block; the list
+rows are read in place from the index (no copy of the database).
+
+Each query's nearest list is scanned first and keeps its whole top ``kk``, so
+the running ``kk``-th score is a good bar from the start; after that a list
+only merges into the queries whose best score in it beats their bar (most
+probed lists improve nothing), so selection costs little beside the products.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MIN_PAIRS_PER_LIST", "grouped_candidates", "grouped_pays"]
+
+#: Queries searched per block: bounds the probes (``block x nprobe`` int64) and the running top-k.
+BLOCK = 32768
+#: The grouped search is used when one list's product (queries of a block that
+#: probe it x rows in it) has at least this many pairs on average: below that
+#: the per-list overhead (about 0.2 ms) outweighs the faster products
+#: (measured in bench/bench_approx.py, see bench/README.md).
+MIN_PAIRS_PER_LIST = 100_000
+
+
+def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
+    """Whether :func:`grouped_candidates` should beat faiss's per-query scan for this search.
+
+    Example:
+        >>> grouped_pays(1000, 256, 4000, 1_000_000), grouped_pays(1_000_000, 256, 4000, 1_000_000)
+        (False, True)
+
+    """
+    nlist = max(1, nlist)
+    pairs = min(n_queries, BLOCK) * nprobe / nlist * (ntotal / nlist)
+    return pairs >= MIN_PAIRS_PER_LIST
+
+
+def _lists(index: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(row ids, rows)`` of every inverted list, as views of the index's own memory."""
+    import faiss
+
+    inv = index.invlists
+    d = index.d
+    if index.code_size != 4 * d:
+        raise TypeError("grouped search needs an IndexIVFFlat (float32 rows in its lists)")
+    out = []
+    for li in range(index.nlist):
+        size = inv.list_size(li)
+        if size == 0:
+            out.append((torch.empty(0, dtype=torch.int64), torch.empty((0, d))))
+            continue
+        ids = faiss.rev_swig_ptr(inv.get_ids(li), size)
+        codes = faiss.rev_swig_ptr(inv.get_codes(li), size * index.code_size)
+        out.append(
+            (torch.from_numpy(ids), torch.from_numpy(codes.view(np.float32).reshape(size, d)))
+        )
+    return out
+
+
+def grouped_candidates(
+    index: Any,
+    queries: np.ndarray,
+    kk: int,
+    nprobe: int,
+    block: int = BLOCK,
+    workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``kk`` candidates of each query among its ``nprobe`` probed lists, grouped by list.
+
+    Args:
+        index: a trained, filled faiss ``IndexIVFFlat`` (inner product).
+        queries: ``(n, d)`` float32 rows (a memory-mapped array is read a block at a time).
+        kk: candidates per query (capped at the rows in the index).
+        nprobe: lists probed per query, as in faiss.
+        block: queries per block (memory: about ``block x nprobe x 16`` bytes per worker).
+        workers: threads, each searching its own query blocks; 0 = torch's thread count.
+
+    Returns:
+        ``(scores, idx)``, ``(n, kk)`` float32 and int64, each row by descending
+        float32 score; ``-inf`` and ``-1`` where the probed lists hold fewer than
+        ``kk`` rows.
+
+    """
+    import faiss
+
+    nprobe = max(1, min(nprobe, index.nlist))
+    kk = max(1, min(kk, index.ntotal))
+    workers = max(1, workers or torch.get_num_threads())
+    block = max(1, min(block, -(-len(queries) // workers)))
+    lists = _lists(index)
+    out_s = np.empty((len(queries), kk), np.float32)
+    out_i = np.empty((len(queries), kk), np.int64)
+
+    def run(q0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = np.ascontiguousarray(queries[q0 : q0 + block], np.float32)
+        _, probes = index.quantizer.search(q, nprobe)
+        return _block(torch.from_numpy(q), probes, lists, kk)
+
+    # One thread per worker, each on its own query blocks: the per-list products
+    # are small, and splitting each across threads cost more than it gained on
+    # the shared development machine (OpenMP wake-ups of ~1 ms per operation
+    # under load, against ~40 us for the operation itself).
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            starts = range(0, len(queries), block)
+            for q0, (s, i) in zip(starts, pool.map(run, starts), strict=True):
+                out_s[q0 : q0 + len(s)], out_i[q0 : q0 + len(s)] = s.numpy(), i.numpy()
+    finally:
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
+    return out_s, out_i
+
+
+def _by_list(probes: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the queries of ``probes`` (``(m, p)`` list numbers) by list, and each list's start."""
+    keys = probes.ravel()
+    # Stable radix sort on 16-bit keys where the lists fit (numpy's stable sort of small ints).
+    keys = keys.astype(np.uint16 if nlist <= 65535 else np.int64)
+    order = np.argsort(keys, kind="stable")
+    qid = (order // probes.shape[1]).astype(np.int64)
+    starts = np.searchsorted(keys[order], np.arange(nlist + 1))
+    return qid, starts
+
+
+def _block(
+    q: torch.Tensor, probes: np.ndarray, lists: list[tuple[torch.Tensor, torch.Tensor]], kk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the top ``kk`` of one query block over its probed lists."""
+    m = len(q)
+    best_s = torch.full((m, kk), -torch.inf)
+    best_i = torch.full((m, kk), -1, dtype=torch.int64)
+    nlist = len(lists)
+    # Pass 1: each query's nearest list fills its top kk (a good bar before pass 2).
+    qid, starts = _by_list(probes[:, :1], nlist)
+    for li in range(nlist):
+        a, b = starts[li], starts[li + 1]
+        ids, rows = lists[li]
+        if a == b or len(ids) == 0:
+            continue
+        qs = torch.from_numpy(qid[a:b])
+        scores = torch.mm(q.index_select(0, qs), rows.T)
+        top = min(kk, len(ids))
+        s, j = torch.topk(scores, top, dim=1)
+        best_s[qs, :top], best_i[qs, :top] = s, ids[j]
+    if probes.shape[1] == 1:
+        return _sorted(best_s, best_i)
+    # Pass 2: the other probes; a list merges only into the queries it improves.
+    bar = best_s[:, -1].clone()
+    qid, starts = _by_list(probes[:, 1:], nlist)
+    for li in range(nlist):
+        a, b = starts[li], starts[li + 1]
+        ids, rows = lists[li]
+        if a == b or len(ids) == 0:
+            continue
+        qs = torch.from_numpy(qid[a:b])
+        scores = torch.mm(q.index_select(0, qs), rows.T)
+        hit = scores.amax(dim=1) > bar.index_select(0, qs)
+        if not bool(hit.any()):
+            continue
+        qs, scores = qs[hit], scores[hit]
+        cand_s = torch.cat((best_s.index_select(0, qs), scores), dim=1)
+        cand_i = torch.cat((best_i.index_select(0, qs), ids.expand(len(qs), -1)), dim=1)
+        s, j = torch.topk(cand_s, kk, dim=1)
+        best_s.index_copy_(0, qs, s)
+        best_i.index_copy_(0, qs, torch.gather(cand_i, 1, j))
+        bar.index_copy_(0, qs, s[:, -1])
+    return _sorted(best_s, best_i)
+
+
+def _sorted(s: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows by descending score; unfilled places (``-inf``) carry index ``-1``."""
+    s, j = torch.sort(s, dim=1, descending=True)
+    i = torch.gather(i, 1, j)
+    return s, torch.where(torch.isneginf(s), torch.full_like(i, -1), i)
