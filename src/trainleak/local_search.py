@@ -47,7 +47,7 @@ import numpy as np
 
 from trainleak._optional import require
 from trainleak.encoders.base import EncoderInfo
-from trainleak.encoders.copydetect import inlier_score, pair_match
+from trainleak.encoders.copydetect import match_score, pair_match
 from trainleak.encoders.keypoints import Features, unpack
 from trainleak.similarity import Similarity
 
@@ -209,9 +209,7 @@ class LocalSimilarity(Similarity):
 
     def score_of(self, query: np.ndarray, train: np.ndarray) -> float:
         """Return the verified score of one pair of packed rows."""
-        match = pair_match(query, train, self.options)
-        scale, floor = float(self.options["score_scale"]), int(self.options["min_inliers"])
-        return float(inlier_score(match.inliers, scale, floor))
+        return match_score(pair_match(query, train, self.options), self.options)
 
     def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(n_a, n_b)`` verified scores (every pair; for small sets)."""

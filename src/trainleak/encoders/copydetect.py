@@ -32,19 +32,38 @@ offline from OpenCV alone:
    of 1.5% of the training image's long side (ours). The mirror image is
    tried too and the better fit kept.
 4. **Score**: ``inliers / (inliers + score_scale)``, monotone in the
-   evidence, in ``[0, 1)``, and 0 below ``min_inliers`` (12, ours). Chance
-   fits between distinct images reach 2-10 inliers (skimage's photos; two
-   ORL people, whose 92 x 112 photos share camera, pose and background and
-   are enlarged to 256, are the hardest); a holdout calibrated on raw chance
-   fits would put its maximum at a handful of inliers and flag the next
-   image that draws one more (seen without a floor: 1 of 3 distinct photos
-   flagged with a holdout of 25). Under the floor every chance fit scores 0,
-   so a calibrated threshold is never below it. The floor was first 10 and
-   raised to 12 when ``bench/bench_copy.py`` showed a 10-inlier pair of two
-   ORL people. Holdout calibration, ``--fpr`` and ``--threshold`` work on the
-   score as on any encoder's. Default operating point: the floor, 12
-   inliers (score 0.5454 with ``score_scale`` 10); planted copies reach 12 to
-   hundreds (the fewest: ORL's 92 x 112 faces blurred).
+   evidence, in ``[0, 1)``, and 0 for a fit that does not rise above chance
+   by either of two rules. *By count*: at least ``min_inliers`` (12, ours)
+   inliers. Chance fits between distinct images reach 2-10 inliers
+   (skimage's photos; two ORL people, whose 92 x 112 photos share camera,
+   pose and background and are enlarged to 256, are the hardest); a holdout
+   calibrated on raw chance fits would put its maximum at a handful of
+   inliers and flag the next image that draws one more (seen without a
+   floor: 1 of 3 distinct photos flagged with a holdout of 25). The floor
+   was first 10 and raised to 12 when ``bench/bench_copy.py`` showed a
+   10-inlier pair of two ORL people. *By precision*: at least
+   :data:`PRECISE_INLIERS` (8, ours) inliers that are at least
+   :data:`PRECISE_RATIO` (0.75, ours) of the tentative matches the fit was
+   drawn from (those that passed the ratio test). Why: a copy's tentative
+   matches are its own patches, so nearly all of them agree with one fit,
+   however few there are; a chance fit (including two faces aligned by a
+   shared pose) is the largest coincidentally consistent minority of
+   matches that are mostly wrong. A small image blurred keeps few
+   keypoints (a 92 x 112 face blurred with radius 2: 21-37, of which 10-16
+   pass the ratio test), so it cannot reach 12 inliers, but 80-100% of its
+   tentative matches are inliers; on ``bench/bench_copy.py``'s set the
+   distinct-image fits with 8 or more inliers explain at most 59% of their
+   tentative matches, those with 6-7 at most 70-75%. Under both rules every
+   chance fit scores 0, so a calibrated threshold is never below them.
+   Holdout calibration, ``--fpr`` and ``--threshold`` work on the score as
+   on any encoder's. Default operating point: the lowest score either rule
+   lets through, :data:`PRECISE_INLIERS` inliers (score 0.4444 with
+   ``score_scale`` 10); planted copies reach 8 to hundreds (the fewest:
+   ORL's 92 x 112 faces blurred). The two precision settings are module
+   constants, not encoder options: options are in the cache key, and
+   changing how rows are scored does not change the rows (an index built
+   before keeps matching its encoder); a rule whose ``options`` hold
+   ``precise_inliers`` / ``precise_ratio`` uses those instead.
 
 What it is not for: another photograph of the same object or scene (COIL-20's
 views of one object 5 degrees apart on a turntable, two photos of one face a
@@ -66,8 +85,13 @@ from trainleak.encoders import ENCODERS
 from trainleak.encoders.base import Encoder, EncoderInfo, resolve_options
 from trainleak.encoders.keypoints import Features, extract, pack, row_dim, unpack
 
-#: Inliers at the default operating point (see the module docstring).
-DEFAULT_INLIERS = 12
+#: Inliers below ``min_inliers`` that still score when they are at least
+#: :data:`PRECISE_RATIO` of the fit's tentative matches (see the module docstring).
+PRECISE_INLIERS = 8
+#: Least share of the tentative matches the inliers must be for the precision rule.
+PRECISE_RATIO = 0.75
+#: Inliers at the default operating point: the lowest count either rule scores.
+DEFAULT_INLIERS = PRECISE_INLIERS
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,8 @@ class Match:
     train_wh: tuple[float, float]
     #: Working image size over decoded size, of the query and the training image.
     factors: tuple[float, float] = (1.0, 1.0)
+    #: Tentative matches (past the ratio test, one per training keypoint) the fit drew from.
+    tentative: int = 0
 
     @property
     def scale(self) -> float:
@@ -181,8 +207,9 @@ def _fit(
     if not 0.1 <= scale <= 10.0:
         return none
     return Match(
-        int(keep.sum()), mirrored, transform, src[keep], dst[keep], query.wh, train.wh, factors
-    )
+        int(keep.sum()), mirrored, transform, src[keep], dst[keep], query.wh, train.wh, factors,
+        tentative=len(best),
+    )  # fmt: skip
 
 
 def verify(
@@ -217,6 +244,45 @@ def inlier_score(inliers: np.ndarray | int, scale: float, floor: int = 0) -> np.
     return np.where(n >= floor, n / (n + scale), 0.0).astype(np.float32)
 
 
+def verified_score(
+    inliers: np.ndarray | int,
+    tentative: np.ndarray | int,
+    scale: float,
+    floor: int,
+    precise_inliers: int = PRECISE_INLIERS,
+    precise_ratio: float = PRECISE_RATIO,
+) -> np.ndarray:
+    """Return the pair score: :func:`inlier_score` where a fit passes a chance rule, else 0.
+
+    A fit passes with ``floor`` inliers or more (by count), or with
+    ``precise_inliers`` or more that are at least ``precise_ratio`` of its
+    ``tentative`` matches (by precision); see the module docstring.
+
+    Example:
+        >>> verified_score(np.array([10, 10, 12, 7]), np.array([12, 19, 40, 7]), 10.0, 12).tolist()
+        [0.5, 0.0, 0.5454545617103577, 0.0]
+
+    """
+    n = np.asarray(inliers, np.float64)
+    t = np.maximum(np.asarray(tentative, np.float64), 1.0)
+    passes = (n >= floor) | ((n >= precise_inliers) & (n >= precise_ratio * t))
+    return np.where(passes, inlier_score(n, scale), 0.0).astype(np.float32)
+
+
+def match_score(match: Match, options: dict[str, Any]) -> float:
+    """Return the score of one verified match under an encoder's (or a rule's) options."""
+    return float(
+        verified_score(
+            match.inliers,
+            match.tentative,
+            float(options.get("score_scale", 10.0)),
+            int(options.get("min_inliers", 12)),
+            int(options.get("precise_inliers", PRECISE_INLIERS)),
+            float(options.get("precise_ratio", PRECISE_RATIO)),
+        )
+    )
+
+
 @ENCODERS.register("copy")
 class CopyEncoder(Encoder):
     """SIFT keypoints of each image packed in one row; compared by verified matches.
@@ -248,9 +314,10 @@ class CopyEncoder(Encoder):
         opts = resolve_options("copy", self.defaults, options)
         require("cv2", extra="copy", needed_for="--encoder copy")
         self.opts = opts
-        scale = float(opts["score_scale"])
-        # Rounded down, so that a pair with exactly DEFAULT_INLIERS inliers is at it.
-        threshold = float(np.floor(float(inlier_score(DEFAULT_INLIERS, scale)) * 1e4) / 1e4)
+        scale, floor = float(opts["score_scale"]), int(opts["min_inliers"])
+        lowest = min(floor, DEFAULT_INLIERS)
+        # Rounded down, so that a pair with exactly the lowest scored inliers is at it.
+        threshold = float(np.floor(float(inlier_score(lowest, scale)) * 1e4) / 1e4)
         self.info = EncoderInfo(
             name="copy",
             version=1,
@@ -260,8 +327,9 @@ class CopyEncoder(Encoder):
             operating_point="near-duplicate",
             default_threshold=threshold,
             threshold_note=(
-                f"encoder default operating point {threshold} ({DEFAULT_INLIERS} verified "
-                "inliers; trainleak's choice); uncalibrated for your data: calibrate it with "
+                f"encoder default operating point {threshold} ({lowest} verified inliers "
+                f"that are at least {PRECISE_RATIO:.0%} of the tentative matches, or {floor} "
+                "in any case; trainleak's choice); uncalibrated for your data: calibrate it with "
                 "a holdout (audit --holdout, index build --holdout) or set --threshold"
             ),
             options=opts,
