@@ -118,6 +118,20 @@ class Similarity:
             )
         return scores
 
+    def near_graph(self, vectors: np.ndarray, min_score: float, block: int = 1024) -> np.ndarray:
+        """Boolean ``(n, n)`` graph of the pairs of ``vectors`` scoring above ``min_score``.
+
+        Every pair is scored, ``block`` rows at a time: memory is the ``n^2``
+        booleans plus one ``block x n`` float block. A re-scoring rule may
+        verify only the pairs its own retrieval puts forward.
+        """
+        n = len(vectors)
+        graph = np.zeros((n, n), bool)
+        for r0 in range(0, n, block):
+            scores = self.pairwise(vectors[r0 : r0 + block], vectors)
+            graph[r0 : r0 + len(scores)] = scores > min_score
+        return graph
+
     def knn(
         self,
         queries: np.ndarray,
