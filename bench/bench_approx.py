@@ -170,8 +170,9 @@ def search(x: np.ndarray, nq: int, k: int, path: str, indexes: dict) -> tuple:
     out of reach), ``grouped`` the grouped one, ``auto`` leaves the choice to
     the library. ``indexes`` carries the built index from one path to the next.
     """
-    saved = _ivf_join.MIN_PAIRS_PER_LIST
-    _ivf_join.MIN_PAIRS_PER_LIST = {"faiss": float("inf"), "grouped": 0}.get(path, saved)
+    saved = _ivf_join.MIN_PAIRS_PER_LIST, _ivf_join.MIN_LIST_ROWS
+    if path != "auto":
+        _ivf_join.MIN_PAIRS_PER_LIST = _ivf_join.MIN_LIST_ROWS = 0 if path == "grouped" else 2**62
     try:
         t0 = time.perf_counter()
         with use_search("approx", ApproxSettings()) as ctx:
@@ -179,7 +180,7 @@ def search(x: np.ndarray, nq: int, k: int, path: str, indexes: dict) -> tuple:
             s, i = knn(x[:nq], x, k, exclude_self=True)
         dt = time.perf_counter() - t0
     finally:
-        _ivf_join.MIN_PAIRS_PER_LIST = saved
+        _ivf_join.MIN_PAIRS_PER_LIST, _ivf_join.MIN_LIST_ROWS = saved
     indexes.update(ctx.indexes)
     return s, i, dt, ctx.records[0]
 
@@ -215,6 +216,7 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=0, help="rows for IVF vs HNSW (0 = skip)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("trainleak._ivf_join").setLevel(logging.DEBUG)  # progress of long runs
     print(f"load average at start: {os.getloadavg()}")
     t0 = time.perf_counter()
     x = crops(args.rows)

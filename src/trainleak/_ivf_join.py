@@ -28,6 +28,7 @@ probed lists improve nothing), so selection costs little beside the products.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,28 +37,34 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_PAIRS_PER_LIST", "grouped_candidates", "grouped_pays"]
+__all__ = ["MIN_LIST_ROWS", "MIN_PAIRS_PER_LIST", "grouped_candidates", "grouped_pays"]
 
 #: Queries searched per block: bounds the probes (``block x nprobe`` int64) and the running top-k.
 BLOCK = 32768
-#: The grouped search is used when one list's product (queries of a block that
-#: probe it x rows in it) has at least this many pairs on average: below that
-#: the per-list overhead (about 0.2 ms) outweighs the faster products
-#: (measured in bench/bench_approx.py, see bench/README.md).
-MIN_PAIRS_PER_LIST = 100_000
+#: The grouped search is used when one list's product (the queries of a block
+#: that probe it x the rows in it) has at least this many pairs on average and
+#: the lists hold at least :data:`MIN_LIST_ROWS` rows: below that the per-list
+#: overhead (about 0.2 ms, and gathering the list's queries) outweighs the
+#: faster products. Measured in bench/bench_approx.py (bench/README.md): on
+#: 100,000 real 128-d rows (1,264 lists of ~80 rows, nprobe 256) the grouped
+#: search was 0.85x faiss's time at 250 queries (4,000 pairs per list), 1.5x
+#: faster at 1,000 (16,000 pairs); on 20,000 rows (lists of ~40 rows) it was
+#: slower up to 4,000 queries.
+MIN_PAIRS_PER_LIST = 10_000
+MIN_LIST_ROWS = 64
 
 
 def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
     """Whether :func:`grouped_candidates` should beat faiss's per-query scan for this search.
 
     Example:
-        >>> grouped_pays(1000, 256, 4000, 1_000_000), grouped_pays(1_000_000, 256, 4000, 1_000_000)
+        >>> grouped_pays(250, 256, 4000, 1_000_000), grouped_pays(1_000_000, 256, 4000, 1_000_000)
         (False, True)
 
     """
     nlist = max(1, nlist)
     pairs = min(n_queries, BLOCK) * nprobe / nlist * (ntotal / nlist)
-    return pairs >= MIN_PAIRS_PER_LIST
+    return pairs >= MIN_PAIRS_PER_LIST and ntotal / nlist >= MIN_LIST_ROWS
 
 
 def _lists(index: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -131,8 +138,11 @@ def grouped_candidates(
     try:
         with ThreadPoolExecutor(workers) as pool:
             starts = range(0, len(queries), block)
+            t0 = time.perf_counter()
             for q0, (s, i) in zip(starts, pool.map(run, starts), strict=True):
                 out_s[q0 : q0 + len(s)], out_i[q0 : q0 + len(s)] = s.numpy(), i.numpy()
+                log.debug("grouped search: %d of %d queries in %.1f s",
+                          q0 + len(s), len(queries), time.perf_counter() - t0)  # fmt: skip
     finally:
         torch.set_num_threads(torch_threads)
         faiss.omp_set_num_threads(faiss_threads)
