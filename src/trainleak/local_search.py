@@ -5,21 +5,20 @@ The comparison rule of encoders whose rows are packed local features
 the interface of :class:`~trainleak.similarity.Similarity`, so audits,
 ``dedup``, ``extract`` and the gate use it without knowing.
 
-Retrieval (:class:`DescriptorIndex`): every database keypoint's RootSIFT
-descriptor sits in one faiss index, labelled with its image's row; an exact
-``IndexFlatL2`` up to :data:`EXACT_MAX` descriptors, above it an inverted
-file with 8-bit scalar quantisation (128 bytes per descriptor plus its
-8-byte label: about 350 MB for 10,000 images of 256 keypoints), trained on a
-sample of the database's own descriptors. (A flat index of 190,000
-descriptors, 1,000 images, took 4 s per query's 512 descriptors on this
-machine: exact search is for tiny sets only.) A query's descriptors and its
-mirror image's each vote once for the image of each of their ``neighbours``
-nearest descriptors; the ``shortlist`` images with most votes (at least ``min_votes``) are verified
-(:func:`trainleak.encoders.copydetect.verify`), and their scores are the
-verified scores. Retrieval is approximate by design (a copy whose keypoints
-win no votes is missed); verification is exact. Columns beyond the
-shortlist are filled with other rows at score 0.0 (no verified evidence), so
-a top-k list never has holes.
+Retrieval (:class:`~trainleak._descriptor_index.DescriptorIndex`): every
+database keypoint's RootSIFT descriptor sits in one faiss index, labelled
+with its image's row (exact for tiny sets, above them an inverted file of
+4-bit product codes: see :mod:`trainleak._descriptor_index`). A query's
+descriptors and its mirror image's each vote once for the image of each of
+their ``neighbours`` nearest descriptors; the ``shortlist`` images with most
+votes (at least ``min_votes``) are verified
+(:func:`trainleak.encoders.copydetect.verify`, the pairs of a block of
+queries on :data:`VERIFY_THREADS` threads: OpenCV's matching and RANSAC
+release the GIL, and each pair's fit is deterministic on any thread), and
+their scores are the verified scores. Retrieval is approximate by design (a
+copy whose keypoints win no votes is missed); verification is exact. Columns
+beyond the shortlist are filled with other rows at score 0.0 (no verified
+evidence), so a top-k list never has holes.
 
 Persistence: the descriptor index of a memory-mapped array (a gate index
 shard, ``np.load(..., mmap_mode="r")``) is written beside its file, named by
@@ -39,12 +38,14 @@ import json
 import logging
 import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainleak._descriptor_index import CODES, EXACT_MAX, NPROBE, DescriptorIndex
 from trainleak._optional import require
 from trainleak.encoders.base import EncoderInfo
 from trainleak.encoders.copydetect import match_score, pair_match, verify
@@ -53,130 +54,14 @@ from trainleak.similarity import Similarity
 
 log = logging.getLogger(__name__)
 
-#: Descriptors up to which the index is exact (flat, ~64 images); above: IVF + SQ8.
-EXACT_MAX = 16_384
-#: Descriptors sampled to train the inverted file.
-TRAIN_SAMPLE = 120_000
-#: Inverted lists probed per query descriptor. A search setting, not a feature one:
-#: not an encoder option (options are in the cache key, and every built index
-#: would stop matching its encoder); a ``LocalSimilarity`` whose ``options``
-#: hold ``nprobe`` uses that instead (the benchmark's sweep).
-#: 12 until bench/bench_copy.py's profile showed the vote was a query's largest
-#: cost; 6 halves it and blocked the same copies of the 1,000- and 10,000-crop
-#: speed sets (a copy needs only ``min_votes`` of its hundreds of descriptors to
-#: find their image); 4 missed one of 150 at 10,000.
-NPROBE = 6
 #: Queries whose descriptors are searched at once (about 256 KB each as float32).
 VOTE_BLOCK = 64
-#: Rows unpacked at a time while adding to the index (bounds memory).
-ADD_BLOCK = 1024
 #: Descriptor indexes kept in memory (one per database array, e.g. per shard).
 KEEP = 64
+#: Threads verifying a block's shortlisted pairs (at most this machine's cores).
+VERIFY_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
-
-class DescriptorIndex:
-    """RootSIFT descriptors of a set of packed rows, labelled by row; see the module docstring.
-
-    Args:
-        rows: ``(n, dim)`` packed rows (a memory-map is read block by block).
-        seed: seed of the training sample (the index is deterministic).
-
-    """
-
-    def __init__(self, rows: np.ndarray, seed: int = 0, *, index: Any = None) -> None:
-        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
-        self.n_rows = len(rows)
-        if index is not None:
-            self.index = index
-            return
-        counts = np.asarray(rows[:, 0], np.int64) if len(rows) else np.zeros(0, np.int64)
-        total = int(counts.sum())
-        if total <= EXACT_MAX:
-            self.index = faiss.IndexIDMap(faiss.IndexFlatL2(128))
-        else:
-            # About 2 sqrt(n) lists (faiss's guidance is 4-16 sqrt(n) for
-            # millions; fewer here keeps the 39-per-list training sample small).
-            nlist = int(np.clip(2 * np.sqrt(total), 64, 4096))
-            quantiser = faiss.IndexFlatL2(128)
-            ivf = faiss.IndexIVFScalarQuantizer(
-                quantiser, 128, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2
-            )
-            ivf.train(self._sample(rows, counts, min(total, TRAIN_SAMPLE), seed))
-            ivf.nprobe = NPROBE
-            self.index = ivf
-            self._quantiser = quantiser  # faiss does not own it from Python
-        for b0 in range(0, len(rows), ADD_BLOCK):
-            block = [unpack(r) for r in np.asarray(rows[b0 : b0 + ADD_BLOCK])]
-            desc = [f.rootsift() for f in block]
-            labels = np.concatenate(
-                [np.full(len(f), b0 + j, np.int64) for j, f in enumerate(block)]
-                or [np.zeros(0, np.int64)]
-            )
-            if len(labels):
-                self.index.add_with_ids(np.ascontiguousarray(np.concatenate(desc)), labels)
-
-    @classmethod
-    def load(cls, path: Path, rows: np.ndarray) -> DescriptorIndex | None:
-        """Read an index written by :meth:`save`, or ``None`` when it is unreadable."""
-        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
-        try:
-            index = faiss.read_index(os.fspath(path))
-        except RuntimeError as err:  # faiss reports a bad file as a RuntimeError
-            log.warning("descriptor index %s unreadable (%s): building it again", path, err)
-            return None
-        if hasattr(index, "nprobe"):
-            index.nprobe = NPROBE
-        return cls(rows, index=index)
-
-    def save(self, path: Path) -> None:
-        """Write the index atomically (a temporary name, then a rename); log a failure."""
-        faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            faiss.write_index(self.index, os.fspath(tmp))
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as err:
-            log.info("descriptor index kept in memory only (%s: %s)", path, err)
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _sample(rows: np.ndarray, counts: np.ndarray, n: int, seed: int) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        picks = np.sort(rng.choice(len(rows), size=min(len(rows), n // 64 + 1), replace=False))
-        desc = np.concatenate([unpack(rows[i]).rootsift() for i in picks])
-        return np.ascontiguousarray(desc[rng.permutation(len(desc))[:n]])
-
-    def votes(self, feats: list[Features], neighbours: int) -> dict[int, int]:
-        """Count votes per database row from ``feats``' descriptors (an image, its mirror)."""
-        return self.votes_many([feats], neighbours)[0]
-
-    def votes_many(
-        self, queries: list[list[Features]], neighbours: int, nprobe: int = NPROBE
-    ) -> list[dict[int, int]]:
-        """Votes per database row of each query (its features: an image, its mirror).
-
-        One faiss search for every query's descriptors at once: per-call
-        overhead and faiss's threads are spent once per batch, not per query
-        (the answers are the same as one search per query).
-        """
-        out: list[dict[int, int]] = [{} for _ in queries]
-        descs = [[f.rootsift() for f in feats if len(f)] for feats in queries]
-        sizes = [sum(len(d) for d in ds) for ds in descs]
-        if not sum(sizes) or not self.index.ntotal:
-            return out
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
-        k = min(neighbours, int(self.index.ntotal))
-        desc = np.ascontiguousarray(np.concatenate([d for ds in descs for d in ds]))
-        _, labels = self.index.search(desc, k)
-        start = 0
-        for q, n in enumerate(sizes):
-            counts = out[q]
-            for row in labels[start : start + n]:
-                for r in set(row[row >= 0].tolist()):
-                    counts[r] = counts.get(r, 0) + 1
-            start += n
-        return out
+__all__ = ["NPROBE", "VERIFY_THREADS", "DescriptorIndex", "LocalSimilarity"]
 
 
 @dataclass(frozen=True)
@@ -340,7 +225,9 @@ class LocalSimilarity(Similarity):
             return None
         matching = {k: self.options.get(k) for k in ("max_keypoints", "long_side")}
         shape = list(database.shape)
-        ident = json.dumps([matching, shape, st.st_size, st.st_mtime_ns, EXACT_MAX], sort_keys=True)
+        ident = json.dumps(
+            [matching, shape, st.st_size, st.st_mtime_ns, EXACT_MAX, CODES], sort_keys=True
+        )
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return path.with_name(f"{path.name}.copy-{digest}.faiss")
 
@@ -370,27 +257,38 @@ class LocalSimilarity(Similarity):
         neighbours = int(self.options.get("neighbours", 4))
         min_votes = int(self.options.get("min_votes", 4))
         nprobe = int(self.options.get("nprobe", NPROBE))
-        block: list[dict[int, int]] = []
-        for q in range(len(queries)):
-            if q % VOTE_BLOCK == 0:  # one faiss search per block of queries, memory bounded
-                feats = [unpack(r) for r in queries[q : q + VOTE_BLOCK]]
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            for q0 in range(0, len(queries), VOTE_BLOCK):  # one faiss search per block
+                part = queries[q0 : q0 + VOTE_BLOCK]
+                feats = [unpack(r) for r in part]
                 block = index.votes_many([[f, f.mirrored()] for f in feats], neighbours, nprobe)
-            own = self_offset + q if exclude_self else -1
-            votes = block[q % VOTE_BLOCK]
-            votes.pop(own, None)
-            ranked = sorted(votes, key=lambda r: (-votes[r], r))[: max(shortlist, k)]
-            # Too few votes to hold a verified match above the chance floor: not fitted.
-            check = [r for r in ranked[:shortlist] if votes[r] >= min_votes]
-            scored = [(self.score_of(queries[q], database[r]), r) for r in check]
-            scored += [(0.0, r) for r in ranked if r not in set(check)]
-            taken = {r for _, r in scored}
-            filler = (r for r in range(n_db) if r not in taken and r != own)
-            while len(scored) < k:
-                r = next(filler, None)
-                if r is None:
-                    break
-                scored.append((0.0, r))
-            scored.sort(key=lambda t: (-t[0], t[1]))
-            for col, (s, r) in enumerate(scored[:k]):
-                out_s[q, col], out_i[q, col] = s, r
+                ranked, checks = [], []
+                for j, votes in enumerate(block):
+                    votes.pop(self_offset + q0 + j if exclude_self else -1, None)
+                    ranked.append(sorted(votes, key=lambda r: (-votes[r], r))[: max(shortlist, k)])
+                    # Too few votes to hold a verified match above the chance floor: not fitted.
+                    checks.append([r for r in ranked[j][:shortlist] if votes[r] >= min_votes])
+                pairs = [(j, r) for j, check in enumerate(checks) for r in check]
+                rows = [(part[j], database[r]) for j, r in pairs]
+                scores = iter(pool.map(self.score_of, *zip(*rows, strict=True)) if rows else [])
+                for j, check in enumerate(checks):
+                    scored = [(next(scores), r) for r in check]
+                    scored += [(0.0, r) for r in ranked[j] if r not in set(check)]
+                    own = self_offset + q0 + j if exclude_self else -1
+                    for col, (s, r) in enumerate(_filled(scored, k, n_db, own)):
+                        out_s[q0 + j, col], out_i[q0 + j, col] = s, r
         return out_s, out_i
+
+
+def _filled(
+    scored: list[tuple[float, int]], k: int, n_db: int, own: int
+) -> list[tuple[float, int]]:
+    """Return the ``k`` best of ``scored``, best first, padded with unscored rows at 0.0."""
+    taken = {r for _, r in scored}
+    filler = (r for r in range(n_db) if r not in taken and r != own)
+    while len(scored) < k:
+        r = next(filler, None)
+        if r is None:
+            break
+        scored.append((0.0, r))
+    return sorted(scored, key=lambda t: (-t[0], t[1]))[:k]

@@ -19,7 +19,7 @@ from copy_edits import apply
 from PIL import Image
 
 import trainleak as tl
-from trainleak import local_search
+from trainleak import _descriptor_index, local_search
 from trainleak.config import AuditConfig, EmbedConfig
 from trainleak.encoders.copydetect import CopyEncoder
 from trainleak.engines.ray import RayEngine
@@ -152,7 +152,7 @@ def test_ray_tasks_vote_in_the_drivers_index(
     process only), the driver builds the approximate inverted file, and a copy
     of the rows in another rule adopts it (it does not build its own).
     """
-    monkeypatch.setattr(local_search, "EXACT_MAX", 256)
+    monkeypatch.setattr(_descriptor_index, "EXACT_MAX", 256)
     db = rows["db"]
     rule = _rule()
     built = rule.index_for(db)
