@@ -13,12 +13,13 @@ geometric verification that follows, so the index may be approximate.
 * Above: an inverted file (``4 sqrt(n)`` lists, ours, faiss's guidance being
   4-16 sqrt(n)) over 4-bit product codes scanned with SIMD lookups (faiss's
   "fast scan", ``PQ32x4fs``: 16 bytes a descriptor plus its 8-byte label).
-  Chosen by measurement (``bench/bench_copy_votes.py``, bench/README's
-  "Second speed follow-up"), 10,000 real crops, 1.45M descriptors, one
-  thread: the earlier 8-bit scalar codes (136 bytes a descriptor) took 33-40 ms a query's vote at ``nprobe`` 6;
-  fast-scan product codes 7-13 ms at ``nprobe`` 6 and 10-15 ms at 16, with an
-  index 5.5 times smaller (36 vs 199 MB), and blocked the same 145 of 150 edited
-  copies and 0 of 50 distinct objects at ``nprobe`` 16 (144 at 6-12, so 16).
+  Chosen by measurement (``bench/bench_copy_votes.py``, bench/README's "Second
+  speed follow-up"), 10,000 real crops, 1.45M descriptors, one thread: the
+  earlier 8-bit scalar codes (136 bytes a descriptor) took 33-40 ms a query's
+  vote at ``nprobe`` 6; fast-scan product codes 7-13 ms at ``nprobe`` 6 and
+  10-15 ms at 16, with an index 5.5 times smaller (36 vs 199 MB), and blocked
+  the same 145 of 150 edited copies and 0 of 50 distinct objects at ``nprobe``
+  16 (144 at 6-12, so 16).
 """
 
 from __future__ import annotations
