@@ -90,8 +90,7 @@ class DescriptorIndex:
             ivf = faiss.index_factory(128, f"IVF{nlist},{CODES}", faiss.METRIC_L2)
             sample = min(total, max(TRAIN_SAMPLE, TRAIN_PER_LIST * nlist))
             ivf.train(self._sample(rows, counts, sample, seed))
-            ivf.nprobe = NPROBE
-            self.index = ivf
+            self.index = ivf  # nprobe is set by each search (votes_many)
         for b0 in range(0, len(rows), ADD_BLOCK):
             block = [unpack(r) for r in np.asarray(rows[b0 : b0 + ADD_BLOCK])]
             desc = [f.rootsift() for f in block]
@@ -111,8 +110,6 @@ class DescriptorIndex:
         except RuntimeError as err:  # faiss reports a bad file as a RuntimeError
             log.warning("descriptor index %s unreadable (%s): building it again", path, err)
             return None
-        if hasattr(index, "nprobe"):
-            index.nprobe = NPROBE
         return cls(rows, index=index)
 
     def save(self, path: Path) -> None:

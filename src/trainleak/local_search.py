@@ -171,9 +171,7 @@ class LocalSimilarity(Similarity):
             index = DescriptorIndex(database)
             if side is not None:
                 index.save(side)
-        if len(self._cache) >= KEEP:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = (weakref.ref(database), index)
+        self._keep(database, index)
         return index
 
     def prepare(self, databases: list[np.ndarray]) -> None:
@@ -196,11 +194,13 @@ class LocalSimilarity(Similarity):
         """Keep the index that :meth:`search_state` packed as ``database``'s."""
         faiss = require("faiss", extra="copy", needed_for="--encoder copy's descriptor index")
         index = faiss.deserialize_index(np.asarray(state, np.uint8))
-        if hasattr(index, "nprobe"):
-            index.nprobe = NPROBE
+        self._keep(database, DescriptorIndex(database, index=index))
+
+    def _keep(self, database: np.ndarray, index: DescriptorIndex) -> None:
+        """Keep ``index`` as ``database``'s for as long as the array lives (at most KEEP)."""
         if len(self._cache) >= KEEP:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[id(database)] = (weakref.ref(database), DescriptorIndex(database, index=index))
+        self._cache[id(database)] = (weakref.ref(database), index)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the rule without its kept indexes (weak references and faiss objects).
