@@ -104,7 +104,7 @@ def grouped_candidates(
         queries: ``(n, d)`` float32 rows (a memory-mapped array is read a block at a time).
         kk: candidates per query (capped at the rows in the index).
         nprobe: lists probed per query, as in faiss.
-        block: queries per block (memory: about ``block x nprobe x 16`` bytes per worker).
+        block: queries per block (memory: about ``block x nprobe x 32`` bytes per worker).
         workers: threads, each searching its own query blocks; 0 = torch's thread count.
 
     Returns:
@@ -124,6 +124,7 @@ def grouped_candidates(
     out_i = np.empty((len(queries), kk), np.int64)
 
     def run(q0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread
         q = np.ascontiguousarray(queries[q0 : q0 + block], np.float32)
         _, probes = index.quantizer.search(q, nprobe)
         return _block(torch.from_numpy(q), probes, lists, kk)
@@ -132,9 +133,8 @@ def grouped_candidates(
     # are small, and splitting each across threads cost more than it gained on
     # the shared development machine (OpenMP wake-ups of ~1 ms per operation
     # under load, against ~40 us for the operation itself).
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers) as pool:
             starts = range(0, len(queries), block)
@@ -145,7 +145,6 @@ def grouped_candidates(
                           q0 + len(s), len(queries), time.perf_counter() - t0)  # fmt: skip
     finally:
         torch.set_num_threads(torch_threads)
-        faiss.omp_set_num_threads(faiss_threads)
     return out_s, out_i
 
 
