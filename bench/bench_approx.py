@@ -17,7 +17,15 @@ RSS of the process is read from ``/proc/self/status`` (VmHWM).
 (``IndexHNSWFlat``, M = 32) on the first ``--compare`` rows, each tuned to
 recall@10 >= 0.99 on the same sample.
 
+``--faiss-queries N`` first runs the same search of the first N rows twice,
+once with faiss's per-query scan forced and once grouped by inverted list
+(:mod:`trainleak._ivf_join`), so their ratio is measured in one run; the
+search of all queries then runs as the library chooses. ``--crossover`` times
+the two candidate searches alone at 250 to 16,000 queries. ``--build-threads
+1,2`` only times the index build with each faiss thread count.
+
 Reproduce: OMP_NUM_THREADS=2 nice .venv/bin/python bench/bench_approx.py --rows 1000000
+(and --rows 100000 / 200000 --faiss-queries 20000 --crossover for the path table).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from trainleak import _ivf_join
+from trainleak import _ivf_join, approx_search
 from trainleak.approx_search import ApproxSettings, candidates, recall_at_k, use_search
 from trainleak.neighbors import knn
 
@@ -214,6 +222,7 @@ def main() -> None:
     ap.add_argument("--faiss-queries", type=int, default=0, help="both paths on N rows (0 = skip)")
     ap.add_argument("--crossover", action="store_true", help="time both candidate paths by size")
     ap.add_argument("--compare", type=int, default=0, help="rows for IVF vs HNSW (0 = skip)")
+    ap.add_argument("--build-threads", default="", help="only time the build with each, e.g. 1,2")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("trainleak._ivf_join").setLevel(logging.DEBUG)  # progress of long runs
@@ -224,6 +233,14 @@ def main() -> None:
           f"{peak_mb():.0f} MB peak so far")  # fmt: skip
     if args.compare:
         compare(x[: args.compare], args.k)
+    for threads in filter(None, args.build_threads.split(",")):
+        approx_search.BUILD_THREADS = int(threads)
+        t0 = time.perf_counter()
+        approx_search.build_index(x, approx_search.default_nlist(len(x)), 0)
+        print(f"build on {threads} faiss thread(s): {time.perf_counter() - t0:.1f} s; "
+              f"load average now {os.getloadavg()}", flush=True)  # fmt: skip
+    if args.build_threads:
+        return
     nq = args.queries or len(x)
     runs = [("auto", nq)]
     if args.faiss_queries:
