@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainleak._optional import require
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MIN_LIST_ROWS", "MIN_PAIRS_PER_LIST", "grouped_candidates", "grouped_pays"]
@@ -69,7 +71,7 @@ def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
 
 def _lists(index: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(row ids, rows)`` of every inverted list, as views of the index's own memory."""
-    import faiss
+    faiss = require("faiss", extra="faiss", needed_for="search='approx'")
 
     inv = index.invlists
     d = index.d
@@ -113,7 +115,7 @@ def grouped_candidates(
         ``kk`` rows.
 
     """
-    import faiss
+    faiss = require("faiss", extra="faiss", needed_for="search='approx'")
 
     nprobe = max(1, min(nprobe, index.nlist))
     kk = max(1, min(kk, index.ntotal))
