@@ -10,6 +10,10 @@ only *which* rows are found is approximate, never a score.
   (bench/bench_approx.py): on 100,000 real 128-d image-crop vectors at
   recall@10 >= 0.99, HNSW (M = 32) took 1.5 times the memory, 1.5 times the
   build time and 1.5 times the search time.
+* Search: faiss's per-query scan for few queries; many queries (a self-join)
+  are searched grouped by inverted list, one matrix product per list and
+  query block (:mod:`trainleak._ivf_join`), which finds the same candidates
+  several times faster (bench/README.md: 5x on 1M rows).
 * Recall is measured, not assumed: a seeded sample of queries (``sample``,
   1,000 by default, or every query when there are fewer) is searched exactly
   as well. A first sample picks ``nprobe``: it doubles until the recall@k on
@@ -49,11 +53,13 @@ __all__ = ["ApproxSettings", "SearchContext", "SearchMode", "SearchRecord", "cur
 ADD_BLOCK = 65536
 #: Queries searched at a time (bounds the candidate arrays).
 QUERY_BLOCK = 65536
-#: faiss threads while training and filling an index. One, measured on the
-#: 2-core development machine shared with other jobs: k-means ran 1.1-1.8x
-#: faster on one OpenMP thread than on two (a team of two waits at every
-#: barrier for whichever core another process holds), with identical
-#: centroids. On a dedicated many-core machine more threads may pay: measure.
+#: faiss threads while training and filling an index. One, so the index (and
+#: so which neighbours are found, and the nprobe the tuning reaches) does not
+#: depend on the machine's thread count: on 1M real rows, k-means on one and on
+#: two threads gave different centroids (rounding in the threaded products
+#: grows over the iterations). Speed on the shared 2-core development machine
+#: was mixed: the 1M build took 55.9 s on one thread vs 121.0 s on two under
+#: load, 56.9 s vs 39.8 s in a quieter moment (bench/README.md).
 BUILD_THREADS = 1
 
 
