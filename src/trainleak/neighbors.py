@@ -211,12 +211,10 @@ def _knn_approx(
 
     t1 = time.perf_counter()
     want = exact(tune)
-    nprobe = 1
-    while True:
-        got = found(tune, nprobe)
-        if approx_search.recall_at_k(*got, *want) >= st.target_recall or nprobe >= index.nlist:
-            break
-        nprobe = min(index.nlist, 2 * nprobe)
+    nprobe = approx_search.least_nprobe(
+        lambda p: approx_search.recall_at_k(*found(tune, p), *want) >= st.target_recall,
+        int(index.nlist),
+    )
     t2 = time.perf_counter()
     scores, idx = found(slice(None), nprobe)
     t3 = time.perf_counter()
