@@ -17,6 +17,14 @@ RSS of the process is read from ``/proc/self/status`` (VmHWM).
 (``IndexHNSWFlat``, M = 32) on the first ``--compare`` rows, each tuned to
 recall@10 >= 0.99 on the same sample.
 
+``--memmap DIR`` writes the rows to ``DIR/rows-N.npy`` (a million at a
+time, each million its own seeded crops; reused when it exists) and searches
+the memory-mapped file, the index built on disk past ``--memory-mb`` of
+rows (:mod:`trainleak.approx_search`): with ``--queries`` a fraction of the
+rows, this is the 10M-row run. The peak of anonymous memory (``RssAnon``,
+sampled every 0.2 s: what the process holds, not the pages of the mapped
+files, which the kernel can drop) is printed beside ``VmHWM``.
+
 ``--faiss-queries N`` first runs the same search of the first N rows twice,
 once with faiss's per-query scan forced and once grouped by inverted list
 (:mod:`trainleak._ivf_join`), so their ratio is measured in one run; the
@@ -115,6 +123,44 @@ def crops(rows: int, seed: int = 0) -> np.ndarray:
     return out[rng.permutation(rows)]
 
 
+#: Temporary folders of on-disk indexes reused from one search to the next (removed at exit).
+SCRATCH: list = []
+
+
+def memmap_rows(rows: int, folder: Path) -> np.ndarray:
+    """The crops of :func:`crops`, a million at a time, in a memory-mapped ``.npy`` file."""
+    path = folder / f"rows-{rows}.npy"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        out = np.lib.format.open_memmap(part, "w+", np.float32, (rows, 128))
+        for b, r0 in enumerate(range(0, rows, 1_000_000)):
+            n = min(1_000_000, rows - r0)
+            out[r0 : r0 + n] = crops(n, seed=b)
+            out.flush()
+        del out
+        part.rename(path)
+    return np.load(path, mmap_mode="r")
+
+
+class AnonPeak:
+    """The largest ``RssAnon`` of this process, sampled on a thread every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon"):
+                    self.mb = max(self.mb, int(line.split()[1]) / 1024)
+
+
 def peak_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM"):
@@ -171,7 +217,9 @@ def exact_check(x: np.ndarray, nq: int, k: int, n: int) -> tuple[np.ndarray, ...
     return rows, es, ei
 
 
-def search(x: np.ndarray, nq: int, k: int, path: str, indexes: dict) -> tuple:
+def search(
+    x: np.ndarray, nq: int, k: int, path: str, indexes: dict, memory_mb: float = 1024
+) -> tuple:
     """One ``knn(search="approx")`` self-search of the first ``nq`` rows on ``path``.
 
     ``faiss`` forces faiss's per-query scan (the grouped path's threshold set
@@ -183,13 +231,16 @@ def search(x: np.ndarray, nq: int, k: int, path: str, indexes: dict) -> tuple:
         _ivf_join.MIN_PAIRS_PER_LIST = _ivf_join.MIN_LIST_ROWS = 0 if path == "grouped" else 2**62
     try:
         t0 = time.perf_counter()
-        with use_search("approx", ApproxSettings()) as ctx:
+        settings = ApproxSettings(memory_mb=memory_mb)
+        with use_search("approx", settings) as ctx:
             ctx.indexes.update(indexes)
             s, i = knn(x[:nq], x, k, exclude_self=True)
-        dt = time.perf_counter() - t0
+            indexes.update(ctx.indexes)
+            dt = time.perf_counter() - t0
+            SCRATCH.extend(ctx.scratch)  # an on-disk index's folder lives on with the index
+            ctx.scratch.clear()
     finally:
         _ivf_join.MIN_PAIRS_PER_LIST, _ivf_join.MIN_LIST_ROWS = saved
-    indexes.update(ctx.indexes)
     return s, i, dt, ctx.records[0]
 
 
@@ -223,14 +274,19 @@ def main() -> None:
     ap.add_argument("--crossover", action="store_true", help="time both candidate paths by size")
     ap.add_argument("--compare", type=int, default=0, help="rows for IVF vs HNSW (0 = skip)")
     ap.add_argument("--build-threads", default="", help="only time the build with each, e.g. 1,2")
+    ap.add_argument("--memmap", type=Path, help="rows in a memory-mapped file in this folder")
+    ap.add_argument("--memory-mb", type=float, default=1024, help="ApproxSettings.memory_mb")
     args = ap.parse_args()
+    anon = AnonPeak()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("trainleak._ivf_join").setLevel(logging.DEBUG)  # progress of long runs
     print(f"load average at start: {os.getloadavg()}")
     t0 = time.perf_counter()
-    x = crops(args.rows)
+    x = memmap_rows(args.rows, args.memmap) if args.memmap else crops(args.rows)
     print(f"{len(x):,} real-crop vectors (d=128) made in {time.perf_counter() - t0:.1f} s, "
-          f"{peak_mb():.0f} MB peak so far")  # fmt: skip
+          f"{peak_mb():.0f} MB peak so far, {anon.mb:.0f} MB anonymous")  # fmt: skip
+    if args.memmap:
+        anon.mb = 0.0  # what follows is the search's
     if args.compare:
         compare(x[: args.compare], args.k)
     for threads in filter(None, args.build_threads.split(",")):
@@ -252,7 +308,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     found = {}
     for path, m in runs:
-        s, i, dt, rec = search(x, m, args.k, path, indexes)
+        s, i, dt, rec = search(x, m, args.k, path, indexes, args.memory_mb)
         rows, es, ei = exact_check(x, m, args.k, args.check)
         check = recall_at_k(s[rows], i[rows], es, ei)
         t = rec.seconds - rec.build_seconds - rec.check_seconds
@@ -267,7 +323,9 @@ def main() -> None:
     if args.crossover:
         (index,) = indexes.values()
         crossover(index, x, rec.nprobe, args.k)
-    print(f"\npeak RSS {peak_mb():.0f} MB; load average at end: {os.getloadavg()}")
+    print(f"\npeak RSS {peak_mb():.0f} MB, peak anonymous memory {anon.mb:.0f} MB"
+          f"{' (after making the rows)' if args.memmap else ''}; "
+          f"load average at end: {os.getloadavg()}")  # fmt: skip
 
 
 if __name__ == "__main__":

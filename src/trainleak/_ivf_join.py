@@ -128,6 +128,8 @@ def grouped_candidates(
     def run(q0: int) -> tuple[torch.Tensor, torch.Tensor]:
         faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread
         q = np.ascontiguousarray(queries[q0 : q0 + block], np.float32)
+        if not q.flags.writeable:  # a read-only memory map's rows (torch wants its own)
+            q = q.copy()
         _, probes = index.quantizer.search(q, nprobe)
         return _block(torch.from_numpy(q), probes, lists, kk)
 

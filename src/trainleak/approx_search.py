@@ -14,6 +14,12 @@ only *which* rows are found is approximate, never a score.
   are searched grouped by inverted list, one matrix product per list and
   query block (:mod:`trainleak._ivf_join`), which finds the same candidates
   several times faster (bench/README.md: 5x on 1M rows).
+* Memory: an index whose rows take more than ``memory_mb`` keeps them in a
+  file, memory-mapped (faiss's on-disk inverted lists), built a shard of
+  ``memory_mb`` at a time, so building and searching a database of any size
+  holds one shard's rows in memory, never the database (bench/README.md:
+  10M rows). The file lies in a temporary folder (``workdir`` or the system's)
+  that is removed with the run's context.
 * Recall is measured, not assumed: a seeded sample of queries (``sample``,
   1,000 by default, or every query when there are fewer) is searched exactly
   as well. A first sample picks ``nprobe``: it doubles until the recall@k on
@@ -33,11 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import logging
 import math
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +84,11 @@ class ApproxSettings:
         sample: queries searched exactly to measure recall (twice: tuning, report).
         nlist: inverted lists; 0 = ``4 * sqrt(n)`` (ours), at most ``n / 39``.
         seed: seeds the k-means training sample and the query samples.
+        memory_mb: rows an index keeps in memory, in MiB; a larger database's
+            index keeps its rows in a memory-mapped file, built this many MiB
+            of rows at a time (ours: 1024).
+        workdir: folder for that file (a temporary folder inside it, removed
+            with the run's context); empty = the system's temporary folder.
 
     """
 
@@ -80,6 +96,8 @@ class ApproxSettings:
     sample: int = 1000
     nlist: int = 0
     seed: int = 0
+    memory_mb: float = 1024
+    workdir: str = ""
 
 
 @dataclass
@@ -111,6 +129,15 @@ class SearchContext:
     indexes: dict[tuple[int, int, int], Any] = field(default_factory=dict)
     #: Seconds the last :func:`index_for` call spent building (0 when it reused one).
     last_build_seconds: float = 0.0
+    #: Temporary folders holding the built indexes' memory-mapped rows.
+    scratch: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list)
+
+    def drop_indexes(self) -> None:
+        """Forget the built indexes and remove their files."""
+        self.indexes.clear()
+        for folder in self.scratch:
+            folder.cleanup()
+        self.scratch.clear()
 
     def summary(self) -> dict[str, Any]:
         """Return the report's ``search`` section: how approximate the run was."""
@@ -167,6 +194,7 @@ def use_search(
         yield ctx
     finally:
         _CONTEXT.reset(token)
+        ctx.drop_indexes()
 
 
 def default_nlist(n: int) -> int:
@@ -174,8 +202,14 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def build_index(database: np.ndarray, nlist: int, seed: int) -> Any:
-    """Train and fill an inner-product ``IndexIVFFlat`` over ``database`` rows."""
+def build_index(
+    database: np.ndarray, nlist: int, seed: int, on_disk: Path | None = None, shard_rows: int = 0
+) -> Any:
+    """Train and fill an inner-product ``IndexIVFFlat`` over ``database`` rows.
+
+    With ``on_disk`` (an existing folder), the lists' rows go to a file there,
+    memory-mapped, filled ``shard_rows`` rows at a time (see :func:`_fill_on_disk`).
+    """
     faiss = require("faiss", extra="faiss", needed_for="search='approx'")
     n, dim = database.shape
     quantizer = faiss.IndexFlatIP(dim)
@@ -192,8 +226,11 @@ def build_index(database: np.ndarray, nlist: int, seed: int) -> Any:
         t0 = time.perf_counter()
         index.train(np.ascontiguousarray(database[rows], np.float32))
         t1 = time.perf_counter()
-        for d0 in range(0, n, ADD_BLOCK):
-            index.add(np.ascontiguousarray(database[d0 : d0 + ADD_BLOCK], np.float32))
+        if on_disk is None:
+            for d0 in range(0, n, ADD_BLOCK):
+                index.add(np.ascontiguousarray(database[d0 : d0 + ADD_BLOCK], np.float32))
+        else:
+            _fill_on_disk(index, database, on_disk, max(1, shard_rows or n))
     finally:
         faiss.omp_set_num_threads(threads)
     log.info("approx index: k-means on %d rows, %d lists: %.1f s; adding %d rows: %.1f s",
@@ -201,16 +238,69 @@ def build_index(database: np.ndarray, nlist: int, seed: int) -> Any:
     return index
 
 
+def _fill_on_disk(index: Any, database: np.ndarray, folder: Path, shard_rows: int) -> None:
+    """Add ``database`` to the empty trained ``index`` with its lists in a memory-mapped file.
+
+    Each shard of ``shard_rows`` rows is added to a copy of the empty index
+    and written to ``folder``; faiss then merges the shards' lists (read
+    memory-mapped) into ``folder/lists.ivfdata`` and the index uses that
+    file. Anonymous memory holds one shard's rows at a time.
+    """
+    faiss = require("faiss", extra="faiss", needed_for="search='approx'")
+    from faiss.contrib.ondisk import merge_ondisk
+
+    empty = faiss.serialize_index(index)
+    names: list[str] = []
+    for s0 in range(0, len(database), shard_rows):
+        shard = faiss.deserialize_index(empty)
+        for d0 in range(s0, min(len(database), s0 + shard_rows), ADD_BLOCK):
+            rows = np.ascontiguousarray(database[d0 : min(d0 + ADD_BLOCK, s0 + shard_rows)],
+                                        np.float32)  # fmt: skip
+            shard.add_with_ids(rows, np.arange(d0, d0 + len(rows), dtype=np.int64))
+        names.append(str(folder / f"shard-{len(names):05d}.index"))
+        faiss.write_index(shard, names[-1])
+        del shard
+    with _stdout_to_stderr():  # faiss prints the file's resizing to the process's stdout
+        merge_ondisk(index, names, str(folder / "lists.ivfdata"))
+    for name in names:
+        Path(name).unlink()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what C code writes to file descriptor 1 to 2 (stdout may carry a command's output)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C's buffered stdout, before fd 1 is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def index_for(ctx: SearchContext, database: np.ndarray) -> Any:
-    """Return the run's index of ``database``, building it on first use."""
+    """Return the run's index of ``database``, building it on first use.
+
+    Rows beyond ``settings.memory_mb`` go to a memory-mapped file in a
+    temporary folder that :meth:`SearchContext.drop_indexes` removes.
+    """
     key = (id(database), database.shape[0], database.shape[1])
     ctx.last_build_seconds = 0.0
     if key not in ctx.indexes:
-        nlist = ctx.settings.nlist or default_nlist(len(database))
-        ctx.indexes.clear()  # one database's index at a time bounds memory
+        st = ctx.settings
+        nlist = st.nlist or default_nlist(len(database))
+        ctx.drop_indexes()  # one database's index at a time bounds memory
         t0 = time.perf_counter()
         nlist = min(nlist, max(1, len(database)))
-        ctx.indexes[key] = build_index(database, nlist, ctx.settings.seed)
+        row_bytes = 4 * database.shape[1] + 8  # a list row: float32 values and an int64 id
+        on_disk, shard_rows = None, 0
+        if len(database) * row_bytes > st.memory_mb * 2**20:
+            folder = tempfile.TemporaryDirectory(prefix="trainleak-ivf-", dir=st.workdir or None)
+            ctx.scratch.append(folder)
+            on_disk, shard_rows = Path(folder.name), int(st.memory_mb * 2**20 // row_bytes)
+        ctx.indexes[key] = build_index(database, nlist, st.seed, on_disk, shard_rows)
         ctx.last_build_seconds = time.perf_counter() - t0
         log.info("approx index: %d rows, %d lists, built in %.1f s",
                  len(database), nlist, time.perf_counter() - t0)  # fmt: skip

@@ -134,6 +134,37 @@ def test_measured_recall_is_the_true_recall_when_low(coil_rows: np.ndarray) -> N
     np.testing.assert_allclose(s[found], exact_pairs[found].astype(np.float32))
 
 
+def test_index_over_the_memory_budget_is_memory_mapped_and_finds_the_same(
+    coil_rows: np.ndarray, tmp_path: Path
+) -> None:
+    # A memory-mapped database over the budget: the index is filled in shards of
+    # ~100 rows into a file under workdir, finds what the in-memory index finds
+    # (same lists, same rows), and the file goes with the run's context.
+    db = np.lib.format.open_memmap(tmp_path / "db.npy", "w+", np.float32, coil_rows.shape)
+    db[:] = coil_rows
+    db.flush()
+    db = np.load(tmp_path / "db.npy", mmap_mode="r")
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = ApproxSettings(target_recall=0.0, nlist=25)
+    budget = 100 * (4 * db.shape[1] + 8) / 2**20  # MiB: 100 rows, so 10 shards
+    with use_search("approx", settings) as mem:
+        s, i = knn(coil_rows, coil_rows, 10, exclude_self=True)
+    disk_settings = ApproxSettings(target_recall=0.0, nlist=25, memory_mb=budget,
+                                   workdir=str(work))  # fmt: skip
+    with use_search("approx", disk_settings) as disk:
+        ds, di = knn(coil_rows, db, 10, exclude_self=True)
+        (index,) = disk.indexes.values()
+        assert index.ntotal == len(db)
+        files = [p.name for p in work.rglob("*") if p.is_file()]
+        assert files == ["lists.ivfdata"]  # the shards are merged and removed
+    assert not any(work.iterdir())
+    (rm,), (rd,) = mem.records, disk.records
+    assert rd.nprobe == rm.nprobe == 1 and rd.recall_at_k == rm.recall_at_k < 0.999
+    np.testing.assert_array_equal(di, i)
+    np.testing.assert_array_equal(ds, s)
+
+
 def test_approx_refuses_tiled_l2_and_default_stays_exact() -> None:
     x = np.random.default_rng(0).random((20, 32)).astype(np.float32)
     with pytest.raises(ValueError, match="cosine metric only"):
@@ -215,7 +246,6 @@ def test_index_build_calibrates_with_measured_recall(
     if search["recall_at_k_min"] == 1.0:
         assert threshold == made["exact"][1]
     assert made["exact"][0]["mode"] == "exact"
-
 
 
 def test_tuning_stops_near_the_least_nprobe_that_reaches_the_target(
