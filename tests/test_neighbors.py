@@ -153,6 +153,29 @@ def test_block_size_does_not_change_results(metric):
     np.testing.assert_array_equal(s, ref_s)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("metric", ["cosine", "tiled_l2"])
+def test_few_queries_take_larger_blocks_with_the_same_results(backend, metric, monkeypatch):
+    import trainleak.neighbors as nb
+
+    rng = np.random.default_rng(9)
+    make = _unit if metric == "cosine" else _images
+    q, db = make(rng, 3, 64), make(rng, 6000, 64)
+    for n in (1, 3):  # 1 query: one block of 6,000 rows; 3 queries: 6,000 too
+        assert nb._auto_block(n, len(db), 64) == 6000
+    assert nb._auto_block(200, len(db), 64) == nb.BLOCK_ROWS
+    seen = []
+    real = nb._knn_torch if backend == "torch" else nb._knn_numpy
+    monkeypatch.setattr(nb, f"_knn_{backend}", lambda *a: seen.append(a[4]) or real(*a))
+    s, i = knn(q, db, 5, metric=metric, backend=backend, exclude_self=True, self_offset=2)
+    assert seen == [6000]
+    ref_s, ref_i = knn(q, db, 5, metric=metric, backend=backend, block_size=97,
+                       exclude_self=True, self_offset=2)  # fmt: skip
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_array_equal(s, ref_s)
+    assert 2 not in i[0] and 3 not in i[1]
+
+
 def test_query_blocks_do_not_change_results(monkeypatch):
     import trainleak.neighbors as nb
 

@@ -247,7 +247,7 @@ def _fill_on_disk(index: Any, database: np.ndarray, folder: Path, shard_rows: in
     file. Anonymous memory holds one shard's rows at a time.
     """
     faiss = require("faiss", extra="faiss", needed_for="search='approx'")
-    from faiss.contrib.ondisk import merge_ondisk
+    ondisk = require("faiss.contrib.ondisk", extra="faiss", needed_for="search='approx'")
 
     empty = faiss.serialize_index(index)
     names: list[str] = []
@@ -261,7 +261,7 @@ def _fill_on_disk(index: Any, database: np.ndarray, folder: Path, shard_rows: in
         faiss.write_index(shard, names[-1])
         del shard
     with _stdout_to_stderr():  # faiss prints the file's resizing to the process's stdout
-        merge_ondisk(index, names, str(folder / "lists.ivfdata"))
+        ondisk.merge_ondisk(index, names, str(folder / "lists.ivfdata"))
     for name in names:
         Path(name).unlink()
 

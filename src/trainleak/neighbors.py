@@ -65,6 +65,14 @@ Search = Literal["default", "exact", "approx"]
 #: 1,411 MB at 256 MB blocks and 356 MB at 64 MB, in the same 45 s (torch: 550
 #: and 291 MB, 35 s both; bench/bench_search_memory.py).
 SCORE_BLOCK_BYTES = 64 * 2**20
+#: Database rows scored at a time when ``block_size`` is not given (the fastest of
+#: 256-4,096 at 2,000 queries, bench/README.md "Exact search vs faiss").
+BLOCK_ROWS = 2048
+#: With few queries (fewer than ``FEW_QUERY_SCORES / BLOCK_ROWS``, 128) and no
+#: ``block_size`` given, a block takes more rows, up to this many scores and
+#: ``SCORE_BLOCK_BYTES`` of float32 rows: one query against 100,000 rows is
+#: then one product, not 49 (each with a few torch or numpy calls around it).
+FEW_QUERY_SCORES = 2**18
 #: Candidates kept beyond ``k`` by the float32 search, for the float64 re-scoring to rank.
 RESCORE_MARGIN = 8
 
@@ -78,7 +86,7 @@ def knn(
     k: int,
     metric: MetricName = "cosine",
     backend: Backend = "auto",
-    block_size: int = 2048,
+    block_size: int | None = None,
     tiles: int = 16,
     exclude_self: bool = False,
     device: str = "cpu",
@@ -96,7 +104,8 @@ def knn(
         backend: ``torch``, ``numpy``, ``faiss`` (``IndexFlatIP``, cosine
             only, needs ``pip install 'trainleak[faiss]'``), or ``auto``: see
             :func:`pick_backend`.
-        block_size: database rows scored at a time; bounds memory.
+        block_size: database rows scored at a time; bounds memory. ``None``:
+            :data:`BLOCK_ROWS`, more for few queries (:data:`FEW_QUERY_SCORES`).
         tiles: tiles per row for ``tiled_l2``.
         exclude_self: queries are the database itself; leave out database row
             ``i`` from the results of query ``i``.
@@ -131,7 +140,9 @@ def knn(
     """
     queries = np.ascontiguousarray(queries, np.float32)
     _check(queries, database, k, metric, tiles, backend)
-    if block_size < 1:
+    if block_size is None:
+        block_size = _auto_block(len(queries), len(database), queries.shape[1])
+    elif block_size < 1:
         raise ValueError(f"block_size must be 1 or more, got {block_size}")
     if search not in ("default", "exact", "approx"):
         raise ValueError(f"unknown search {search!r}: use 'exact' or 'approx'")
@@ -145,6 +156,20 @@ def knn(
     return _knn_exact(
         queries, database, k, metric, backend, block_size, tiles, exclude_self, device, self_offset
     )
+
+
+def _auto_block(n_query: int, n_database: int, dim: int) -> int:
+    """Database rows per block: :data:`BLOCK_ROWS`, more for few queries.
+
+    Example:
+        >>> _auto_block(2000, 10**6, 128), _auto_block(1, 10**6, 128), _auto_block(1, 5000, 3072)
+        (2048, 131072, 5000)
+
+    """
+    if n_query * BLOCK_ROWS >= FEW_QUERY_SCORES:
+        return BLOCK_ROWS
+    rows = min(FEW_QUERY_SCORES // max(1, n_query), SCORE_BLOCK_BYTES // (4 * dim))
+    return max(BLOCK_ROWS, min(n_database, rows))
 
 
 def _knn_exact(
