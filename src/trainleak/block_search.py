@@ -155,24 +155,87 @@ def _knn_numpy(
     q0: int | None,
     device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.full((len(q), k), -1, np.int64)
-    kth = best_s[:, 0].copy()  # each query's k-th best so far, as in _knn_torch
+    top = _RunningTopK(len(q), k)
     for d0 in range(0, len(db), block):
         s = pairwise_scores(q, _db_block(db, d0, block), metric, tiles)
         s[_self_cells(q0, len(q), d0, s.shape[1])] = -np.inf
-        todo = np.flatnonzero(s.max(axis=1) > kth)
-        if len(todo) == 0:
-            continue
-        s = s[todo]
-        if s.shape[1] > k:
-            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            s, cols = np.take_along_axis(s, top, 1), top + d0
+        top.merge(s, d0)
+    return top.scores, top.idx
+
+
+class _RunningTopK:
+    """Each query's top ``k`` over score blocks, merged one block at a time (numpy).
+
+    The first block gives every query its top ``k`` (a partition of each
+    row). After that a block merges only the cells above their query's k-th
+    best so far, found in one comparison pass over the block (most queries
+    have none or a few after the first blocks); a query with more than ``k``
+    such cells takes its top ``k`` of the block. A cell equal to the k-th best
+    is not merged (ties at the k-th place are the backend's choice, see
+    :mod:`trainleak.neighbors`). A query whose scores are NaN keeps ``-inf``
+    or NaN (never a NaN beats the k-th best), as the torch search does.
+    """
+
+    def __init__(self, n: int, k: int) -> None:
+        self.k = k
+        self.scores = np.full((n, k), -np.inf, np.float32)
+        self.idx = np.full((n, k), -1, np.int64)
+        self.kth = np.full(n, -np.inf, np.float32)  # each query's k-th best so far
+        self.started = False
+
+    def merge(self, s: np.ndarray, d0: int) -> None:
+        """Merge the scores ``s`` ``(n, width)`` of database rows ``d0 ...``."""
+        k = self.k
+        if not self.started:
+            self.started = True
+            todo = np.flatnonzero(s.max(axis=1) > self.kth)
+            s = s[todo]
+            if s.shape[1] > k:
+                part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+                s, cols = np.take_along_axis(s, part, 1), part
+            else:
+                cols = np.broadcast_to(np.arange(s.shape[1]), s.shape)
         else:
-            cols = np.broadcast_to(np.arange(d0, d0 + s.shape[1]), s.shape)
-        best_s[todo], best_i[todo] = _merge_np((best_s[todo], best_i[todo]), s, cols, k)
-        kth[todo] = best_s[todo].min(axis=1)
-    return best_s, best_i
+            todo, s, cols = _above_np(s, self.kth, k)
+        if len(todo) == 0:
+            return
+        cols = cols + d0
+        got = _merge_np((self.scores[todo], self.idx[todo]), s, np.where(cols < d0, -1, cols), k)
+        self.scores[todo], self.idx[todo] = got
+        self.kth[todo] = got[0].min(axis=1)
+
+
+def _above_np(s: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the cells of a score block that beat their query's k-th best so far, up to k each.
+
+    Returns the queries with any such cell, and for each their cells' scores
+    and columns ``(len(queries), min(k, width))`` (padded with ``-inf``, -1).
+    One comparison pass finds them: after the first blocks most queries have
+    none or a few, so the block is not partitioned row by row (a query with
+    more than ``k`` takes its top ``k``).
+    """
+    n, width = s.shape
+    cells = np.flatnonzero(s > kth[:, None])  # row-major: by query, then column
+    r = cells // width
+    cnt = np.bincount(r, minlength=n)
+    todo = np.flatnonzero(cnt)
+    top = min(k, width)
+    cand_s = np.full((len(todo), top), -np.inf, np.float32)
+    cand_i = np.full((len(todo), top), -1, np.int64)
+    slot = np.cumsum(cnt > 0) - 1  # a query's row in cand_s
+    many = cnt[todo] > top
+    if many.any():
+        rows = todo[many]
+        part = np.argpartition(-s[rows], top - 1, axis=1)[:, :top]
+        cand_s[many], cand_i[many] = np.take_along_axis(s[rows], part, 1), part
+        keep = cnt[r] <= top
+        cells, r = cells[keep], r[keep]
+        cnt[rows] = 0
+    if len(cells):
+        pos = np.arange(len(cells)) - (np.cumsum(cnt) - cnt)[r]
+        c = cells - r * width
+        cand_s[slot[r], pos], cand_i[slot[r], pos] = s[r, c], c
+    return todo, cand_s, cand_i
 
 
 def _knn_torch(
@@ -197,6 +260,8 @@ def _knn_torch(
         # query does not beat it cannot change that query's list.
         kth = best_s[:, 0].clone()
         out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
+        on_cpu = dev.type == "cpu"
+        top = _RunningTopK(len(q), k)
         for d0 in range(0, len(db), block):
             part = torch.from_numpy(_db_block(db, d0, block, writeable=True))
             part = part.to(dev, non_blocking=True)
@@ -206,6 +271,11 @@ def _knn_torch(
                 s = _tiled_torch(qt, qn, part, tiles, out[:, : len(part)])
             rows, cols = _self_cells(q0, len(q), d0, len(part))
             s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
+            if on_cpu:  # numpy's comparison and flatnonzero beat torch's here
+                top.merge(s.numpy(), d0)
+                continue
+            # On a GPU: a block is merged into the queries whose best score in it
+            # beats their k-th best so far, by a top-k of their rows.
             todo = torch.nonzero(s.amax(1) > kth).squeeze(1)
             if len(todo) == 0:
                 continue
@@ -218,6 +288,8 @@ def _knn_torch(
             best_s.index_copy_(0, todo, new_s)
             best_i.index_copy_(0, todo, torch.gather(cat_i, 1, pos))
             kth.index_copy_(0, todo, new_s.amin(1))
+        if on_cpu:
+            return top.scores, top.idx
         return best_s.cpu().numpy(), best_i.cpu().numpy()
 
 
