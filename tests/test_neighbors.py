@@ -176,6 +176,20 @@ def test_few_queries_take_larger_blocks_with_the_same_results(backend, metric, m
     assert 2 not in i[0] and 3 not in i[1]
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_better_row_after_many_tied_rows_is_found(backend):
+    # Eleven rows tie ahead of the best one in the same block: the k-th-value
+    # selection must keep the best row, not the first k + margin tied ones.
+    db = np.zeros((40, 4), np.float32)
+    db[:11, 0], db[11, 0], db[12:, 1] = 0.5, 0.9, 1.0
+    q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    for block in (None, 40, 13):
+        s, i = knn(q, db, 1, backend=backend, block_size=block)
+        assert i.tolist() == [[11]] and s[0, 0] == np.float32(0.9)
+    s, i = knn(q, db, 3, backend=backend)
+    assert i.tolist() == [[11, 0, 1]]
+
+
 def test_query_blocks_do_not_change_results(monkeypatch):
     import trainleak.neighbors as nb
 
