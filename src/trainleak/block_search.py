@@ -163,6 +163,13 @@ def _knn_numpy(
     return top.scores, top.idx
 
 
+#: The numpy search finds each query's best score in a block before comparing
+#: its cells only once the last block changed fewer than this share of the
+#: queries: the extra pass (half the comparison's cost) pays only when most
+#: queries can be passed over.
+PREFILTER_BELOW = 0.4
+
+
 class _RunningTopK:
     """Each query's top ``k`` over score blocks, merged one block at a time (numpy).
 
@@ -182,14 +189,31 @@ class _RunningTopK:
         self.idx = np.full((n, k), -1, np.int64)
         self.kth = np.full(n, -np.inf, np.float32)  # each query's k-th best so far
         self.started = False
+        self.hit = 1.0  # share of the queries the last block changed
 
-    def merge(self, s: np.ndarray, d0: int) -> None:
-        """Merge the scores ``s`` ``(n, width)`` of database rows ``d0 ...``."""
+    def merge(self, s: np.ndarray, d0: int, row_max: np.ndarray | None = None) -> None:
+        """Merge the scores ``s`` ``(n, width)`` of database rows ``d0 ...``.
+
+        ``row_max``: each row's largest score, when the caller has it cheaper
+        (torch's multi-threaded ``amax``); the queries whose best score in the
+        block does not beat their k-th best are passed over first, which is
+        most of them once the search is well under way.
+        """
         if not self.started:  # every query takes its top k of the first block
             self.started = True
             todo, cand_s, cand_i = _top_cells(s, np.arange(len(s)), self.k)
         else:
-            todo, cand_s, cand_i = _above(s, self.kth, self.k)
+            if row_max is None and self.hit > PREFILTER_BELOW:
+                rows = np.arange(len(s))  # most rows have a cell above: no max pass
+            else:
+                row_max = s.max(axis=1) if row_max is None else row_max
+                rows = np.flatnonzero(row_max > self.kth)
+            if len(rows) < len(s):
+                todo, cand_s, cand_i = _above(s[rows], self.kth[rows], self.k)
+                todo = rows[todo]
+            else:
+                todo, cand_s, cand_i = _above(s, self.kth, self.k)
+        self.hit = len(todo) / max(1, len(s))
         if len(todo) == 0:
             return
         cols = np.where(cand_i < 0, -1, cand_i + d0)
@@ -302,7 +326,7 @@ def _knn_torch(
             rows, cols = _self_cells(q0, len(q), d0, len(part))
             s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
             if on_cpu:  # numpy's comparison and flatnonzero beat torch's here
-                top.merge(s.numpy(), d0)
+                top.merge(s.numpy(), d0, s.amax(1).numpy())
                 continue
             # On a GPU: a block is merged into the queries whose best score in it
             # beats their k-th best so far, by a top-k of their rows.
