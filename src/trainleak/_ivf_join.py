@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -163,6 +164,19 @@ def _by_list(probes: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return qid, starts
 
 
+def _list_scores(
+    q: torch.Tensor, probes: np.ndarray, lists: list[tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield, list by list, the queries probing it, its row ids, and their scores against it."""
+    qid, starts = _by_list(probes, len(lists))
+    for li, (ids, rows) in enumerate(lists):
+        a, b = starts[li], starts[li + 1]
+        if a == b or len(ids) == 0:
+            continue
+        qs = torch.from_numpy(qid[a:b])
+        yield qs, ids, torch.mm(q.index_select(0, qs), rows.T)
+
+
 def _block(
     q: torch.Tensor, probes: np.ndarray, lists: list[tuple[torch.Tensor, torch.Tensor]], kk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,16 +184,8 @@ def _block(
     m = len(q)
     best_s = torch.full((m, kk), -torch.inf)
     best_i = torch.full((m, kk), -1, dtype=torch.int64)
-    nlist = len(lists)
     # Pass 1: each query's nearest list fills its top kk (a good bar before pass 2).
-    qid, starts = _by_list(probes[:, :1], nlist)
-    for li in range(nlist):
-        a, b = starts[li], starts[li + 1]
-        ids, rows = lists[li]
-        if a == b or len(ids) == 0:
-            continue
-        qs = torch.from_numpy(qid[a:b])
-        scores = torch.mm(q.index_select(0, qs), rows.T)
+    for qs, ids, scores in _list_scores(q, probes[:, :1], lists):
         top = min(kk, len(ids))
         s, j = torch.topk(scores, top, dim=1)
         best_s[qs, :top], best_i[qs, :top] = s, ids[j]
@@ -187,14 +193,7 @@ def _block(
         return _sorted(best_s, best_i)
     # Pass 2: the other probes; a list merges only into the queries it improves.
     bar = best_s[:, -1].clone()
-    qid, starts = _by_list(probes[:, 1:], nlist)
-    for li in range(nlist):
-        a, b = starts[li], starts[li + 1]
-        ids, rows = lists[li]
-        if a == b or len(ids) == 0:
-            continue
-        qs = torch.from_numpy(qid[a:b])
-        scores = torch.mm(q.index_select(0, qs), rows.T)
+    for qs, ids, scores in _list_scores(q, probes[:, 1:], lists):
         hit = scores.amax(dim=1) > bar.index_select(0, qs)
         if not bool(hit.any()):
             continue

@@ -26,24 +26,24 @@ from conftest import COIL, ORL
 pytest.importorskip("faiss")
 
 
-@pytest.fixture(scope="module")
-def coil_rows() -> np.ndarray:
-    """The 1,000 real COIL-20 views as 128-d unit rows (16 x 8 pixels, each centred)."""
-    paths = sorted(Path(COIL).glob("*.png"))
+def _unit_rows(paths: list[Path]) -> np.ndarray:
+    """Real images as 128-d unit rows: 16 x 8 grey pixels, each row centred."""
     x = np.stack([np.asarray(Image.open(p).convert("L").resize((8, 16)), np.float32).ravel()
                   for p in paths])  # fmt: skip
     x -= x.mean(axis=1, keepdims=True)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def coil_rows() -> np.ndarray:
+    """The 1,000 real COIL-20 views as 128-d unit rows."""
+    return _unit_rows(sorted(Path(COIL).glob("*.png")))
 
 
 @pytest.fixture(scope="module")
 def orl_rows() -> np.ndarray:
-    """The 400 real ORL faces as 128-d unit rows, made as :func:`coil_rows`."""
-    paths = sorted(Path(ORL).glob("s*/*.pgm"))
-    x = np.stack([np.asarray(Image.open(p).convert("L").resize((8, 16)), np.float32).ravel()
-                  for p in paths])  # fmt: skip
-    x -= x.mean(axis=1, keepdims=True)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    """The 400 real ORL faces as 128-d unit rows."""
+    return _unit_rows(sorted(Path(ORL).glob("s*/*.pgm")))
 
 
 @pytest.mark.parametrize("rows", ["coil_rows", "orl_rows"])
