@@ -156,16 +156,19 @@ class AnonPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon"):
-                    self.mb = max(self.mb, int(line.split()[1]) / 1024)
+            self.mb = max(self.mb, status_mb("RssAnon"))
+
+
+def status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmHWM``, ``RssAnon``...), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_mb("VmHWM")
 
 
 def compare(x: np.ndarray, k: int) -> None:
