@@ -253,9 +253,9 @@ def _fill_on_disk(index: Any, database: np.ndarray, folder: Path, shard_rows: in
     names: list[str] = []
     for s0 in range(0, len(database), shard_rows):
         shard = faiss.deserialize_index(empty)
-        for d0 in range(s0, min(len(database), s0 + shard_rows), ADD_BLOCK):
-            rows = np.ascontiguousarray(database[d0 : min(d0 + ADD_BLOCK, s0 + shard_rows)],
-                                        np.float32)  # fmt: skip
+        end = min(len(database), s0 + shard_rows)
+        for d0 in range(s0, end, ADD_BLOCK):
+            rows = np.ascontiguousarray(database[d0 : min(d0 + ADD_BLOCK, end)], np.float32)
             shard.add_with_ids(rows, np.arange(d0, d0 + len(rows), dtype=np.int64))
         names.append(str(folder / f"shard-{len(names):05d}.index"))
         faiss.write_index(shard, names[-1])
@@ -295,11 +295,12 @@ def index_for(ctx: SearchContext, database: np.ndarray) -> Any:
         t0 = time.perf_counter()
         nlist = min(nlist, max(1, len(database)))
         row_bytes = 4 * database.shape[1] + 8  # a list row: float32 values and an int64 id
+        budget = st.memory_mb * 2**20
         on_disk, shard_rows = None, 0
-        if len(database) * row_bytes > st.memory_mb * 2**20:
+        if len(database) * row_bytes > budget:
             folder = tempfile.TemporaryDirectory(prefix="trainleak-ivf-", dir=st.workdir or None)
             ctx.scratch.append(folder)
-            on_disk, shard_rows = Path(folder.name), int(st.memory_mb * 2**20 // row_bytes)
+            on_disk, shard_rows = Path(folder.name), int(budget // row_bytes)
         ctx.indexes[key] = build_index(database, nlist, st.seed, on_disk, shard_rows)
         ctx.last_build_seconds = time.perf_counter() - t0
         log.info("approx index: %d rows, %d lists, built in %.1f s",
