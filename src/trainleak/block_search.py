@@ -8,11 +8,14 @@ module small; ``pairwise_scores`` is re-exported by :mod:`trainleak.neighbors`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from trainleak._optional import require
+from trainleak._topk import RunningTopK, merge_lists
+from trainleak.device import cpu_threads, one_blas_thread
 
 if TYPE_CHECKING:
     import torch
@@ -135,16 +138,6 @@ def _self_cells(q0: int | None, n: int, d0: int, m: int) -> tuple[np.ndarray, np
     return r - q0, r - d0
 
 
-def _merge_np(
-    best: tuple[np.ndarray, np.ndarray], s: np.ndarray, i: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    cat_s, cat_i = np.concatenate([best[0], s], 1), np.concatenate([best[1], i], 1)
-    if cat_s.shape[1] <= k:
-        return cat_s, cat_i
-    top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
-
-
 def _knn_numpy(
     q: np.ndarray,
     db: np.ndarray,
@@ -155,141 +148,86 @@ def _knn_numpy(
     q0: int | None,
     device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    top = _RunningTopK(len(q), k)
-    for d0 in range(0, len(db), block):
-        s = pairwise_scores(q, _db_block(db, d0, block), metric, tiles)
-        s[_self_cells(q0, len(q), d0, s.shape[1])] = -np.inf
-        top.merge(s, d0)
-    return top.scores, top.idx
+    """Search with numpy: one scan per thread, each with a single-threaded BLAS.
 
-
-#: The numpy search finds each query's best score in a block before comparing
-#: its cells only once the last block changed fewer than this share of the
-#: queries: the extra pass (half the comparison's cost) pays only when most
-#: queries can be passed over.
-PREFILTER_BELOW = 0.4
-
-
-class _RunningTopK:
-    """Each query's top ``k`` over score blocks, merged one block at a time (numpy).
-
-    A block merges only its cells that beat their query's k-th best so far,
-    found in one comparison pass over the block; after the first blocks most
-    queries have none or a few. Where a query has more than ``k`` such cells
-    (every query in the first block), its k-th largest score in the block is
-    found by a partition of the values (3x faster than partitioning indices)
-    and only the cells at or above it are kept. Of cells tied at a query's
-    k-th place, which are kept is the backend's choice, as documented in
-    :mod:`trainleak.neighbors`. A NaN score never beats the k-th best.
+    Threads (as many as numpy's BLAS would use, see :func:`cpu_threads`) each
+    scan a slice of the queries, or with few queries a share of the
+    database; each makes its own products and merges them into its own
+    lists while its scores are still in its core's cache, where a
+    multi-threaded product followed by a one-thread merge leaves the other
+    cores idle during the merge.
     """
+    n, m = len(q), len(db)
+    threads = cpu_threads() if n * m * q.shape[1] >= THREAD_ABOVE_MACS else 1
+    if threads == 1:
+        return _scan(q, db, k, metric, block, tiles, q0, 0, m)
+    with one_blas_thread(), ThreadPoolExecutor(threads, "trainleak-knn") as pool:
+        if n >= threads * COLUMN_QUERIES:  # a slice of the queries each
+            cut = np.linspace(0, n, threads + 1).astype(int)
+            jobs = [
+                pool.submit(_scan, q[a:b], db, k, metric, block, tiles,
+                            None if q0 is None else q0 + a, 0, m)  # fmt: skip
+                for a, b in zip(cut[:-1], cut[1:], strict=True)
+            ]
+            parts = [job.result() for job in jobs]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        cut = np.linspace(0, m, threads + 1).astype(int)  # a share of the database each
+        jobs = [
+            pool.submit(_scan, q, db, k, metric, block, tiles, q0, a, b)
+            for a, b in zip(cut[:-1], cut[1:], strict=True)
+        ]
+        best = jobs[0].result()
+        for job in jobs[1:]:
+            best = merge_lists(best, *job.result(), k)
+        return best
 
-    def __init__(self, n: int, k: int) -> None:
-        self.k = k
-        self.scores = np.full((n, k), -np.inf, np.float32)
-        self.idx = np.full((n, k), -1, np.int64)
-        self.kth = np.full(n, -np.inf, np.float32)  # each query's k-th best so far
-        self.started = False
-        self.hit = 1.0  # share of the queries the last block changed
 
-    def merge(self, s: np.ndarray, d0: int, row_max: np.ndarray | None = None) -> None:
-        """Merge the scores ``s`` ``(n, width)`` of database rows ``d0 ...``.
+#: A slice of at least this many queries has its score blocks laid out as
+#: (database rows, queries), merged by :meth:`~trainleak._topk.RunningTopK.merge_columns`;
+#: fewer are laid out (queries, rows), where a query's maximum is one pass.
+COLUMN_QUERIES = 64
+#: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
+#: limit cost about 0.2 ms, a few percent of a search this size.
+THREAD_ABOVE_MACS = 2**26
 
-        ``row_max``: each row's largest score, when the caller has it cheaper
-        (torch's multi-threaded ``amax``); the queries whose best score in the
-        block does not beat their k-th best are passed over first, which is
-        most of them once the search is well under way.
-        """
-        if not self.started:  # every query takes its top k of the first block
-            self.started = True
-            todo, cand_s, cand_i = _top_cells(s, np.arange(len(s)), self.k)
+
+def _scan(
+    q: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    metric: MetricName,
+    block: int,
+    tiles: int,
+    q0: int | None,
+    start: int,
+    stop: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of database rows ``start:stop`` for every query, a block at a time."""
+    top = RunningTopK(len(q), k)
+    columns = len(q) >= COLUMN_QUERIES
+    width = min(block, max(1, stop - start))
+    buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
+    for d0 in range(start, stop, block):
+        part = _db_block(db, d0, min(block, stop - d0))
+        rows, cols = _self_cells(q0, len(q), d0, len(part))
+        if columns:
+            st = _scores(part, q, metric, tiles, buf)
+            st[cols, rows] = -np.inf
+            top.merge_columns(st, d0)
         else:
-            if row_max is None and self.hit > PREFILTER_BELOW:
-                rows = np.arange(len(s))  # most rows have a cell above: no max pass
-            else:
-                row_max = s.max(axis=1) if row_max is None else row_max
-                rows = np.flatnonzero(row_max > self.kth)
-            if len(rows) < len(s):
-                todo, cand_s, cand_i = _above(s[rows], self.kth[rows], self.k)
-                todo = rows[todo]
-            else:
-                todo, cand_s, cand_i = _above(s, self.kth, self.k)
-        self.hit = len(todo) / max(1, len(s))
-        if len(todo) == 0:
-            return
-        cols = np.where(cand_i < 0, -1, cand_i + d0)
-        got = _merge_np((self.scores[todo], self.idx[todo]), cand_s, cols, self.k)
-        self.scores[todo], self.idx[todo] = got
-        self.kth[todo] = got[0].min(axis=1)
+            s = _scores(q, part, metric, tiles, buf)
+            s[rows, cols] = -np.inf
+            top.merge(s, d0)
+    return top.lists()
 
 
-def _above(s: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the queries with cells above their ``kth``, and up to ``k`` such cells each.
-
-    ``(queries, scores, columns)``: scores and columns ``(len(queries),
-    min(k, width))``, padded with ``-inf`` and -1. A query with more than ``k``
-    cells above takes its top ``k`` of the block (:func:`_top_cells`).
-    """
-    n, width = s.shape
-    top = min(k, width)
-    cells = np.flatnonzero(s > kth[:, None])  # row-major: by query, then column
-    cnt = np.bincount(cells // width, minlength=n)
-    many = np.flatnonzero(cnt > top)
-    if len(many) == 0:
-        return _pack(s, cells, cnt, top)
-    # Those queries' cells come from _top_cells instead.
-    few = cnt.copy()
-    few[many] = 0
-    cells = cells[np.repeat(cnt <= top, cnt)]
-    rows_f, s_f, i_f = _pack(s, cells, few, top)
-    rows_m, s_m, i_m = _top_cells(s, many, k)
-    order = np.argsort(np.concatenate([rows_f, rows_m]), kind="stable")
-    return (
-        np.concatenate([rows_f, rows_m])[order],
-        np.concatenate([s_f, s_m])[order],
-        np.concatenate([i_f, i_m])[order],
-    )
-
-
-def _top_cells(
-    s: np.ndarray, rows: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``rows`` with each one's top ``k`` cells of ``s`` (as :func:`_above`)."""
-    width = s.shape[1]
-    top = min(k, width)
-    part = s if len(rows) == len(s) else s[rows]
-    # The k-th largest value of each row; NaN sorts last, so a row of NaN keeps nothing.
-    bar = np.partition(part, width - top, axis=1)[:, width - top, None]
-    # Fewer than k cells beat the bar: take them all, then cells tied with it.
-    above, tied = np.flatnonzero(part > bar), np.flatnonzero(part == bar)
-    cells = np.concatenate([above, tied])
-    cells = cells[np.argsort(cells // width, kind="stable")]  # by row, those above first
-    cnt = np.bincount(cells // width, minlength=len(rows))
-    local, cand_s, cand_i = _pack(part, cells, cnt, top)
-    return rows[local], cand_s, cand_i
-
-
-def _pack(
-    s: np.ndarray, cells: np.ndarray, cnt: np.ndarray, top: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lay flat ``cells`` of ``s`` (``cnt`` per row, grouped by row) out as ``top`` per row.
-
-    Returns the rows with any cell, and their scores and columns ``(rows,
-    top)`` padded with ``-inf`` and -1; a row's cells past ``top`` (ties at
-    its k-th place) are dropped.
-    """
-    width = s.shape[1]
-    rows = np.flatnonzero(cnt)
-    cand_s = np.full((len(rows), top), -np.inf, np.float32)
-    cand_i = np.full((len(rows), top), -1, np.int64)
-    if len(cells):
-        r = cells // width
-        pos = np.arange(len(cells)) - (np.cumsum(cnt) - cnt)[r]
-        slot = (np.cumsum(cnt > 0) - 1)[r]
-        fit = pos < top
-        c = cells[fit] - r[fit] * width
-        cand_s[slot[fit], pos[fit]] = s[r[fit], c]
-        cand_i[slot[fit], pos[fit]] = c
-    return rows, cand_s, cand_i
+def _scores(
+    a: np.ndarray, b: np.ndarray, metric: MetricName, tiles: int, buf: np.ndarray
+) -> np.ndarray:
+    """:func:`pairwise_scores` of ``a`` and ``b``; a cosine product is written into ``buf``."""
+    if metric != "cosine":
+        return pairwise_scores(a, b, metric, tiles)
+    return np.matmul(a, b.T, out=buf[: len(a), : len(b)])
 
 
 def _knn_torch(
@@ -315,7 +253,7 @@ def _knn_torch(
         kth = best_s[:, 0].clone()
         out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
         on_cpu = dev.type == "cpu"
-        top = _RunningTopK(len(q), k)
+        top = RunningTopK(len(q), k)
         for d0 in range(0, len(db), block):
             part = torch.from_numpy(_db_block(db, d0, block, writeable=True))
             part = part.to(dev, non_blocking=True)
@@ -343,7 +281,7 @@ def _knn_torch(
             best_i.index_copy_(0, todo, torch.gather(cat_i, 1, pos))
             kth.index_copy_(0, todo, new_s.amin(1))
         if on_cpu:
-            return top.scores, top.idx
+            return top.lists()
         return best_s.cpu().numpy(), best_i.cpu().numpy()
 
 
@@ -385,5 +323,5 @@ def _knn_faiss(
         s, i = index.search(q, min(k + (q0 is not None), index.ntotal))
         if q0 is not None:
             s[i + d0 == np.arange(q0, q0 + len(q))[:, None]] = -np.inf
-        best = _merge_np(best, s, np.where(i < 0, -1, i + d0), k)
+        best = merge_lists(best, s, np.where(i < 0, -1, i + d0), k)
     return best

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Literal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
 #: Multiply-adds (queries x database x dim) above which ``auto`` searches with
 #: torch on the CPU: numpy's products are about 25% slower (2 cores), which
@@ -96,3 +99,65 @@ def pick_backend(
     if device != "cpu" or n_query * n_database * dim >= TORCH_ABOVE_MACS:
         return "torch"
     return "numpy"
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit: Any = None
+_controller: Any = None
+
+
+def _blas() -> Any:
+    """Return threadpoolctl's view of numpy's BLAS (found once: the scan takes about 2 ms)."""
+    global _controller
+    with _blas_lock:
+        if _controller is None:
+            import numpy  # noqa: F401  (its BLAS must be loaded to be found)
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        return _controller
+
+
+def cpu_threads() -> int:
+    """Threads the CPU search runs on: as many as numpy's BLAS would use, at most the CPUs.
+
+    The BLAS's own count follows ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
+    and any ``threadpoolctl.threadpool_limits`` the caller set, so one setting
+    governs both.
+
+    Example:
+        >>> 1 <= cpu_threads() <= (os.cpu_count() or 1)
+        True
+
+    """
+    controller = _blas()
+    with _blas_lock:
+        if _blas_users:  # our own limit is on: count what it replaced
+            count = _blas_limit.get_original_num_threads().get("blas") or 1
+        else:
+            libs = controller.select(user_api="blas").lib_controllers
+            count = max((lib.num_threads for lib in libs), default=1)
+    return max(1, min(count, os.cpu_count() or 1))
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Limit the BLAS libraries to one thread each while the CPU search's own threads run.
+
+    The limit is process-wide (BLAS has no per-thread setting); overlapping
+    searches share it, and the last to finish restores the counts.
+    """
+    global _blas_users, _blas_limit
+    controller = _blas()
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()

@@ -1,0 +1,283 @@
+"""Running top-k lists merged one block of scores at a time (the CPU's exact search).
+
+:func:`trainleak.block_search` scans the database a block at a time; each
+block's scores are merged here into every query's best ``k`` so far. Two
+layouts: :meth:`RunningTopK.merge` takes a block as ``(queries, rows)``, and
+:meth:`RunningTopK.merge_columns` as ``(rows, queries)``, where the maximum
+of every group of :data:`GROUP_ROWS` database rows is one vectorised pass
+over contiguous memory (0.12 ns a score on this project's 2-core machine,
+as cheap as a row maximum) and only the groups whose maximum beats a
+query's k-th best are read again. After the first blocks a query has a
+handful of such groups or none, so a block costs its product plus about
+one pass of ``max``; the comparison pass of the row layout costs 5 times
+that (bench/README "Exact search at faiss's pace").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GROUP_ROWS", "PREFILTER_BELOW", "RunningTopK", "merge_lists"]
+
+def merge_lists(
+    best: tuple[np.ndarray, np.ndarray], s: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    cat_s, cat_i = np.concatenate([best[0], s], 1), np.concatenate([best[1], i], 1)
+    if cat_s.shape[1] <= k:
+        return cat_s, cat_i
+    top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
+
+
+
+#: The numpy search finds each query's best score in a block before comparing
+#: its cells only once the last block changed fewer than this share of the
+#: queries: the extra pass (half the comparison's cost) pays only when most
+#: queries can be passed over.
+PREFILTER_BELOW = 0.4
+#: Database rows per group in :meth:`RunningTopK.merge_columns`: each group's
+#: maximum over a query is taken first and its cells read again only when it
+#: beats the query's k-th best. Smaller groups read fewer cells again but make
+#: the maximum pass dearer (0.155 ns a score at 16 rows, 0.12 at 32-128).
+GROUP_ROWS = 16
+#: Cells found by :meth:`RunningTopK.merge_columns` wait to be merged until they
+#: number this many a query (once the search is under way a block has about
+#: one cell a query, or fewer, to merge).
+PENDING_PER_QUERY = 8
+#: A block whose groups beat the k-th best in more than this share of (group,
+#: query) pairs is merged row-wise (:meth:`RunningTopK.merge` of its transpose).
+DENSE_SHARE = 0.25
+#: Queries with at most this many new cells in a block take them one at a
+#: time, each in place of the query's lowest entry; more go through
+#: :func:`merge_lists` (a concatenation and a partition of the whole list).
+FEW_CELLS = 4
+
+
+class RunningTopK:
+    """Each query's top ``k`` over score blocks, merged one block at a time (numpy).
+
+    A block merges only its cells that beat their query's k-th best so far,
+    found in one comparison pass over the block; after the first blocks most
+    queries have none or a few. Where a query has more than ``k`` such cells
+    (every query in the first block), its k-th largest score in the block is
+    found by a partition of the values (3x faster than partitioning indices)
+    and only the cells at or above it are kept. Of cells tied at a query's
+    k-th place, which are kept is the backend's choice, as documented in
+    :mod:`trainleak.neighbors`. A NaN score never beats the k-th best.
+    """
+
+    def __init__(self, n: int, k: int) -> None:
+        self.k = k
+        self.scores = np.full((n, k), -np.inf, np.float32)
+        self.idx = np.full((n, k), -1, np.int64)
+        self.kth = np.full(n, -np.inf, np.float32)  # each query's k-th best so far
+        self.started = False
+        self.hit = 1.0  # share of the queries the last block changed
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_cells = 0
+
+    def lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's top ``k`` so far: scores and database rows ``(n, k)``, in no order."""
+        self._flush()
+        return self.scores, self.idx
+
+    def merge(self, s: np.ndarray, d0: int, row_max: np.ndarray | None = None) -> None:
+        """Merge the scores ``s`` ``(n, width)`` of database rows ``d0 ...``.
+
+        ``row_max``: each row's largest score, when the caller has it cheaper
+        (torch's multi-threaded ``amax``); the queries whose best score in the
+        block does not beat their k-th best are passed over first, which is
+        most of them once the search is well under way.
+        """
+        self._flush()
+        if not self.started:  # every query takes its top k of the first block
+            self.started = True
+            todo, cand_s, cand_i = _top_cells(s, np.arange(len(s)), self.k)
+        else:
+            if row_max is None and self.hit > PREFILTER_BELOW:
+                rows = np.arange(len(s))  # most rows have a cell above: no max pass
+            else:
+                row_max = s.max(axis=1) if row_max is None else row_max
+                # A NaN maximum (a NaN score in the row) does not hide the row's other cells.
+                rows = np.flatnonzero(~(row_max <= self.kth))
+            if len(rows) < len(s):
+                todo, cand_s, cand_i = _above(s[rows], self.kth[rows], self.k)
+                todo = rows[todo]
+            else:
+                todo, cand_s, cand_i = _above(s, self.kth, self.k)
+        self.hit = len(todo) / max(1, len(s))
+        if len(todo) == 0:
+            return
+        cols = np.where(cand_i < 0, -1, cand_i + d0)
+        got = merge_lists((self.scores[todo], self.idx[todo]), cand_s, cols, self.k)
+        self.scores[todo], self.idx[todo] = got
+        self.kth[todo] = got[0].min(axis=1)
+
+    def merge_columns(self, st: np.ndarray, d0: int) -> None:
+        """Merge the scores ``st`` ``(width, n)`` of database rows ``d0 ...`` (rows by queries).
+
+        The same lists as :meth:`merge` of ``st.T``. Each query's best score in
+        every group of :data:`GROUP_ROWS` rows is found first, and only the
+        groups that beat its k-th best are read again. In the first block
+        the bar is each query's ``k``-th largest group maximum instead, which
+        no more than ``k - 1`` cells can beat: the groups at or above it hold
+        the query's top ``k`` of the block. A group holding a NaN is read again
+        (the NaN is never taken), so a NaN hides no other score. The cells
+        found are merged once they number :data:`PENDING_PER_QUERY` a query
+        (a merge costs about 0.3 ms whatever its size); until then blocks are
+        compared with the k-th bests of the last merge, which only lets more
+        cells through.
+        """
+        width, n = st.shape
+        groups, top = width // GROUP_ROWS, min(self.k, width)
+        if groups < 2 * top:
+            self.merge(st.T, d0)  # too few groups to pass any over
+            return
+        full = groups * GROUP_ROWS
+        grouped = st[:full].reshape(groups, GROUP_ROWS, n)
+        best = grouped.max(axis=1)  # (groups, n)
+        first = not self.started
+        if first:
+            finite = np.where(np.isnan(best), -np.inf, best)
+            bar = np.partition(finite, groups - top, axis=0)[groups - top]
+            hit = np.flatnonzero(~(best < bar))
+        else:
+            bar = self.kth
+            hit = np.flatnonzero(~(best <= bar))
+        if len(hit) > DENSE_SHARE * best.size:
+            self.merge(st.T, d0)
+            return
+        self.started = True
+        g, q = np.divmod(hit, n)
+        vals = grouped[g, :, q]  # (hits, GROUP_ROWS)
+        if first:
+            cells = np.flatnonzero(vals >= bar[q][:, None])
+        else:
+            cells = np.flatnonzero(vals > bar[q][:, None])
+        h, pos = np.divmod(cells, GROUP_ROWS)
+        rows, cols, vals = q[h], g[h] * GROUP_ROWS + pos, vals.ravel()[cells]
+        if full < width:  # rows past the last whole group: compared one by one
+            tail = st[full:]
+            cells = np.flatnonzero(tail >= bar if first else tail > bar)
+            r, c = np.divmod(cells, n)
+            rows = np.concatenate([rows, c])
+            cols = np.concatenate([cols, full + r])
+            vals = np.concatenate([vals, tail.ravel()[cells]])
+        self._pending.append((rows, cols + d0, vals))
+        self._pending_cells += len(rows)
+        if first or self._pending_cells >= PENDING_PER_QUERY * n:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._insert(*(np.concatenate(part) for part in zip(*self._pending, strict=True)))
+            self._pending, self._pending_cells = [], 0
+
+    def _insert(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Merge cells ``(query, database row, score)``, each above its query's k-th best."""
+        if len(rows) == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        starts = np.flatnonzero(np.diff(rows, prepend=-1))
+        counts = np.diff(starts, append=len(rows))
+        few = counts <= FEW_CELLS
+        for j in range(min(FEW_CELLS, int(counts.max()))):
+            # Every query's j-th new cell replaces the query's lowest entry if it
+            # beats it (in any order of the cells, the lists end as their top k).
+            at = starts[few & (counts > j)] + j
+            q = rows[at]
+            low = self.scores[q].argmin(axis=1)
+            beats = vals[at] > self.scores[q, low]
+            self.scores[q[beats], low[beats]] = vals[at[beats]]
+            self.idx[q[beats], low[beats]] = cols[at[beats]]
+        if not few.all():
+            many = np.flatnonzero(~few)
+            todo = rows[starts[many]]
+            cand_s = np.full((len(many), int(counts[many].max())), -np.inf, np.float32)
+            cand_i = np.full(cand_s.shape, -1, np.int64)
+            at = np.flatnonzero(np.repeat(~few, counts))
+            slot = np.repeat(np.arange(len(many)), counts[many])
+            pos = at - np.repeat(starts[many], counts[many])
+            cand_s[slot, pos], cand_i[slot, pos] = vals[at], cols[at]
+            got = merge_lists((self.scores[todo], self.idx[todo]), cand_s, cand_i, self.k)
+            self.scores[todo], self.idx[todo] = got
+        touched = rows[starts]
+        self.kth[touched] = self.scores[touched].min(axis=1)
+
+
+def _above(s: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the queries with cells above their ``kth``, and up to ``k`` such cells each.
+
+    ``(queries, scores, columns)``: scores and columns ``(len(queries),
+    min(k, width))``, padded with ``-inf`` and -1. A query with more than ``k``
+    cells above takes its top ``k`` of the block (:func:`_top_cells`).
+    """
+    n, width = s.shape
+    top = min(k, width)
+    cells = np.flatnonzero(s > kth[:, None])  # row-major: by query, then column
+    cnt = np.bincount(cells // width, minlength=n)
+    many = np.flatnonzero(cnt > top)
+    if len(many) == 0:
+        return _pack(s, cells, cnt, top)
+    # Those queries' cells come from _top_cells instead.
+    few = cnt.copy()
+    few[many] = 0
+    cells = cells[np.repeat(cnt <= top, cnt)]
+    rows_f, s_f, i_f = _pack(s, cells, few, top)
+    rows_m, s_m, i_m = _top_cells(s, many, k)
+    order = np.argsort(np.concatenate([rows_f, rows_m]), kind="stable")
+    return (
+        np.concatenate([rows_f, rows_m])[order],
+        np.concatenate([s_f, s_m])[order],
+        np.concatenate([i_f, i_m])[order],
+    )
+
+
+def _top_cells(
+    s: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``rows`` with each one's top ``k`` cells of ``s`` (as :func:`_above`)."""
+    width = s.shape[1]
+    top = min(k, width)
+    part = s if len(rows) == len(s) else s[rows]
+    # The k-th largest value of each row. NaN sorts last, above every number:
+    # rows holding a NaN (their maximum is NaN) are ranked again without it,
+    # so a NaN, which no comparison below keeps, displaces none of the numbers.
+    bar = np.partition(part, width - top, axis=1)[:, width - top, None]
+    nan = np.flatnonzero(np.isnan(part.max(axis=1)))
+    if len(nan):
+        clean = np.where(np.isnan(part[nan]), -np.inf, part[nan])
+        bar[nan] = np.partition(clean, width - top, axis=1)[:, width - top, None]
+    # Fewer than k cells beat the bar: take them all, then cells tied with it.
+    above, tied = np.flatnonzero(part > bar), np.flatnonzero(part == bar)
+    cells = np.concatenate([above, tied])
+    cells = cells[np.argsort(cells // width, kind="stable")]  # by row, those above first
+    cnt = np.bincount(cells // width, minlength=len(rows))
+    local, cand_s, cand_i = _pack(part, cells, cnt, top)
+    return rows[local], cand_s, cand_i
+
+
+def _pack(
+    s: np.ndarray, cells: np.ndarray, cnt: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lay flat ``cells`` of ``s`` (``cnt`` per row, grouped by row) out as ``top`` per row.
+
+    Returns the rows with any cell, and their scores and columns ``(rows,
+    top)`` padded with ``-inf`` and -1; a row's cells past ``top`` (ties at
+    its k-th place) are dropped.
+    """
+    width = s.shape[1]
+    rows = np.flatnonzero(cnt)
+    cand_s = np.full((len(rows), top), -np.inf, np.float32)
+    cand_i = np.full((len(rows), top), -1, np.int64)
+    if len(cells):
+        r = cells // width
+        pos = np.arange(len(cells)) - (np.cumsum(cnt) - cnt)[r]
+        slot = (np.cumsum(cnt > 0) - 1)[r]
+        fit = pos < top
+        c = cells[fit] - r[fit] * width
+        cand_s[slot[fit], pos[fit]] = s[r[fit], c]
+        cand_i[slot[fit], pos[fit]] = c
+    return rows, cand_s, cand_i
+
