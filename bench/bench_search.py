@@ -17,12 +17,14 @@ import os
 import platform
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
 import torch
 
-from trainleak.neighbors import _auto_block, knn, pick_backend
+import trainleak.block_search as bs
+from trainleak.neighbors import _auto_block, knn
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -45,17 +47,37 @@ def faiss_flat_ip(db: np.ndarray) -> faiss.IndexFlatIP:
 
 
 def products_alone(q: np.ndarray, db: np.ndarray) -> None:
-    """The float32 matrix products knn makes, without any top-k: the floor of an exact scan."""
+    """The float32 matrix products knn makes, without any top-k: the floor of an exact scan.
+
+    As ``knn``'s numpy search (its ``auto`` on the CPU) makes them: one thread
+    per slice of the queries (or share of the database, for few queries),
+    each with a one-thread BLAS, writing each block's scores into one buffer.
+    """
     block = _auto_block(len(q), len(db), db.shape[1])
-    if pick_backend(len(q), len(db), db.shape[1]) == "numpy":  # as knn's "auto" does
-        for d0 in range(0, len(db), block):
-            q @ db[d0 : d0 + block].T
+    n, m = len(q), len(db)
+    threads = bs.cpu_threads() if n * m * q.shape[1] >= bs.THREAD_ABOVE_MACS else 1
+    if n >= threads * bs.COLUMN_QUERIES:
+        cut = np.linspace(0, n, threads + 1).astype(int)
+        parts = [(q[a:b], 0, m) for a, b in zip(cut[:-1], cut[1:], strict=True)]
+    else:
+        cut = np.linspace(0, m, threads + 1).astype(int)
+        parts = [(q, a, b) for a, b in zip(cut[:-1], cut[1:], strict=True)]
+
+    def scan(qs: np.ndarray, start: int, stop: int) -> None:
+        columns = len(qs) >= bs.COLUMN_QUERIES
+        width = min(block, max(1, stop - start))
+        buf = np.empty((width, len(qs)) if columns else (len(qs), width), np.float32)
+        for d0 in range(start, stop, block):
+            part = db[d0 : min(d0 + block, stop)]
+            a, b = (part, qs) if columns else (qs, part)
+            np.matmul(a, b.T, out=buf[: len(a), : len(b)])
+
+    if threads == 1:
+        scan(*parts[0])
         return
-    qt, out = torch.from_numpy(q), torch.empty((len(q), block))
-    with torch.inference_mode():
-        for d0 in range(0, len(db), block):
-            part = torch.from_numpy(db[d0 : d0 + block])
-            torch.mm(qt, part.T, out=out[:, : len(part)])
+    with bs.one_blas_thread(), ThreadPoolExecutor(threads) as pool:
+        for job in [pool.submit(scan, *p) for p in parts]:
+            job.result()
 
 
 def main() -> None:
@@ -66,7 +88,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--skip-torch", action="store_true", help="leave out knn's torch backend")
     ap.add_argument("--block-sizes", type=int, nargs="*", default=[],
                     help="also knn with these fixed database blocks")  # fmt: skip
     args = ap.parse_args()
@@ -80,8 +102,8 @@ def main() -> None:
     for block in args.block_sizes:
         runs[f"knn, block {block}"] = lambda b=block: knn(q, db, args.k, block_size=b)
     runs["matrix products alone (no top-k)"] = lambda: products_alone(q, db)
-    if not args.skip_numpy:
-        runs["knn numpy"] = lambda: knn(q, db, args.k, backend="numpy")
+    if not args.skip_torch:
+        runs["knn torch (CPU)"] = lambda: knn(q, db, args.k, backend="torch")
     outputs, rss = {}, {}
     for name, fn in runs.items():  # warm-up, results and memory
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -11,7 +11,7 @@ py=${PYTHON:-.venv/bin/python}
 run() {  # threads dim n_db n_query k
   echo "## threads=$1 d=$2 db=$3 queries=$4 k=$5"
   OMP_NUM_THREADS=$1 MKL_NUM_THREADS=$1 "$py" bench/bench_search.py --n-db "$3" \
-    --n-query "$4" --dim "$2" --k "$5" --rounds "$rounds" --skip-numpy | grep -E '^\| (faiss|knn|matrix)'
+    --n-query "$4" --dim "$2" --k "$5" --rounds "$rounds" --skip-torch | grep -E '^\| (faiss|knn|matrix)'
 }
 for dim in 128 512 1024 3072; do
   big=$([ "$dim" = 3072 ] && echo 30000 || echo 100000)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import trainleak.block_search as bs
-from trainleak._topk import GROUP_ROWS, RunningTopK
+from trainleak._topk import GROUP_ROWS, RunningTopK, _row_bar, _top_cells
 from trainleak.neighbors import RESCORE_MARGIN, knn
 
 from conftest import COIL
@@ -156,3 +156,35 @@ def test_column_merge_equals_row_merge_block_by_block():
                                       np.take_along_axis(got_c[1], order_c, 1))  # fmt: skip
     # The first block is merged by groups; the last, which beats every list, row by row.
     assert 0 not in row_merges and row_merges[-1] == 5 * width
+
+
+@pytest.mark.parametrize("width", [300, 5000])  # the exact k-th value; maxima of sets
+def test_row_bar_is_a_lower_bound_of_the_kth_value(width):
+    rng = np.random.default_rng(8)
+    part = rng.normal(size=(40, width)).astype(np.float32)
+    part[3, ::7] = np.nan  # NaN in many sets
+    part[5, :] = np.nan
+    part[5, 10:13] = 1.0  # fewer numbers than the list holds
+    part[6, : width // 2] = 2.0  # ties everywhere
+    bar = _row_bar(part, 12)
+    clean = np.where(np.isnan(part), -np.inf, part)
+    kth = -np.sort(-clean, axis=1)[:, 11]
+    assert np.all(bar <= kth)
+    assert np.all((part >= bar[:, None]).sum(axis=1)[np.arange(40) != 5] >= 12)
+    if width < 4 * 256:
+        np.testing.assert_array_equal(bar, kth)
+    else:  # a bar, not the whole row: a few cells more than the list
+        assert np.median((part >= bar[:, None]).sum(axis=1)) < 3 * 12
+
+
+@pytest.mark.parametrize("width", [300, 5000])
+def test_top_cells_keep_each_rows_best_and_lower_columns_among_ties(width):
+    rng = np.random.default_rng(9)
+    s = np.round(rng.normal(size=(30, width)), 1).astype(np.float32)  # many ties
+    s[4, 100:200] = np.nan
+    rows, got_s, got_i = _top_cells(s, np.arange(30), 7)
+    assert rows.tolist() == list(range(30))
+    clean = np.where(np.isnan(s), -np.inf, s)
+    want = np.lexsort((np.broadcast_to(np.arange(width), s.shape), -clean), axis=1)[:, :7]
+    order = np.lexsort((got_i, -got_s), axis=1)
+    np.testing.assert_array_equal(np.take_along_axis(got_i, order, 1), want)
