@@ -73,6 +73,7 @@ class RunningTopK:
         self.kth = np.full(n, -np.inf, np.float32)  # each query's k-th best so far
         self.started = False
         self.hit = 1.0  # share of the queries the last block changed
+        self._filled = False  # whether any cell has been merged (by _insert or merge)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_cells = 0
 
@@ -90,6 +91,7 @@ class RunningTopK:
         most of them once the search is well under way.
         """
         self._flush()
+        self._filled = True
         if not self.started:  # every query takes its top k of the first block
             self.started = True
             todo, cand_s, cand_i = _top_cells(s, np.arange(len(s)), self.k)
@@ -176,7 +178,19 @@ class RunningTopK:
         """Merge cells ``(query, database row, score)``, each above its query's k-th best."""
         if len(rows) == 0:
             return
-        order = np.argsort(rows, kind="stable")
+        if not self._filled:  # every list is empty: each query takes its best k cells
+            self._filled = True
+            order = np.argsort(-vals)  # best first (of tied cells, any)
+            order = order[_by_query(rows[order])]
+            rows, cols, vals = rows[order], cols[order], vals[order]
+            starts = np.flatnonzero(np.diff(rows, prepend=-1))
+            rank = np.arange(len(rows)) - np.repeat(starts, np.diff(starts, append=len(rows)))
+            take = rank < self.k
+            self.scores[rows[take], rank[take]] = vals[take]
+            self.idx[rows[take], rank[take]] = cols[take]
+            self.kth[rows[starts]] = self.scores[rows[starts]].min(axis=1)
+            return
+        order = _by_query(rows)
         rows, cols, vals = rows[order], cols[order], vals[order]
         starts = np.flatnonzero(np.diff(rows, prepend=-1))
         counts = np.diff(starts, append=len(rows))
@@ -204,6 +218,16 @@ class RunningTopK:
         touched = rows[starts]
         self.kth[touched] = self.scores[touched].min(axis=1)
 
+
+
+def _by_query(rows: np.ndarray) -> np.ndarray:
+    """Return the stable order of ``rows`` (query numbers): a radix sort of 16- or 32-bit keys.
+
+    numpy sorts 16-bit integers by radix (0.07 ms for 10,000, where a stable
+    sort of int64 takes 0.5 ms and ``lexsort`` of a second key 1.4 ms).
+    """
+    small = np.uint16 if rows.max(initial=0) < 2**16 else np.uint32
+    return np.argsort(rows.astype(small), kind="stable")
 
 
 def _first_bar(best: np.ndarray, top: int) -> np.ndarray:

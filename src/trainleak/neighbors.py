@@ -168,13 +168,23 @@ def knn(
 
 
 def _auto_block(n_query: int, n_database: int, dim: int) -> int:
-    """Database rows per block: :data:`BLOCK_ROWS`, more for few queries.
+    """Database rows per block: :data:`BLOCK_ROWS`, more for few queries or a small database.
+
+    A database whose scores against all the queries fit in one score block
+    is one block: each query's list is then merged once, where blocks of
+    :data:`BLOCK_ROWS` would merge the many new entries of the first few
+    blocks one block at a time (10,000 rows x 1,000 queries: 1.4x faiss's
+    time, not 2.0x).
 
     Example:
         >>> _auto_block(2000, 10**6, 128), _auto_block(1, 10**6, 128), _auto_block(1, 5000, 3072)
         (2048, 131072, 5000)
+        >>> _auto_block(1000, 10_000, 128), _auto_block(2000, 10_000, 128)
+        (10000, 2048)
 
     """
+    if max(n_query, dim) * n_database * 4 <= SCORE_BLOCK_BYTES:
+        return max(1, n_database)
     if n_query * BLOCK_ROWS >= FEW_QUERY_SCORES:
         return BLOCK_ROWS
     rows = min(FEW_QUERY_SCORES // max(1, n_query), SCORE_BLOCK_BYTES // (4 * dim))
