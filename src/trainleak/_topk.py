@@ -19,15 +19,16 @@ import numpy as np
 
 __all__ = ["GROUP_ROWS", "PREFILTER_BELOW", "ROW_SETS", "RunningTopK", "merge_lists"]
 
+
 def merge_lists(
     best: tuple[np.ndarray, np.ndarray], s: np.ndarray, i: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's top ``k`` of the lists ``best`` and the cells ``(s, i)``, in no order."""
     cat_s, cat_i = np.concatenate([best[0], s], 1), np.concatenate([best[1], i], 1)
     if cat_s.shape[1] <= k:
         return cat_s, cat_i
     top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
     return np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
-
 
 
 #: The numpy search finds each query's best score in a block before comparing
@@ -121,9 +122,9 @@ class RunningTopK:
         The same lists as :meth:`merge` of ``st.T``. Each query's best score in
         every group of :data:`GROUP_ROWS` rows is found first, and only the
         groups that beat its k-th best are read again. In the first block
-        the bar is each query's ``k``-th largest group maximum instead, which
-        no more than ``k - 1`` cells can beat: the groups at or above it hold
-        the query's top ``k`` of the block. A group holding a NaN is read again
+        the bar is one each query has at least ``k`` cells at or above
+        (:func:`_first_bar`), so the groups at or above it hold the query's
+        top ``k`` of the block. A group holding a NaN is read again
         (the NaN is never taken), so a NaN hides no other score. The cells
         found are merged once they number :data:`PENDING_PER_QUERY` a query
         (a merge costs about 0.3 ms whatever its size); until then blocks are
@@ -219,7 +220,6 @@ class RunningTopK:
         self.kth[touched] = self.scores[touched].min(axis=1)
 
 
-
 def _by_query(rows: np.ndarray) -> np.ndarray:
     """Return the stable order of ``rows`` (query numbers): a radix sort of 16- or 32-bit keys.
 
@@ -246,6 +246,7 @@ def _first_bar(best: np.ndarray, top: int) -> np.ndarray:
         best = best[: sets * span].reshape(sets, span, -1).max(axis=1)
     finite = np.where(np.isnan(best), -np.inf, best)
     return np.partition(finite, sets - top, axis=0)[sets - top]
+
 
 def _above(s: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the queries with cells above their ``kth``, and up to ``k`` such cells each.
@@ -352,4 +353,3 @@ def _pack(
         cand_s[slot[fit], pos[fit]] = s[r[fit], c]
         cand_i[slot[fit], pos[fit]] = c
     return rows, cand_s, cand_i
-
