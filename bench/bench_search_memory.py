@@ -7,8 +7,10 @@ Reproduce (each setting in a fresh process):
 60,000 random unit 1024-d queries against 6,000 of them (k = 5); prints how
 much the process's peak resident set (``VmHWM``) grew during the search and
 the seconds it took. Measured on 2 cores (neighbors.SCORE_BLOCK_BYTES'
-comment): numpy 1,411 MB at 256 MB blocks vs 356 MB at 64 MB, both 45 s;
-torch 550 vs 291 MB, both 35 s.
+comment), session 10 (threaded numpy scans, column merge): numpy 241 MB at
+256 MB blocks vs 53 MB at 64 MB, 12.4 and 13.1 s; torch 316 MB at 64 MB,
+15.5 s. Before (row merge): numpy 1,411 vs 356 MB, both 45 s; torch 550 vs
+291 MB, both 35 s.
 """
 
 from __future__ import annotations

@@ -66,10 +66,10 @@ logger = logging.getLogger(__name__)
 Search = Literal["default", "exact", "approx"]
 
 #: Bytes one block of float32 scores (query block x database block) may take.
-#: The numpy backend's transient peak is about 5 times this (negated copy,
-#: argpartition's int64 indices): 60k x 6k pixel rows with the mirror rule grew
-#: 1,411 MB at 256 MB blocks and 356 MB at 64 MB, in the same 45 s (torch: 550
-#: and 291 MB, 35 s both; bench/bench_search_memory.py).
+#: The numpy backend's peak grows by about this much: 60k x 6k pixel rows with
+#: the mirror rule grew 241 MB at 256 MB blocks and 53 MB at 64 MB, in 12-13 s
+#: (torch: 316 MB at 64 MB, 15.5 s; bench/bench_search_memory.py). Its row
+#: merge of earlier sessions peaked at 5 times the block (1,411 and 356 MB).
 SCORE_BLOCK_BYTES = 64 * 2**20
 #: Database rows scored at a time when ``block_size`` is not given (the fastest of
 #: 256-4,096 at 2,000 queries, bench/README.md "Exact search vs faiss").
