@@ -8,11 +8,16 @@ path is forced here on sets small enough to check against every score.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from threadpoolctl import threadpool_info
 
 import trainleak.block_search as bs
 from trainleak._topk import GROUP_ROWS, RunningTopK, _row_bar, _top_cells
@@ -188,3 +193,29 @@ def test_top_cells_keep_each_rows_best_and_lower_columns_among_ties(width):
     want = np.lexsort((np.broadcast_to(np.arange(width), s.shape), -clean), axis=1)[:, :7]
     order = np.lexsort((got_i, -got_s), axis=1)
     np.testing.assert_array_equal(np.take_along_axis(got_i, order, 1), want)
+
+
+def test_overlapping_searches_share_the_blas_limit_and_restore_it(monkeypatch):
+    """Searches from several threads at once (a served gate) agree and leave the BLAS as found."""
+    monkeypatch.setattr(bs, "THREAD_ABOVE_MACS", 0)
+    monkeypatch.setattr(bs, "cpu_threads", lambda: 2)
+    rng = np.random.default_rng(10)
+    q, db = _unit(rng, 300, 32), _unit(rng, 5000, 32)
+    before = {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()}
+    ref = knn(q, db, 5, backend="numpy")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: knn(q, db, 5, backend="numpy"), range(8)))
+    for s, i in got:
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_array_equal(s, ref[0])
+    after = {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()}
+    assert {p: after[p] for p in before} == before
+
+
+def test_thread_count_follows_the_blas_setting_of_a_new_process():
+    code = "from trainleak.device import cpu_threads; print(cpu_threads())"
+    for env_threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": env_threads, "OPENBLAS_NUM_THREADS": env_threads}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        assert int(out) == min(int(env_threads), os.cpu_count() or 1)
