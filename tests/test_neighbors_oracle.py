@@ -136,6 +136,11 @@ def test_cuda_search_matches_cpu():
     gpu = knn(q, db, 5, block_size=512, device="cuda")
     np.testing.assert_array_equal(gpu[1], cpu[1])
     np.testing.assert_array_equal(gpu[0], cpu[0])
+    db[1000:1030] = np.nan  # NaN rows hide no other row on the device either
+    cpu = knn(q, db, 5, block_size=512)
+    gpu = knn(q, db, 5, block_size=512, device="cuda")
+    np.testing.assert_array_equal(gpu[1], cpu[1])
+    np.testing.assert_array_equal(gpu[0], cpu[0])
 
 
 def test_resolve_device():

@@ -267,7 +267,10 @@ def _knn_torch(
                 top.merge(s.numpy(), d0, s.amax(1).numpy())
                 continue
             # On a GPU: a block is merged into the queries whose best score in it
-            # beats their k-th best so far, by a top-k of their rows.
+            # beats their k-th best so far, by a top-k of their rows. A NaN would
+            # be the row's maximum and, to topk, its largest score: it becomes
+            # -inf, which neither hides the row's numbers nor enters a list.
+            torch.nan_to_num(s, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf, out=s)
             todo = torch.nonzero(s.amax(1) > kth).squeeze(1)
             if len(todo) == 0:
                 continue
