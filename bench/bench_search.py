@@ -8,6 +8,10 @@ so faiss is timed on its search alone, against ``knn`` on the numpy array.
 Each round runs every method once (the order rotates from round to round), so
 a slow spell on a shared machine hits all methods of a round alike; the ratio
 reported is the median over rounds of each round's time over faiss's.
+Every timed call waits ``--gap-ms`` (50) first: faiss's OpenMP threads keep
+spinning for a while after its search, and took the cores from whatever ran
+next (10,000 x 1,000 at d = 128: knn 1.58x faiss's time back to back, 1.09x
+with the gap, where faiss's own search took 32 ms instead of 26).
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-torch", action="store_true", help="leave out knn's torch backend")
+    ap.add_argument("--gap-ms", type=float, default=50, help="idle time before each timed call")
     ap.add_argument("--block-sizes", type=int, nargs="*", default=[],
                     help="also knn with these fixed database blocks")  # fmt: skip
     args = ap.parse_args()
@@ -113,6 +118,7 @@ def main() -> None:
     times = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(args.gap_ms / 1000)  # the last method's threads go idle
             times[name].append(timed(runs[name]))
     ref_s, ref_i = outputs["faiss IndexFlatIP"]
     ref_t = np.array(times["faiss IndexFlatIP"])
