@@ -1,6 +1,6 @@
 """Running top-k lists merged one block of scores at a time (the CPU's exact search).
 
-:func:`trainleak.block_search` scans the database a block at a time; each
+:mod:`trainleak.block_search` scans the database a block at a time; each
 block's scores are merged here into every query's best ``k`` so far. Two
 layouts: :meth:`RunningTopK.merge` takes a block as ``(queries, rows)``, and
 :meth:`RunningTopK.merge_columns` as ``(rows, queries)``, where the maximum
@@ -57,12 +57,14 @@ FEW_CELLS = 4
 class RunningTopK:
     """Each query's top ``k`` over score blocks, merged one block at a time (numpy).
 
-    A block merges only its cells that beat their query's k-th best so far,
-    found in one comparison pass over the block; after the first blocks most
+    A block merges only its cells that beat their query's k-th best so far:
+    in :meth:`merge` (blocks laid out queries by rows) found in one
+    comparison pass over the block, in :meth:`merge_columns` (rows by
+    queries) from the maxima of groups of rows; after the first blocks most
     queries have none or a few. Where a query has more than ``k`` such cells
-    (every query in the first block), its k-th largest score in the block is
-    found by a partition of the values (3x faster than partitioning indices)
-    and only the cells at or above it are kept. Of cells tied at a query's
+    (every query in the first block), only those at or above a bar it has at
+    least ``k`` cells reaching are ranked (:func:`_row_bar`,
+    :func:`_first_bar`). Of cells tied at a query's
     k-th place, which are kept is the backend's choice, as documented in
     :mod:`trainleak.neighbors`. A NaN score never beats the k-th best.
     """
@@ -179,22 +181,21 @@ class RunningTopK:
         """Merge cells ``(query, database row, score)``, each above its query's k-th best."""
         if len(rows) == 0:
             return
-        if not self._filled:  # every list is empty: each query takes its best k cells
-            self._filled = True
-            order = np.argsort(-vals)  # best first (of tied cells, any)
-            order = order[_by_query(rows[order])]
-            rows, cols, vals = rows[order], cols[order], vals[order]
-            starts = np.flatnonzero(np.diff(rows, prepend=-1))
-            rank = np.arange(len(rows)) - np.repeat(starts, np.diff(starts, append=len(rows)))
+        empty = not self._filled  # every list is empty: each query takes its best k cells
+        self._filled = True
+        # By query; into empty lists, each query's best cells first (of tied cells, any).
+        order = np.argsort(-vals) if empty else np.arange(len(rows))
+        order = order[_by_query(rows[order])]
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        starts = np.flatnonzero(np.diff(rows, prepend=-1))
+        counts = np.diff(starts, append=len(rows))
+        if empty:
+            rank = np.arange(len(rows)) - np.repeat(starts, counts)
             take = rank < self.k
             self.scores[rows[take], rank[take]] = vals[take]
             self.idx[rows[take], rank[take]] = cols[take]
             self.kth[rows[starts]] = self.scores[rows[starts]].min(axis=1)
             return
-        order = _by_query(rows)
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        starts = np.flatnonzero(np.diff(rows, prepend=-1))
-        counts = np.diff(starts, append=len(rows))
         few = counts <= FEW_CELLS
         for j in range(min(FEW_CELLS, int(counts.max()))):
             # Every query's j-th new cell replaces the query's lowest entry if it
