@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -58,14 +57,8 @@ def products_alone(q: np.ndarray, db: np.ndarray) -> None:
     each with a one-thread BLAS, writing each block's scores into one buffer.
     """
     block = _auto_block(len(q), len(db), db.shape[1])
-    n, m = len(q), len(db)
-    threads = bs.cpu_threads() if n * m * q.shape[1] >= bs.THREAD_ABOVE_MACS else 1
-    if n >= threads * bs.COLUMN_QUERIES:
-        cut = np.linspace(0, n, threads + 1).astype(int)
-        parts = [(q[a:b], 0, m) for a, b in zip(cut[:-1], cut[1:], strict=True)]
-    else:
-        cut = np.linspace(0, m, threads + 1).astype(int)
-        parts = [(q, a, b) for a, b in zip(cut[:-1], cut[1:], strict=True)]
+    shares = bs.thread_shares(len(q), len(db), db.shape[1])
+    parts = [(q[rows], start, stop) for rows, start, stop in shares]
 
     def scan(qs: np.ndarray, start: int, stop: int) -> None:
         columns = len(qs) >= bs.COLUMN_QUERIES
@@ -76,10 +69,11 @@ def products_alone(q: np.ndarray, db: np.ndarray) -> None:
             a, b = (part, qs) if columns else (qs, part)
             np.matmul(a, b.T, out=buf[: len(a), : len(b)])
 
-    if threads == 1:
+    if len(parts) == 1:
         scan(*parts[0])
         return
-    with bs.one_blas_thread(), ThreadPoolExecutor(threads) as pool:
+    pool = bs.search_pool(len(parts))  # the search's own threads
+    with bs.one_blas_thread():
         for job in [pool.submit(scan, *p) for p in parts]:
             job.result()
 

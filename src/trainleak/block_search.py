@@ -8,14 +8,13 @@ module small; ``pairwise_scores`` is re-exported by :mod:`trainleak.neighbors`.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from trainleak._optional import require
 from trainleak._topk import RunningTopK, merge_lists
-from trainleak.device import cpu_threads, one_blas_thread
+from trainleak.device import cpu_threads, one_blas_thread, search_pool
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +22,14 @@ if TYPE_CHECKING:
 MetricName = Literal["cosine", "tiled_l2"]
 Backend = Literal["auto", "torch", "numpy", "faiss"]
 
-__all__ = ["Backend", "MetricName", "pairwise_scores", "score_at_distance", "score_to_distance"]
+__all__ = [
+    "Backend",
+    "MetricName",
+    "pairwise_scores",
+    "score_at_distance",
+    "score_to_distance",
+    "thread_shares",
+]
 
 
 def score_to_distance(scores: np.ndarray | float, metric: str) -> np.ndarray | float:
@@ -157,29 +163,56 @@ def _knn_numpy(
     multi-threaded product followed by a one-thread merge leaves the other
     cores idle during the merge.
     """
-    n, m = len(q), len(db)
-    threads = cpu_threads() if n * m * q.shape[1] >= THREAD_ABOVE_MACS else 1
-    if threads == 1:
-        return _scan(q, db, k, metric, block, tiles, q0, 0, m)
-    with one_blas_thread(), ThreadPoolExecutor(threads, "trainleak-knn") as pool:
-        if n >= threads * COLUMN_QUERIES:  # a slice of the queries each
-            cut = np.linspace(0, n, threads + 1).astype(int)
-            jobs = [
-                pool.submit(_scan, q[a:b], db, k, metric, block, tiles,
-                            None if q0 is None else q0 + a, 0, m)  # fmt: skip
-                for a, b in zip(cut[:-1], cut[1:], strict=True)
-            ]
-            parts = [job.result() for job in jobs]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        cut = np.linspace(0, m, threads + 1).astype(int)  # a share of the database each
+    shares = thread_shares(len(q), len(db), q.shape[1])
+    if len(shares) == 1:
+        return _scan(q, db, k, metric, block, tiles, q0, 0, len(db))
+    pool = search_pool(len(shares))
+    with one_blas_thread():
         jobs = [
-            pool.submit(_scan, q, db, k, metric, block, tiles, q0, a, b)
-            for a, b in zip(cut[:-1], cut[1:], strict=True)
+            pool.submit(
+                _scan,
+                q[rows],
+                db,
+                k,
+                metric,
+                block,
+                tiles,
+                None if q0 is None else q0 + rows.start,
+                start,
+                stop,
+            )
+            for rows, start, stop in shares
         ]
-        best = jobs[0].result()
-        for job in jobs[1:]:
-            best = merge_lists(best, *job.result(), k)
-        return best
+        parts = [job.result() for job in jobs]
+    if shares[0][1:] == (0, len(db)):  # each thread had a slice of the queries
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    best = parts[0]  # each had a share of the database
+    for part in parts[1:]:
+        best = merge_lists(best, *part, k)
+    return best
+
+
+def thread_shares(n_query: int, n_database: int, dim: int) -> list[tuple[slice, int, int]]:
+    """Return how the numpy search splits between its threads: ``(queries, start, stop)`` each.
+
+    As many threads as :func:`cpu_threads` for searches of at least
+    :data:`THREAD_ABOVE_MACS` multiply-adds, else one; each takes a slice of
+    the queries against the whole database, or, with fewer than
+    :data:`COLUMN_QUERIES` queries a thread, all the queries against
+    database rows ``start:stop``.
+
+    Example:
+        >>> thread_shares(10, 1000, 8)
+        [(slice(0, 10, None), 0, 1000)]
+
+    """
+    macs = n_query * n_database * dim
+    threads = cpu_threads() if macs >= THREAD_ABOVE_MACS else 1
+    if threads > 1 and n_query >= threads * COLUMN_QUERIES:
+        cut = np.linspace(0, n_query, threads + 1).astype(int).tolist()
+        return [(slice(a, b), 0, n_database) for a, b in zip(cut[:-1], cut[1:], strict=True)]
+    cut = np.linspace(0, n_database, threads + 1).astype(int).tolist()
+    return [(slice(0, n_query), a, b) for a, b in zip(cut[:-1], cut[1:], strict=True)]
 
 
 #: A slice of at least this many queries has its score blocks laid out as

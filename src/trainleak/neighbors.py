@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -58,7 +57,7 @@ from trainleak.block_search import (
     _knn_torch,
     pairwise_scores,
 )
-from trainleak.device import cpu_threads, pick_backend, resolve_device
+from trainleak.device import cpu_threads, pick_backend, resolve_device, search_pool
 
 logger = logging.getLogger(__name__)
 
@@ -326,8 +325,7 @@ def _rescore(
         for s0 in starts:
             score(s0)
     else:
-        with ThreadPoolExecutor(threads, "trainleak-rescore") as pool:
-            list(pool.map(score, starts))
+        list(search_pool(threads).map(score, starts))
     return out
 
 
