@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-0.1
 
 .PHONY: install chromium demo test lint docs bench clean
 
-$(STAMP): pyproject.toml Makefile
+# setup.py builds the compiled kernels of the search (src/trainleak/_ctopk.c) at install.
+$(STAMP): pyproject.toml setup.py src/trainleak/_ctopk.c Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of PyTorch, pinned: a bare `torch` would pull a multi-GB CUDA build.

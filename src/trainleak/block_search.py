@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from trainleak._optional import require
-from trainleak._topk import RunningTopK, merge_lists
+from trainleak._topk import NativeTopK, merge_lists, running_topk
 from trainleak.device import cpu_threads, one_blas_thread, search_pool
 
 if TYPE_CHECKING:
@@ -219,6 +219,14 @@ def thread_shares(n_query: int, n_database: int, dim: int) -> list[tuple[slice, 
 #: (database rows, queries), merged by :meth:`~trainleak._topk.RunningTopK.merge_columns`;
 #: fewer are laid out (queries, rows), where a query's maximum is one pass.
 COLUMN_QUERIES = 64
+#: With the compiled merge (:class:`~trainleak._topk.NativeTopK`), a thread's
+#: (rows, queries) block is at most this many bytes of scores, and at least
+#: :data:`CACHED_ROWS` rows: the product writes it to the cache and the merge
+#: reads it back from there. One thread's product of 500 queries by 10,000
+#: rows at d = 128 took 15.6 ms in blocks of 512 or 1,024 rows, 16.7 ms in
+#: blocks of 2,048, 18.0 ms as one block (bench/README, session 11).
+CACHED_SCORE_BYTES = 2 * 2**20
+CACHED_ROWS = 512
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
 #: limit cost about 0.2 ms, a few percent of a search this size.
 THREAD_ABOVE_MACS = 2**26
@@ -236,8 +244,11 @@ def _scan(
     stop: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of database rows ``start:stop`` for every query, a block at a time."""
-    top = RunningTopK(len(q), k)
+    top = running_topk(len(q), k)
     columns = len(q) >= COLUMN_QUERIES
+    if columns and isinstance(top, NativeTopK):  # a block's scores stay in cache for the merge
+        cached = CACHED_SCORE_BYTES // (4 * len(q)) // CACHED_ROWS * CACHED_ROWS
+        block = min(block, max(CACHED_ROWS, cached))
     width = min(block, max(1, stop - start))
     buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
     for d0 in range(start, stop, block):
@@ -286,7 +297,7 @@ def _knn_torch(
         kth = best_s[:, 0].clone()
         out = torch.empty((len(q), min(block, len(db))), device=dev)  # scores, reused
         on_cpu = dev.type == "cpu"
-        top = RunningTopK(len(q), k)
+        top = running_topk(len(q), k)
         for d0 in range(0, len(db), block):
             part = torch.from_numpy(_db_block(db, d0, block, writeable=True))
             part = part.to(dev, non_blocking=True)

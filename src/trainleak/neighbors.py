@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 
 from trainleak import approx_search
+from trainleak._topk import native
 from trainleak.approx_search import SearchRecord
 from trainleak.block_search import (
     Backend,
@@ -296,12 +298,31 @@ def _rescore(
     A blocked matrix product rounds differently with the block shape; scoring
     the chosen pairs the same way every time makes results independent of
     block size and backend, to the bit, and more accurate than float32 sums.
-    The pairs are scored :data:`RESCORE_CELLS` row values at a time (their
-    float32 rows stay in cache while einsum widens them to float64), on the
-    CPU search's threads when there are many.
+    Cosine pairs of float32 rows go to the compiled kernel where it is built
+    (:func:`trainleak._topk.native`: four float64 partial sums in a fixed
+    order); otherwise the pairs are scored :data:`RESCORE_CELLS` row values at
+    a time (their float32 rows stay in cache while einsum widens them to
+    float64). Either runs on the CPU search's threads when there are many.
+    The two round differently in the last bits of a float64, so a float32
+    score can differ by one unit between an install with the kernels and one
+    without; within an install, scores do not depend on the search.
     """
     out = np.full(idx.shape, -np.inf, np.float32)
     if len(db) == 0 or idx.size == 0:
+        return out
+    lib = native()
+    if lib is not None and metric == "cosine" and _flat(db) and _flat(q):
+        idx = np.ascontiguousarray(idx, np.int64)
+        n, kk, d = idx.shape[0], idx.shape[1], q.shape[1]
+
+        def kernel(s0: int) -> None:
+            rows = min(step, n - s0)
+            at_q, at_i, at_out = 4 * s0 * d, 8 * s0 * kk, 4 * s0 * kk
+            lib.tl_rescore(db.ctypes.data, d, q.ctypes.data + at_q, d, d,
+                           idx.ctypes.data + at_i, rows, kk, out.ctypes.data + at_out)  # fmt: skip
+
+        step = max(1, -(-n // cpu_threads()))
+        _each(kernel, range(0, n, step), idx.size * d)
         return out
     step = max(1, RESCORE_CELLS // max(1, idx.shape[1] * q.shape[1]))
 
@@ -319,18 +340,37 @@ def _rescore(
             vals = 1.0 / (1.0 + np.sqrt((diff * diff).mean(-1).max(-1)))
         out[s0 : s0 + step] = np.where(valid, vals, -np.inf)
 
-    starts = range(0, len(q), step)
-    threads = cpu_threads() if len(starts) > 1 and idx.size * q.shape[1] >= 2**20 else 1
+    _each(score, range(0, len(q), step), idx.size * q.shape[1])
+    return out
+
+
+def _flat(a: np.ndarray) -> bool:
+    """Whether ``a`` is C-contiguous float32 (what the compiled re-score reads)."""
+    return a.dtype == np.float32 and a.flags.c_contiguous
+
+
+def _each(job: Callable[[int], None], starts: range, cells: int) -> None:
+    """Run ``job`` on each start, on the CPU search's threads when ``cells`` is 2**20 or more."""
+    threads = cpu_threads() if len(starts) > 1 and cells >= 2**20 else 1
     if threads == 1:
         for s0 in starts:
-            score(s0)
+            job(s0)
     else:
-        list(search_pool(threads).map(score, starts))
-    return out
+        list(search_pool(threads).map(job, starts))
+
+
+#: Lists of at most this many cells are ordered by the compiled kernel (an insertion sort).
+NATIVE_ORDER_CELLS = 64
 
 
 def _tie_order(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by descending score, then ascending index (padding last)."""
+    lib = native()
+    if lib is not None and 0 < scores.shape[1] <= NATIVE_ORDER_CELLS:
+        s = np.array(scores, np.float32, order="C")
+        i = np.array(idx, np.int64, order="C")
+        lib.tl_order(s.ctypes.data, i.ctypes.data, s.shape[0], s.shape[1])
+        return s, i
     key_i = np.where(idx < 0, np.iinfo(np.int64).max, idx)
     order = np.lexsort((key_i, -scores), axis=1) if scores.size else np.zeros(idx.shape, np.intp)
     return (

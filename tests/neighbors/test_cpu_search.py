@@ -1,9 +1,11 @@
 """Oracle: the CPU search's threads and its (rows x queries) merge equal a float64 brute force.
 
 ``knn(backend="numpy")`` scans with one thread per slice of the queries (or
-share of the database) and merges blocks laid out (database rows, queries)
-group by group (:meth:`trainleak._topk.RunningTopK.merge_columns`). Each
-path is forced here on sets small enough to check against every score.
+share of the database) and merges blocks laid out (database rows, queries),
+with the compiled kernels (:class:`trainleak._topk.NativeTopK`) or, where
+they are not built, group by group with numpy
+(:meth:`trainleak._topk.RunningTopK.merge_columns`). Each path is forced
+here on sets small enough to check against every score.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 from threadpoolctl import threadpool_info
 
 import trainleak.block_search as bs
-from trainleak._topk import GROUP_ROWS, RunningTopK, _row_bar, _top_cells
+from trainleak._topk import GROUP_ROWS, NATIVE_ENV, RunningTopK, _row_bar, _top_cells, native
 from trainleak.neighbors import RESCORE_MARGIN, knn
 
 from conftest import COIL
@@ -46,11 +48,19 @@ def _check(s, i, q, db, k, exclude_self=False):
     assert all(len(set(row)) == k for row in i.tolist())
 
 
-@pytest.fixture
-def threads(monkeypatch):
-    """Thread every search, on 3 threads whatever the machine (an uneven split)."""
+@pytest.fixture(params=["native", "numpy"])
+def threads(request, monkeypatch):
+    """Thread every search, on 3 threads whatever the machine (an uneven split).
+
+    Each test runs twice: merged by the compiled kernels, and by numpy
+    (``TRAINLEAK_NATIVE=0``, what an install without a C compiler runs).
+    """
     monkeypatch.setattr(bs, "THREAD_ABOVE_MACS", 0)
     monkeypatch.setattr(bs, "cpu_threads", lambda: 3)
+    if request.param == "numpy":
+        monkeypatch.setenv(NATIVE_ENV, "0")
+    else:
+        assert native() is not None, "the compiled kernels are not built"
 
 
 @pytest.fixture(scope="module")

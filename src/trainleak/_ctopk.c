@@ -1,0 +1,170 @@
+/* Compiled kernels of the CPU's exact search (trainleak._topk loads them with ctypes).
+
+   Each query keeps its best kk cells in a min-heap whose root is its worst
+   kept cell (lowest score; of equal scores, the highest database row), and a
+   separate array holds each root's score, the query's bar. A block of float32
+   scores is compared with the bars four or eight at a time; a cell above its
+   query's bar replaces the root. Cells arrive in increasing database row, so
+   of equal scores the lower row is kept, as the numpy merge does. A NaN or
+   -inf score never beats a bar (the comparison is false), so NaN cells and
+   masked self matches are never kept.
+
+   The re-score sums float64 products of float32 values (each exact in
+   float64) in a fixed order for every pair: the same inputs give the same
+   score on every call, whatever the block or thread that found the pair.
+
+   Plain C99 with SSE2 where the compiler targets it (every x86-64); other
+   machines take the scalar loops. The module initialiser exists so the file
+   builds and imports as a Python extension; its functions are called through
+   ctypes, which releases the GIL for the call. */
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+static inline int worse(float sa, int64_t ia, float sb, int64_t ib) {
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+/* Put (s, i) in place of the heap's root and sift it down. */
+static void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i) {
+    int64_t p = 0;
+    for (;;) {
+        int64_t c = 2 * p + 1;
+        if (c >= kk) break;
+        if (c + 1 < kk && worse(hs[c + 1], hi[c + 1], hs[c], hi[c])) c++;
+        if (!worse(hs[c], hi[c], s, i)) break;
+        hs[p] = hs[c];
+        hi[p] = hi[c];
+        p = c;
+    }
+    hs[p] = s;
+    hi[p] = i;
+}
+
+/* Merge a block laid out (rows, queries): S[r * ld + j] is the score of
+   database row base + r for query j. hs, hi: (Q, kk) heaps; bar: (Q,). */
+void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t base,
+                      float *hs, int64_t *hi, int64_t kk, float *bar) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *row = S + r * ld;
+        int64_t j = 0;
+#if defined(__SSE2__)
+        for (; j + 8 <= Q; j += 8) {
+            __m128 a = _mm_cmpgt_ps(_mm_loadu_ps(row + j), _mm_loadu_ps(bar + j));
+            __m128 b = _mm_cmpgt_ps(_mm_loadu_ps(row + j + 4), _mm_loadu_ps(bar + j + 4));
+            int m = _mm_movemask_ps(a) | (_mm_movemask_ps(b) << 4);
+            while (m) {
+                int64_t q = j + __builtin_ctz(m);
+                m &= m - 1;
+                heap_replace(hs + q * kk, hi + q * kk, kk, row[q], base + r);
+                bar[q] = hs[q * kk];
+            }
+        }
+#endif
+        for (; j < Q; j++) {
+            if (row[j] > bar[j]) {
+                heap_replace(hs + j * kk, hi + j * kk, kk, row[j], base + r);
+                bar[j] = hs[j * kk];
+            }
+        }
+    }
+}
+
+/* Merge a block laid out (queries, rows): S[j * ld + r]. */
+void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t base,
+                   float *hs, int64_t *hi, int64_t kk, float *bar) {
+    for (int64_t j = 0; j < Q; j++) {
+        const float *row = S + j * ld;
+        float *h = hs + j * kk;
+        int64_t *x = hi + j * kk;
+        float t = bar[j];
+        int64_t r = 0;
+#if defined(__SSE2__)
+        for (; r + 8 <= R; r += 8) {
+            __m128 tv = _mm_set1_ps(t);
+            int m = _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(row + r), tv)) |
+                    (_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(row + r + 4), tv)) << 4);
+            while (m) {
+                int64_t u = r + __builtin_ctz(m);
+                m &= m - 1;
+                if (row[u] > t) { /* the bar may have risen within these eight */
+                    heap_replace(h, x, kk, row[u], base + u);
+                    t = h[0];
+                }
+            }
+        }
+#endif
+        for (; r < R; r++) {
+            if (row[r] > t) {
+                heap_replace(h, x, kk, row[r], base + r);
+                t = h[0];
+            }
+        }
+        bar[j] = t;
+    }
+}
+
+/* out[a, b] = float64 inner product of query a and database row idx[a, b],
+   rounded to float32; -inf where idx < 0. Four partial sums of consecutive
+   dimensions, added pairwise at the end: a fixed order for every pair. */
+void tl_rescore(const float *db, int64_t ld, const float *q, int64_t ldq, int64_t d,
+                const int64_t *idx, int64_t n, int64_t kk, float *out) {
+    for (int64_t a = 0; a < n; a++) {
+        const float *qa = q + a * ldq;
+        for (int64_t b = 0; b < kk; b++) {
+            int64_t i = idx[a * kk + b];
+            if (i < 0) {
+                out[a * kk + b] = -INFINITY;
+                continue;
+            }
+            const float *x = db + i * ld;
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int64_t t = 0;
+            for (; t + 4 <= d; t += 4) {
+                s0 += (double)x[t] * (double)qa[t];
+                s1 += (double)x[t + 1] * (double)qa[t + 1];
+                s2 += (double)x[t + 2] * (double)qa[t + 2];
+                s3 += (double)x[t + 3] * (double)qa[t + 3];
+            }
+            for (; t < d; t++) s0 += (double)x[t] * (double)qa[t];
+            out[a * kk + b] = (float)((s0 + s1) + (s2 + s3));
+        }
+    }
+}
+
+/* Whether cell a comes before cell b: higher score, then lower row; padding
+   (row -1) after every row, and NaN scores after everything else. */
+static inline int before(float sa, int64_t ia, float sb, int64_t ib) {
+    if (isnan(sa) || isnan(sb)) return !isnan(sa) && isnan(sb);
+    if (sa != sb) return sa > sb;
+    uint64_t ka = (uint64_t)ia, kb = (uint64_t)ib; /* -1 is the largest */
+    return ka < kb;
+}
+
+/* Sort each of the n lists of kk cells in place (insertion sort: kk is small). */
+void tl_order(float *s, int64_t *idx, int64_t n, int64_t kk) {
+    for (int64_t a = 0; a < n; a++) {
+        float *sa = s + a * kk;
+        int64_t *ia = idx + a * kk;
+        for (int64_t b = 1; b < kk; b++) {
+            float v = sa[b];
+            int64_t w = ia[b];
+            int64_t c = b;
+            while (c > 0 && before(v, w, sa[c - 1], ia[c - 1])) {
+                sa[c] = sa[c - 1];
+                ia[c] = ia[c - 1];
+                c--;
+            }
+            sa[c] = v;
+            ia[c] = w;
+        }
+    }
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctopk",
+                                    "Kernels of trainleak._topk (called through ctypes).", -1, NULL};
+
+PyMODINIT_FUNC PyInit__ctopk(void) { return PyModule_Create(&module); }

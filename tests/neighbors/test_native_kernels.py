@@ -1,0 +1,164 @@
+"""The compiled kernels of the CPU search (trainleak/_ctopk.c) against their numpy twins.
+
+Every kernel has a numpy path that an install without a C compiler runs
+(``TRAINLEAK_NATIVE=0`` forces it): the lists kept, the float64 re-score
+and the final order must agree, block by block and in a whole search run
+as a new process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trainleak.neighbors as nb
+from trainleak._topk import NATIVE_ENV, NativeTopK, RunningTopK, native, running_topk
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def lib():
+    got = native()
+    assert got is not None, "the compiled kernels are not built (is a C compiler installed?)"
+    return got
+
+
+def _sorted(lists: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    s, i = lists
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s), axis=1)
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _same_lists(a, b) -> None:
+    (sa, ia), (sb, ib) = _sorted(a), _sorted(b)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_array_equal(sa, sb)
+
+
+def test_the_install_builds_the_kernels_and_the_search_uses_them(lib, monkeypatch):
+    assert isinstance(running_topk(3, 2), NativeTopK)
+    monkeypatch.setenv(NATIVE_ENV, "0")
+    assert native() is None and isinstance(running_topk(3, 2), RunningTopK)
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns", "columns in 3 query ranges"])
+def test_native_lists_equal_the_numpy_lists_after_every_block(lib, layout):
+    rng = np.random.default_rng(1)
+    n, k, width = 150, 12, 333
+    ref, got = RunningTopK(n, k), NativeTopK(n, k, lib)
+    for b in range(7):
+        s = rng.normal(size=(n, width)).astype(np.float32) + 0.2 * b
+        s[:, 5] = -np.inf  # a masked self match
+        s[3, 40:90] = np.nan  # NaN cells are never kept
+        s[8] = np.nan
+        s[9, :] = 0.5  # ties: the lowest rows are kept
+        ref.merge(s.copy(), b * width)
+        s[10, :] = 0.5  # ties, then 3 higher cells a block that push out the highest tied rows
+        s[10, 100:103] = 0.9 if b else 0.5
+        if layout == "rows":
+            got.merge(s, b * width)
+        else:
+            st = np.ascontiguousarray(s.T)
+            parts = [slice(0, 40), slice(40, 41), slice(41, n)] if "ranges" in layout else [None]
+            for part in parts:
+                got.merge_columns(st, b * width, part)
+        keep = np.arange(n) != 10  # which of row 10's ties numpy keeps is its own choice
+        _same_lists(tuple(x[keep] for x in got.lists()), tuple(x[keep] for x in ref.lists()))
+        higher = [c * width + r for c in range(1, b + 1) for r in range(100, 103)][:k]
+        assert sorted(got.lists()[1][10].tolist()) == sorted(higher + list(range(k - len(higher))))
+    assert got.lists()[1][8].tolist() == [-1] * k  # an all-NaN query keeps nothing
+    assert sorted(got.lists()[1][9].tolist()) == list(range(k))
+
+
+def test_strided_and_non_float32_blocks_merge_as_copies(lib):
+    rng = np.random.default_rng(2)
+    s = rng.normal(size=(20, 400))
+    a, b = NativeTopK(20, 5, lib), NativeTopK(20, 5, lib)
+    a.merge(s[:, ::2], 0)  # float64, every other column: copied first
+    b.merge(np.ascontiguousarray(s[:, ::2], np.float32), 0)
+    _same_lists(a.lists(), b.lists())
+    c = NativeTopK(20, 5, lib)
+    wide = np.ascontiguousarray(s.T, np.float32)
+    c.merge_columns(wide[::2], 0)  # a row stride of two rows
+    _same_lists(c.lists(), b.lists())
+
+
+def test_fewer_rows_than_the_list_leave_padding(lib):
+    got = NativeTopK(2, 6, lib)
+    got.merge(np.array([[0.1, 0.3, 0.2], [np.nan, -np.inf, 1.0]], np.float32), 10)
+    s, i = _sorted(got.lists())
+    assert i.tolist() == [[11, 12, 10, -1, -1, -1], [12, -1, -1, -1, -1, -1]]
+    assert np.isneginf(s[0, 3:]).all() and np.isneginf(s[1, 1:]).all()
+
+
+@pytest.mark.parametrize("d", [1, 7, 128, 515])
+def test_rescore_agrees_with_numpy_and_does_not_depend_on_the_batch(lib, monkeypatch, d):
+    rng = np.random.default_rng(d)
+    db = rng.normal(size=(500, d)).astype(np.float32)
+    q = rng.normal(size=(60, d)).astype(np.float32)
+    idx = rng.integers(-1, 500, size=(60, 9))
+    got = nb._rescore(q, db, idx, "cosine", 1)
+    exact = np.einsum("nkd,nd->nk", db[np.maximum(idx, 0)].astype(np.float64), q.astype(np.float64))
+    exact = np.where(idx < 0, -np.inf, exact).astype(np.float32)
+    np.testing.assert_array_max_ulp(got, exact, maxulp=1)
+    part = nb._rescore(q[17:29], db, idx[17:29], "cosine", 1)  # another batch: the same bits
+    np.testing.assert_array_equal(part, got[17:29])
+    monkeypatch.setenv(NATIVE_ENV, "0")
+    np.testing.assert_array_max_ulp(nb._rescore(q, db, idx, "cosine", 1), got, maxulp=1)
+
+
+def test_order_equals_the_numpy_order_with_ties_padding_and_nan(lib, monkeypatch):
+    rng = np.random.default_rng(3)
+    s = np.round(rng.normal(size=(300, 18)), 1).astype(np.float32)  # many ties
+    i = rng.permutation(300 * 18).reshape(300, 18).astype(np.int64)
+    s[::7, -3:], i[::7, -3:] = -np.inf, -1  # padding
+    s[5, 2] = s[6, 0] = np.nan
+    s[9, :4] = -np.inf  # real -inf scores, before the padding
+    got = nb._tie_order(s, i)
+    monkeypatch.setenv(NATIVE_ENV, "0")
+    ref = nb._tie_order(s, i)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_a_search_without_the_kernels_finds_the_same_rows_in_a_new_process(tmp_path):
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(300, 64)).astype(np.float32)
+    copies = np.repeat(q[:20], 3, axis=0)  # rows 6000-6059: each of the first 20 queries 3 times
+    db = np.concatenate([rng.normal(size=(6000, 64)), copies]).astype(np.float32)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "db.npy", db)
+    code = (
+        "import json, sys, numpy as np; from trainleak.neighbors import knn; "
+        f"q = np.load({str(tmp_path / 'q.npy')!r}); db = np.load({str(tmp_path / 'db.npy')!r}); "
+        "s, i = knn(q, db, 5); json.dump([s.tolist(), i.tolist()], sys.stdout)"
+    )
+    runs = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, NATIVE_ENV: flag}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        runs[flag] = [np.array(x) for x in json.loads(out)]
+    np.testing.assert_array_equal(runs["1"][1], runs["0"][1])
+    np.testing.assert_array_max_ulp(runs["1"][0].astype(np.float32),
+                                    runs["0"][0].astype(np.float32), maxulp=1)  # fmt: skip
+    want = [[6000 + 3 * r + j for j in range(3)] for r in range(20)]
+    assert runs["1"][1][:20, :3].tolist() == want
+
+
+@pytest.mark.slow
+def test_a_plain_pip_wheel_carries_the_compiled_kernels(tmp_path):
+    """``pip install trainleak`` from source compiles the kernels into the package."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("trainleak-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("trainleak/_ctopk.") and n.endswith((".so", ".pyd")) for n in names)
