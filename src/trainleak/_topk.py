@@ -11,6 +11,13 @@ query's k-th best are read again. After the first blocks a query has a
 handful of such groups or none, so a block costs its product plus about
 one pass of ``max``; the comparison pass of the row layout costs 5 times
 that (bench/README "Exact search at faiss's pace").
+
+Where the install compiled ``_ctopk.c`` (:func:`native`), :class:`NativeTopK`
+merges instead: one compiled pass compares every score with its query's
+k-th best and puts the few that beat it into the query's heap, with no
+group maxima and no numpy call per block; the search then costs its
+products plus that pass (bench/README "Compiled merge", session 11).
+:func:`running_topk` picks the one the search uses.
 """
 
 from __future__ import annotations

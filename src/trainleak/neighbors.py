@@ -19,10 +19,12 @@ float32 on its own, so a ``np.memmap`` database is never read whole) against
 as many queries as keep one score block under :data:`SCORE_BLOCK_BYTES`, and a
 running top-k is merged block by block. On the CPU (``auto`` is numpy there)
 each thread scans a slice of the queries with a one-thread BLAS, and merges
-its own blocks while they are in its core's cache; a block after the first
-merges only its cells that beat their query's k-th best so far, found from
-the maximum of every 16 database rows (:mod:`trainleak._topk`), so the
-search costs its matrix products plus about one pass of ``max`` over each
+its own blocks while they are in its core's cache: with the compiled kernels
+(:func:`trainleak._topk.native`, built at install where a C compiler exists)
+one comparison of every score with its query's k-th best, into a heap per
+query; without them, only the cells of groups of 16 database rows whose
+maximum beats that k-th best (:class:`trainleak._topk.RunningTopK`). Either
+way the search costs its matrix products plus about one pass over each
 score block. On a GPU a block merges into the queries whose best score in it
 beats their k-th best, by a top-k.
 The search ranks with float32 matrix products and keeps
