@@ -20,6 +20,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -44,10 +45,58 @@ static void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i)
     hi[p] = i;
 }
 
+/* Groups of rows per list entry in a first block's floor, and the longest
+   list that takes one (the floor sorts FLOOR_GROUPS * kk maxima a query). */
+#define FLOOR_GROUPS 2
+#define FLOOR_MAX_KK 64
+
+/* Raise the bar of every query whose list is still empty to just below a
+   floor that at least kk cells of this block reach: the kk-th largest of
+   the maxima of FLOOR_GROUPS * kk disjoint groups of rows (each group holds
+   its maximum, so kk cells are at or above it). No cell under the floor can
+   be in the query's final list, and the first block, which otherwise puts
+   kk * (1 + ln(R / kk)) cells through the heap, puts about 2 kk. */
+static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t kk,
+                          const float *hs, float *bar) {
+    int64_t fresh = 0;
+    for (int64_t j = 0; j < Q; j++) fresh += bar[j] == -INFINITY && hs[j * kk] == -INFINITY;
+    if (fresh == 0) return;
+    int64_t G = FLOOR_GROUPS * kk;
+    float *gmax = (float *)malloc((size_t)(G * Q) * sizeof(float));
+    if (gmax == NULL) return; /* no floor: the merge is the same, only slower */
+    for (int64_t g = 0; g < G; g++) {
+        float *acc = gmax + g * Q;
+        for (int64_t j = 0; j < Q; j++) acc[j] = -INFINITY;
+        for (int64_t r = g * R / G; r < (g + 1) * R / G; r++) {
+            const float *row = S + r * ld;
+            for (int64_t j = 0; j < Q; j++) acc[j] = row[j] > acc[j] ? row[j] : acc[j]; /* NaN: no */
+        }
+    }
+    float top[FLOOR_GROUPS * FLOOR_MAX_KK];
+    for (int64_t j = 0; j < Q; j++) {
+        if (!(bar[j] == -INFINITY && hs[j * kk] == -INFINITY)) continue;
+        int64_t n = 0; /* the kk largest maxima, descending, by insertion */
+        for (int64_t g = 0; g < G; g++) {
+            float v = gmax[g * Q + j];
+            if (n == kk && !(v > top[kk - 1])) continue;
+            int64_t c = n < kk ? n++ : kk - 1;
+            while (c > 0 && top[c - 1] < v) {
+                top[c] = top[c - 1];
+                c--;
+            }
+            top[c] = v;
+        }
+        if (n == kk && top[kk - 1] > -INFINITY) bar[j] = nextafterf(top[kk - 1], -INFINITY);
+    }
+    free(gmax);
+}
+
 /* Merge a block laid out (rows, queries): S[r * ld + j] is the score of
-   database row base + r for query j. hs, hi: (Q, kk) heaps; bar: (Q,). */
+   database row base + r for query j. hs, hi: (Q, kk) heaps; bar: (Q,), each
+   query's k-th best so far or a floor under its final k-th best. */
 void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t base,
                       float *hs, int64_t *hi, int64_t kk, float *bar) {
+    if (kk <= FLOOR_MAX_KK && R >= FLOOR_GROUPS * kk) floor_columns(S, R, Q, ld, kk, hs, bar);
     for (int64_t r = 0; r < R; r++) {
         const float *row = S + r * ld;
         int64_t j = 0;
@@ -60,14 +109,14 @@ void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t 
                 int64_t q = j + __builtin_ctz(m);
                 m &= m - 1;
                 heap_replace(hs + q * kk, hi + q * kk, kk, row[q], base + r);
-                bar[q] = hs[q * kk];
+                bar[q] = fmaxf(bar[q], hs[q * kk]);
             }
         }
 #endif
         for (; j < Q; j++) {
             if (row[j] > bar[j]) {
                 heap_replace(hs + j * kk, hi + j * kk, kk, row[j], base + r);
-                bar[j] = hs[j * kk];
+                bar[j] = fmaxf(bar[j], hs[j * kk]);
             }
         }
     }
@@ -92,7 +141,7 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
                 m &= m - 1;
                 if (row[u] > t) { /* the bar may have risen within these eight */
                     heap_replace(h, x, kk, row[u], base + u);
-                    t = h[0];
+                    t = fmaxf(t, h[0]);
                 }
             }
         }
@@ -100,7 +149,7 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
         for (; r < R; r++) {
             if (row[r] > t) {
                 heap_replace(h, x, kk, row[r], base + r);
-                t = h[0];
+                t = fmaxf(t, h[0]);
             }
         }
         bar[j] = t;

@@ -209,9 +209,9 @@ def thread_shares(n_query: int, n_database: int, dim: int) -> list[tuple[slice, 
     macs = n_query * n_database * dim
     threads = cpu_threads() if macs >= THREAD_ABOVE_MACS else 1
     if threads > 1 and n_query >= threads * COLUMN_QUERIES:
-        cut = np.linspace(0, n_query, threads + 1).astype(int).tolist()
+        cut = [n_query * t // threads for t in range(threads + 1)]
         return [(slice(a, b), 0, n_database) for a, b in zip(cut[:-1], cut[1:], strict=True)]
-    cut = np.linspace(0, n_database, threads + 1).astype(int).tolist()
+    cut = [n_database * t // threads for t in range(threads + 1)]
     return [(slice(0, n_query), a, b) for a, b in zip(cut[:-1], cut[1:], strict=True)]
 
 

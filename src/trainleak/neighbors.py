@@ -323,7 +323,7 @@ def _rescore(
             lib.tl_rescore(db.ctypes.data, d, q.ctypes.data + at_q, d, d,
                            idx.ctypes.data + at_i, rows, kk, out.ctypes.data + at_out)  # fmt: skip
 
-        step = max(1, -(-n // cpu_threads()))
+        step = -(-n // (cpu_threads() if idx.size * d >= THREAD_CELLS else 1))
         _each(kernel, range(0, n, step), idx.size * d)
         return out
     step = max(1, RESCORE_CELLS // max(1, idx.shape[1] * q.shape[1]))
@@ -351,9 +351,13 @@ def _flat(a: np.ndarray) -> bool:
     return a.dtype == np.float32 and a.flags.c_contiguous
 
 
+#: A re-score of at least this many row values (pairs x dim) runs on the CPU search's threads.
+THREAD_CELLS = 2**20
+
+
 def _each(job: Callable[[int], None], starts: range, cells: int) -> None:
-    """Run ``job`` on each start, on the CPU search's threads when ``cells`` is 2**20 or more."""
-    threads = cpu_threads() if len(starts) > 1 and cells >= 2**20 else 1
+    """Run ``job`` on each start, on the CPU search's threads for :data:`THREAD_CELLS` or more."""
+    threads = cpu_threads() if len(starts) > 1 and cells >= THREAD_CELLS else 1
     if threads == 1:
         for s0 in starts:
             job(s0)
