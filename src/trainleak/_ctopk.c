@@ -156,30 +156,57 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
     }
 }
 
-/* out[a, b] = float64 inner product of query a and database row idx[a, b],
-   rounded to float32; -inf where idx < 0. Four partial sums of consecutive
-   dimensions, added pairwise at the end: a fixed order for every pair. */
+/* The float64 inner product of two float32 rows of length d: eight partial
+   sums (dimension t goes to sum t % 8; each product of two float32 values is
+   exact in float64), added pairwise at the end. Every pair is summed in this
+   order, so a pair's score never depends on where or with what it is scored. */
+static double dot64(const float *x, const float *y, int64_t d) {
+    int64_t t = 0;
+#if defined(__SSE2__)
+    __m128d s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    for (; t + 8 <= d; t += 8) {
+        __m128 a = _mm_loadu_ps(x + t), b = _mm_loadu_ps(y + t);
+        __m128 c = _mm_loadu_ps(x + t + 4), e = _mm_loadu_ps(y + t + 4);
+        s0 = _mm_add_pd(s0, _mm_mul_pd(_mm_cvtps_pd(a), _mm_cvtps_pd(b)));
+        s1 = _mm_add_pd(s1, _mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(a, a)),
+                                       _mm_cvtps_pd(_mm_movehl_ps(b, b))));
+        s2 = _mm_add_pd(s2, _mm_mul_pd(_mm_cvtps_pd(c), _mm_cvtps_pd(e)));
+        s3 = _mm_add_pd(s3, _mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(c, c)),
+                                       _mm_cvtps_pd(_mm_movehl_ps(e, e))));
+    }
+    double p[8];
+    _mm_storeu_pd(p, s0);
+    _mm_storeu_pd(p + 2, s1);
+    _mm_storeu_pd(p + 4, s2);
+    _mm_storeu_pd(p + 6, s3);
+#else
+    double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (; t + 8 <= d; t += 8)
+        for (int u = 0; u < 8; u++) p[u] += (double)x[t + u] * (double)y[t + u];
+#endif
+    for (int u = 0; t < d; t++, u++) p[u] += (double)x[t] * (double)y[t];
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
+#ifndef RESCORE_AHEAD
+#define RESCORE_AHEAD 4
+#endif
+
+/* out[a, b] = the float64 inner product of query a and database row
+   idx[a, b], rounded to float32; -inf where idx < 0. The next pair's row is
+   fetched RESCORE_AHEAD pairs before it is summed (the rows are scattered over the database). */
 void tl_rescore(const float *db, int64_t ld, const float *q, int64_t ldq, int64_t d,
                 const int64_t *idx, int64_t n, int64_t kk, float *out) {
     for (int64_t a = 0; a < n; a++) {
         const float *qa = q + a * ldq;
         for (int64_t b = 0; b < kk; b++) {
             int64_t i = idx[a * kk + b];
-            if (i < 0) {
-                out[a * kk + b] = -INFINITY;
-                continue;
+            int64_t ahead = a * kk + b + RESCORE_AHEAD;
+            if (ahead < n * kk && idx[ahead] >= 0) {
+                const char *next = (const char *)(db + idx[ahead] * ld);
+                for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off);
             }
-            const float *x = db + i * ld;
-            double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            int64_t t = 0;
-            for (; t + 4 <= d; t += 4) {
-                s0 += (double)x[t] * (double)qa[t];
-                s1 += (double)x[t + 1] * (double)qa[t + 1];
-                s2 += (double)x[t + 2] * (double)qa[t + 2];
-                s3 += (double)x[t + 3] * (double)qa[t + 3];
-            }
-            for (; t < d; t++) s0 += (double)x[t] * (double)qa[t];
-            out[a * kk + b] = (float)((s0 + s1) + (s2 + s3));
+            out[a * kk + b] = i < 0 ? -INFINITY : (float)dot64(db + i * ld, qa, d);
         }
     }
 }

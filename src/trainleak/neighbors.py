@@ -352,7 +352,7 @@ def _flat(a: np.ndarray) -> bool:
 
 
 #: A re-score of at least this many row values (pairs x dim) runs on the CPU search's threads.
-THREAD_CELLS = 2**20
+THREAD_CELLS = 2**22
 
 
 def _each(job: Callable[[int], None], starts: range, cells: int) -> None:
