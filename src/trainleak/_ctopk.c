@@ -156,6 +156,46 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
     }
 }
 
+/* The float32 inner product of two rows of length d: sixteen partial sums
+   (SSE2) added pairwise. For choosing candidates only: the re-score decides. */
+static float dot32(const float *x, const float *y, int64_t d) {
+    int64_t t = 0;
+    float p[16] = {0};
+#if defined(__SSE2__)
+    __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; t + 16 <= d; t += 16) {
+        s0 = _mm_add_ps(s0, _mm_mul_ps(_mm_loadu_ps(x + t), _mm_loadu_ps(y + t)));
+        s1 = _mm_add_ps(s1, _mm_mul_ps(_mm_loadu_ps(x + t + 4), _mm_loadu_ps(y + t + 4)));
+        s2 = _mm_add_ps(s2, _mm_mul_ps(_mm_loadu_ps(x + t + 8), _mm_loadu_ps(y + t + 8)));
+        s3 = _mm_add_ps(s3, _mm_mul_ps(_mm_loadu_ps(x + t + 12), _mm_loadu_ps(y + t + 12)));
+    }
+    _mm_storeu_ps(p, _mm_add_ps(_mm_add_ps(s0, s1), _mm_add_ps(s2, s3)));
+#endif
+    for (int u = 0; t < d; t++, u = (u + 1) & 15) p[u] += x[t] * y[t];
+    float a = 0;
+    for (int u = 0; u < 16; u++) a += p[u];
+    return a;
+}
+
+/* Score database rows base .. base + R - 1 (row stride ld) against Q queries
+   (stride ldq) and merge them into the queries' heaps in the same pass: for
+   a few queries, one read of the database with no score block written and
+   read back. */
+void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_t ldq,
+                  int64_t Q, int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk,
+                  float *bar) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *x = db + r * ld;
+        for (int64_t j = 0; j < Q; j++) {
+            float v = dot32(x, q + j * ldq, d);
+            if (v > bar[j]) {
+                heap_replace(hs + j * kk, hi + j * kk, kk, v, base + r);
+                bar[j] = fmaxf(bar[j], hs[j * kk]);
+            }
+        }
+    }
+}
+
 /* The float64 inner product of two float32 rows of length d: eight partial
    sums (dimension t goes to sum t % 8; each product of two float32 values is
    exact in float64), added pairwise at the end. Every pair is summed in this

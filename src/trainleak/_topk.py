@@ -58,7 +58,9 @@ def _load() -> ctypes.CDLL | None:
     lib.tl_merge_rows.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]
     lib.tl_rescore.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr]
     lib.tl_order.argtypes = [ptr, ptr, i64, i64]
-    for f in (lib.tl_merge_columns, lib.tl_merge_rows, lib.tl_rescore, lib.tl_order):
+    lib.tl_scan_rows.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]
+    for f in (lib.tl_merge_columns, lib.tl_merge_rows, lib.tl_rescore, lib.tl_order,
+              lib.tl_scan_rows):  # fmt: skip
         f.restype = None
     return lib
 
@@ -115,6 +117,18 @@ class NativeTopK:
         s = _rows_contiguous(s)
         lists = _addr(self.scores), _addr(self.idx), self.k, _addr(self.kth)
         self._lib.tl_merge_rows(_addr(s), s.shape[0], s.shape[1], s.strides[0] // 4, d0, *lists)
+
+    def scan(self, part: np.ndarray, q: np.ndarray, d0: int) -> None:
+        """Score database rows ``part`` (``d0 ...``) against ``q`` and merge them, in one pass.
+
+        Both C-contiguous float32. For a few queries: no score block is
+        written, and the database is read once. A NaN score never enters.
+        """
+        if self.k == 0 or part.size == 0:
+            return
+        lists = _addr(self.scores), _addr(self.idx), self.k, _addr(self.kth)
+        self._lib.tl_scan_rows(_addr(part), part.shape[1], len(part), _addr(q), q.shape[1],
+                               len(q), q.shape[1], d0, *lists)  # fmt: skip
 
     def merge_columns(self, st: np.ndarray, d0: int, queries: slice | None = None) -> None:
         """Merge the scores ``st`` ``(width, n)`` of database rows ``d0 ...`` into ``queries``."""

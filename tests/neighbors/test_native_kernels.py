@@ -162,3 +162,51 @@ def test_a_plain_pip_wheel_carries_the_compiled_kernels(tmp_path):
     (wheel,) = tmp_path.glob("trainleak-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("trainleak/_ctopk.") and n.endswith((".so", ".pyd")) for n in names)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("n_query", [1, 2])
+def test_one_pass_for_a_few_queries_matches_brute_force_and_numpy(lib, monkeypatch, threads,
+                                                                  n_query):  # fmt: skip
+    """One or two queries: scored and merged in one compiled pass (NaN rows and ties too)."""
+    import trainleak.block_search as bs
+
+    rng = np.random.default_rng(5 + n_query)
+    db = rng.normal(size=(3001, 40)).astype(np.float32)
+    db[100] = np.nan
+    db[2000:2004] = db[7]  # exact copies of row 7: ties, the lowest rows first
+    q = np.concatenate([db[7:8] * 0.5 + 0.1, rng.normal(size=(1, 40))]).astype(np.float32)
+    q = q[:n_query]
+    monkeypatch.setattr(bs, "THREAD_ABOVE_MACS", 0 if threads > 1 else 2**62)
+    monkeypatch.setattr(bs, "cpu_threads", lambda: threads)
+    passes = []
+    scan = NativeTopK.scan
+    monkeypatch.setattr(NativeTopK, "scan", lambda self, *a: passes.append(1) or scan(self, *a))
+    s, i = nb.knn(q, db, 6, block_size=700)
+    assert len(passes) >= 5  # every block went through the one-pass kernel
+    full = q.astype(np.float64) @ np.nan_to_num(db, nan=0).astype(np.float64).T
+    full[:, 100] = -np.inf
+    ref = np.lexsort((np.broadcast_to(np.arange(len(db)), full.shape), -full), axis=1)[:, :6]
+    np.testing.assert_array_equal(i, ref)
+    np.testing.assert_allclose(s, np.take_along_axis(full, ref, 1), rtol=1e-6)
+    monkeypatch.setenv(NATIVE_ENV, "0")
+    s0, i0 = nb.knn(q, db, 6, block_size=700)
+    np.testing.assert_array_equal(i0, i)
+    np.testing.assert_array_max_ulp(s0, s, maxulp=1)
+
+
+def test_one_pass_keeps_the_lists_of_the_product_and_merge_with_ties(lib):
+    """Small whole numbers: every float32 sum is exact, so both ways see the same scores."""
+    rng = np.random.default_rng(6)
+    db = rng.integers(-3, 4, size=(2500, 40)).astype(np.float32)  # many tied scores
+    q = rng.integers(-3, 4, size=(2, 40)).astype(np.float32)
+    one, two = NativeTopK(2, 9, lib), NativeTopK(2, 9, lib)
+    for d0 in range(0, len(db), 600):
+        part = db[d0 : d0 + 600]
+        one.scan(part, q, d0)
+        two.merge(q @ part.T, d0)
+        _same_lists(one.lists(), two.lists())
+    s, i = _sorted(one.lists())
+    full = q @ db.T
+    want = np.lexsort((np.broadcast_to(np.arange(len(db)), full.shape), -full), axis=1)[:, :9]
+    np.testing.assert_array_equal(i, want)  # of tied rows, the lowest are kept
