@@ -157,10 +157,10 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
 }
 
 /* The float32 inner product of two rows of length d: sixteen partial sums
-   (SSE2) added pairwise. For choosing candidates only: the re-score decides. */
+   (SSE2), folded to four, then one. For choosing candidates only: the
+   float64 re-score decides. */
 static float dot32(const float *x, const float *y, int64_t d) {
     int64_t t = 0;
-    float p[16] = {0};
 #if defined(__SSE2__)
     __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     for (; t + 16 <= d; t += 16) {
@@ -169,11 +169,16 @@ static float dot32(const float *x, const float *y, int64_t d) {
         s2 = _mm_add_ps(s2, _mm_mul_ps(_mm_loadu_ps(x + t + 8), _mm_loadu_ps(y + t + 8)));
         s3 = _mm_add_ps(s3, _mm_mul_ps(_mm_loadu_ps(x + t + 12), _mm_loadu_ps(y + t + 12)));
     }
-    _mm_storeu_ps(p, _mm_add_ps(_mm_add_ps(s0, s1), _mm_add_ps(s2, s3)));
-#endif
-    for (int u = 0; t < d; t++, u = (u + 1) & 15) p[u] += x[t] * y[t];
+    for (; t + 4 <= d; t += 4)
+        s0 = _mm_add_ps(s0, _mm_mul_ps(_mm_loadu_ps(x + t), _mm_loadu_ps(y + t)));
+    __m128 s = _mm_add_ps(_mm_add_ps(s0, s1), _mm_add_ps(s2, s3));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    float a = _mm_cvtss_f32(s);
+#else
     float a = 0;
-    for (int u = 0; u < 16; u++) a += p[u];
+#endif
+    for (; t < d; t++) a += x[t] * y[t];
     return a;
 }
 

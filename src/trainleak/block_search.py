@@ -167,7 +167,8 @@ def _knn_numpy(
     if len(shares) == 1:
         # One pass of the compiled kernel for a few queries only where the BLAS
         # would also run on one thread: a two-thread product beats it.
-        return _scan(q, db, k, metric, block, tiles, q0, 0, len(db), cpu_threads() == 1)
+        fuse = len(q) <= FUSED_QUERIES and cpu_threads() == 1
+        return _scan(q, db, k, metric, block, tiles, q0, 0, len(db), fuse)
     pool = search_pool(len(shares))
     with one_blas_thread():
         jobs = [

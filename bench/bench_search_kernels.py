@@ -1,0 +1,100 @@
+"""The compiled search kernels, one thread, each against what it replaced (issue 25 item 1).
+
+Run from the repository root: ``.venv/bin/python bench/bench_search_kernels.py``.
+Every row is the median of ``--rounds`` rounds that alternate the order of
+the methods (single timings on this machine vary by 15%). Sections:
+
+1. the product of 500 queries by 10,000 rows in blocks of several sizes
+   (the search's column blocks are at most 2 MB of scores, in multiples of 512 rows);
+2. the float64 re-score of the found pairs: numpy's einsum against the C kernel;
+3. one or two queries against 100,000 rows: the one-pass kernel, product
+   plus compiled merge, and faiss ``IndexFlatIP`` (when installed).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import threadpoolctl
+
+from trainleak._topk import NativeTopK, native
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--rounds", type=int, default=11)
+args = ap.parse_args()
+lib = native()
+if lib is None:
+    raise SystemExit("the compiled kernels are not built (pip install -e . with a C compiler)")
+rng = np.random.default_rng(0)
+
+
+def unit(n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def rounds(fs: dict, gap: float = 0.0) -> dict:
+    res: dict = {k: [] for k in fs}
+    for r in range(args.rounds):
+        for k, f in fs.items() if r % 2 else reversed(list(fs.items())):
+            time.sleep(gap)
+            t0 = time.perf_counter()
+            f()
+            res[k].append(time.perf_counter() - t0)
+    return {k: np.median(v) * 1e3 for k, v in res.items()}
+
+
+def show(title: str, got: dict) -> None:
+    print(f"\n{title}\n| method | median ms |\n|---|---|")
+    for k, v in got.items():
+        print(f"| {k} | {v:.2f} |")
+
+
+with threadpoolctl.threadpool_limits(1):
+    for d in (128, 512):
+        q, db = unit(500, d), unit(10_000, d)
+
+        def blocks(b: int, q=q, db=db):
+            out = np.empty((b, len(q)), np.float32)
+            return lambda: [np.matmul(db[a : a + b], q.T, out=out[: len(db[a : a + b])])
+                            for a in range(0, len(db), b)]  # fmt: skip
+
+        sizes = {f"blocks of {b} rows": blocks(b) for b in (512, 1024, 1048, 2048, 4096)}
+        sizes["one block of 10,000 rows"] = blocks(10_000)
+        show(f"1. product, 500 queries x 10,000 rows, d = {d}", rounds(sizes))
+
+    for d, kk in ((128, 9), (512, 18)):
+        q, db = unit(1000, d), unit(10_000, d)
+        idx = rng.integers(0, len(db), (len(q), kk)).astype(np.int64)
+        out = np.empty(idx.shape, np.float32)
+        show(f"2. float64 re-score of 1,000 x {kk} pairs, d = {d}", rounds({
+            "numpy einsum (float32 rows widened)":
+                lambda q=q, db=db, idx=idx: np.einsum("nkd,nd->nk", db[idx], q, dtype=np.float64),
+            "C kernel": lambda q=q, db=db, idx=idx, out=out: lib.tl_rescore(
+                db.ctypes.data, db.shape[1], q.ctypes.data, q.shape[1], q.shape[1],
+                idx.ctypes.data, len(q), idx.shape[1], out.ctypes.data),
+        }))  # fmt: skip
+
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    for d, nq in ((128, 1), (128, 2), (512, 1)):
+        q, db = unit(nq, d), unit(100_000, d)
+        scores = np.empty((nq, len(db)), np.float32)
+
+        def one_pass(q=q, db=db):
+            NativeTopK(len(q), 18, lib).scan(db, q, 0)
+
+        def product_and_merge(q=q, db=db, scores=scores):
+            np.matmul(q, db.T, out=scores)
+            NativeTopK(len(q), 18, lib).merge(scores, 0)
+
+        fs = {"one pass (scan)": one_pass, "product + compiled merge": product_and_merge}
+        if faiss is not None:
+            faiss.omp_set_num_threads(1)
+            index = faiss.IndexFlatIP(d)
+            index.add(db)
+            fs["faiss IndexFlatIP"] = lambda index=index, q=q: index.search(q, 10)
+        show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x 100,000 rows, d = {d}",
+             rounds(fs, gap=0.02))  # fmt: skip
