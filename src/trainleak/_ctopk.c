@@ -182,6 +182,10 @@ static float dot32(const float *x, const float *y, int64_t d) {
     return a;
 }
 
+#ifndef SCAN_AHEAD
+#define SCAN_AHEAD 4
+#endif
+
 /* Score database rows base .. base + R - 1 (row stride ld) against Q queries
    (stride ldq) and merge them into the queries' heaps in the same pass: for
    a few queries, one read of the database with no score block written and
@@ -191,6 +195,10 @@ void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_
                   float *bar) {
     for (int64_t r = 0; r < R; r++) {
         const float *x = db + r * ld;
+        if (r + SCAN_AHEAD < R) {
+            const char *next = (const char *)(x + SCAN_AHEAD * ld);
+            for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(next + off);
+        }
         for (int64_t j = 0; j < Q; j++) {
             float v = dot32(x, q + j * ldq, d);
             if (v > bar[j]) {
