@@ -68,10 +68,11 @@ def _load() -> ctypes.CDLL | None:
 def native() -> ctypes.CDLL | None:
     """Return the compiled kernels (``trainleak/_ctopk.c``), or None.
 
-    None where they were not built (the install had no C compiler; the
-    search then merges with numpy, 1.2-1.5x slower at small databases) or
-    where the environment sets ``TRAINLEAK_NATIVE=0``. Their functions run
-    without the GIL, so the search's threads merge at once.
+    None where they were not built (the install had no C compiler) or where
+    the environment sets ``TRAINLEAK_NATIVE=0``; the search then merges with
+    numpy, with the same results in 1.45x the time at 10,000 x 1,000 rows
+    (d = 128), 1.2x at 100,000 rows and 1.03x at d = 512. Their functions
+    run without the GIL, so the search's threads merge at once.
     """
     if os.environ.get(NATIVE_ENV, "1") == "0":
         return None
