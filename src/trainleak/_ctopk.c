@@ -96,6 +96,7 @@ static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int6
    query's k-th best so far or a floor under its final k-th best. */
 void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t base,
                       float *hs, int64_t *hi, int64_t kk, float *bar) {
+    if (kk < 1) return;
     if (kk <= FLOOR_MAX_KK && R >= FLOOR_GROUPS * kk) floor_columns(S, R, Q, ld, kk, hs, bar);
     for (int64_t r = 0; r < R; r++) {
         const float *row = S + r * ld;
@@ -125,6 +126,7 @@ void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t 
 /* Merge a block laid out (queries, rows): S[j * ld + r]. */
 void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t base,
                    float *hs, int64_t *hi, int64_t kk, float *bar) {
+    if (kk < 1) return;
     for (int64_t j = 0; j < Q; j++) {
         const float *row = S + j * ld;
         float *h = hs + j * kk;
@@ -193,6 +195,7 @@ static float dot32(const float *x, const float *y, int64_t d) {
 void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_t ldq,
                   int64_t Q, int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk,
                   float *bar) {
+    if (kk < 1) return;
     for (int64_t r = 0; r < R; r++) {
         const float *x = db + r * ld;
         if (r + SCAN_AHEAD < R) {
