@@ -13,10 +13,12 @@
    float64) in a fixed order for every pair: the same inputs give the same
    score on every call, whatever the block or thread that found the pair.
 
-   Plain C99 with SSE2 where the compiler targets it (every x86-64); other
-   machines take the scalar loops. The module initialiser exists so the file
-   builds and imports as a Python extension; its functions are called through
-   ctypes, which releases the GIL for the call. */
+   C99 with GCC/Clang builtins, SSE2 where the compiler targets it (every
+   x86-64); other machines take the scalar loops. A compiler without the
+   builtins fails the optional build, and the search merges with numpy.
+   The module initialiser exists so the file builds and imports as a
+   Python extension; its functions are called through ctypes, which
+   releases the GIL for the call. */
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
