@@ -47,6 +47,13 @@ static void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i)
     hi[p] = i;
 }
 
+/* Put (s, i) in place of the worst kept cell and return the query's new bar:
+   the new worst score, or the old bar if higher (a first block's floor). */
+static inline float push(float *hs, int64_t *hi, int64_t kk, float s, int64_t i, float bar) {
+    heap_replace(hs, hi, kk, s, i);
+    return fmaxf(bar, hs[0]);
+}
+
 /* Groups of rows per list entry in a first block's floor, and the longest
    list that takes one (the floor sorts FLOOR_GROUPS * kk maxima a query). */
 #define FLOOR_GROUPS 2
@@ -71,7 +78,8 @@ static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int6
         for (int64_t j = 0; j < Q; j++) acc[j] = -INFINITY;
         for (int64_t r = g * R / G; r < (g + 1) * R / G; r++) {
             const float *row = S + r * ld;
-            for (int64_t j = 0; j < Q; j++) acc[j] = row[j] > acc[j] ? row[j] : acc[j]; /* NaN: no */
+            for (int64_t j = 0; j < Q; j++) /* a NaN cell never becomes a maximum */
+                acc[j] = row[j] > acc[j] ? row[j] : acc[j];
         }
     }
     float top[FLOOR_GROUPS * FLOOR_MAX_KK];
@@ -111,16 +119,13 @@ void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t 
             while (m) {
                 int64_t q = j + __builtin_ctz(m);
                 m &= m - 1;
-                heap_replace(hs + q * kk, hi + q * kk, kk, row[q], base + r);
-                bar[q] = fmaxf(bar[q], hs[q * kk]);
+                bar[q] = push(hs + q * kk, hi + q * kk, kk, row[q], base + r, bar[q]);
             }
         }
 #endif
         for (; j < Q; j++) {
-            if (row[j] > bar[j]) {
-                heap_replace(hs + j * kk, hi + j * kk, kk, row[j], base + r);
-                bar[j] = fmaxf(bar[j], hs[j * kk]);
-            }
+            if (row[j] > bar[j])
+                bar[j] = push(hs + j * kk, hi + j * kk, kk, row[j], base + r, bar[j]);
         }
     }
 }
@@ -143,18 +148,12 @@ void tl_merge_rows(const float *S, int64_t Q, int64_t R, int64_t ld, int64_t bas
             while (m) {
                 int64_t u = r + __builtin_ctz(m);
                 m &= m - 1;
-                if (row[u] > t) { /* the bar may have risen within these eight */
-                    heap_replace(h, x, kk, row[u], base + u);
-                    t = fmaxf(t, h[0]);
-                }
+                if (row[u] > t) t = push(h, x, kk, row[u], base + u, t); /* t may have risen */
             }
         }
 #endif
         for (; r < R; r++) {
-            if (row[r] > t) {
-                heap_replace(h, x, kk, row[r], base + r);
-                t = fmaxf(t, h[0]);
-            }
+            if (row[r] > t) t = push(h, x, kk, row[r], base + r, t);
         }
         bar[j] = t;
     }
@@ -206,10 +205,7 @@ void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_
         }
         for (int64_t j = 0; j < Q; j++) {
             float v = dot32(x, q + j * ldq, d);
-            if (v > bar[j]) {
-                heap_replace(hs + j * kk, hi + j * kk, kk, v, base + r);
-                bar[j] = fmaxf(bar[j], hs[j * kk]);
-            }
+            if (v > bar[j]) bar[j] = push(hs + j * kk, hi + j * kk, kk, v, base + r, bar[j]);
         }
     }
 }
@@ -251,8 +247,9 @@ static double dot64(const float *x, const float *y, int64_t d) {
 #endif
 
 /* out[a, b] = the float64 inner product of query a and database row
-   idx[a, b], rounded to float32; -inf where idx < 0. The next pair's row is
-   fetched RESCORE_AHEAD pairs before it is summed (the rows are scattered over the database). */
+   idx[a, b], rounded to float32; -inf where idx < 0. Each pair's row is
+   fetched RESCORE_AHEAD pairs before it is summed (the rows are scattered
+   over the database). */
 void tl_rescore(const float *db, int64_t ld, const float *q, int64_t ldq, int64_t d,
                 const int64_t *idx, int64_t n, int64_t kk, float *out) {
     for (int64_t a = 0; a < n; a++) {

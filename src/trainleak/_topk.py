@@ -111,13 +111,19 @@ class NativeTopK:
         """Each query's top ``k`` so far: scores and database rows ``(n, k)``, in no order."""
         return self.scores, self.idx
 
+    def _heaps(self, first: int = 0) -> tuple[int, int, int, int]:
+        """Return the kernels' last four arguments: the lists and bars from query ``first`` on."""
+        at = first * self.k
+        scores, idx, bars = _addr(self.scores) + 4 * at, _addr(self.idx) + 8 * at, _addr(self.kth)
+        return scores, idx, self.k, bars + 4 * first
+
     def merge(self, s: np.ndarray, d0: int, row_max: np.ndarray | None = None) -> None:
         """Merge the scores ``s`` ``(n, width)`` of rows ``d0 ...`` (``row_max``: unused)."""
         if self.k == 0 or s.size == 0:
             return
         s = _rows_contiguous(s)
-        lists = _addr(self.scores), _addr(self.idx), self.k, _addr(self.kth)
-        self._lib.tl_merge_rows(_addr(s), s.shape[0], s.shape[1], s.strides[0] // 4, d0, *lists)
+        self._lib.tl_merge_rows(_addr(s), s.shape[0], s.shape[1], s.strides[0] // 4, d0,
+                                *self._heaps())  # fmt: skip
 
     def scan(self, part: np.ndarray, q: np.ndarray, d0: int) -> None:
         """Score database rows ``part`` (``d0 ...``) against ``q`` and merge them, in one pass.
@@ -127,9 +133,8 @@ class NativeTopK:
         """
         if self.k == 0 or part.size == 0:
             return
-        lists = _addr(self.scores), _addr(self.idx), self.k, _addr(self.kth)
         self._lib.tl_scan_rows(_addr(part), part.shape[1], len(part), _addr(q), q.shape[1],
-                               len(q), q.shape[1], d0, *lists)  # fmt: skip
+                               len(q), q.shape[1], d0, *self._heaps())  # fmt: skip
 
     def merge_columns(self, st: np.ndarray, d0: int, queries: slice | None = None) -> None:
         """Merge the scores ``st`` ``(width, n)`` of database rows ``d0 ...`` into ``queries``."""
@@ -137,11 +142,8 @@ class NativeTopK:
             return
         st = _rows_contiguous(st)
         a, b, _ = (queries or slice(None)).indices(st.shape[1])
-        self._lib.tl_merge_columns(
-            _addr(st) + 4 * a, st.shape[0], b - a, st.strides[0] // 4, d0,
-            _addr(self.scores) + 4 * a * self.k, _addr(self.idx) + 8 * a * self.k, self.k,
-            _addr(self.kth) + 4 * a,
-        )  # fmt: skip
+        self._lib.tl_merge_columns(_addr(st) + 4 * a, st.shape[0], b - a, st.strides[0] // 4, d0,
+                                   *self._heaps(a))  # fmt: skip
 
 
 def _rows_contiguous(s: np.ndarray) -> np.ndarray:

@@ -229,14 +229,15 @@ COLUMN_QUERIES = 64
 #: rows at d = 128 took 15.6 ms in blocks of 512 or 1,024 rows, 16.7 ms in
 #: blocks of 2,048, 18.0 ms as one block (bench/README, session 11).
 CACHED_SCORE_BYTES = 2 * 2**20
+CACHED_ROWS = 512
 #: With the compiled kernels, a slice of at most this many queries (and no
 #: ``exclude_self``) is scored and merged in one pass over the database
 #: (:meth:`~trainleak._topk.NativeTopK.scan`), not by a matrix product. One
-#: thread, 100,000 rows, d = 128: one query 4.95 ms (product and merge
-#: 5.08, faiss 5.33); two queries 7.65 ms (12.75; faiss 10.33); at d = 512
-#: one query 15.6 ms (17.1; faiss 15.5). Beyond two, the product's FMA wins.
+#: thread, 100,000 rows (bench/bench_search_kernels.py): d = 128, one query
+#: 3.21 ms (product and merge 4.67, faiss 3.68), two queries 5.37 ms (11.52;
+#: faiss 7.98); d = 512, one query 12.07 ms (14.89; faiss 13.59). Beyond
+#: two, the product's FMA wins.
 FUSED_QUERIES = 2
-CACHED_ROWS = 512
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
 #: limit cost about 0.2 ms, a few percent of a search this size.
 THREAD_ABOVE_MACS = 2**26
@@ -260,18 +261,20 @@ def _scan(
     one compiled pass instead of a matrix product.
     """
     top = running_topk(len(q), k)
+    compiled = isinstance(top, NativeTopK)
     columns = len(q) >= COLUMN_QUERIES
-    if columns and isinstance(top, NativeTopK):  # a block's scores stay in cache for the merge
+    if columns and compiled:  # a block's scores stay in cache for the merge
         cached = CACHED_SCORE_BYTES // (4 * len(q)) // CACHED_ROWS * CACHED_ROWS
         block = min(block, max(CACHED_ROWS, cached))
     width = min(block, max(1, stop - start))
     buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
-    fused = (fuse and isinstance(top, NativeTopK) and len(q) <= FUSED_QUERIES and metric == "cosine"
-             and q0 is None and q.dtype == np.float32 and q.flags.c_contiguous)  # fmt: skip
+    one_pass = (top if isinstance(top, NativeTopK) and fuse and len(q) <= FUSED_QUERIES
+                and metric == "cosine" and q0 is None and q.dtype == np.float32
+                and q.flags.c_contiguous else None)  # fmt: skip
     for d0 in range(start, stop, block):
         part = _db_block(db, d0, min(block, stop - d0))
-        if fused:
-            top.scan(part, q, d0)  # type: ignore[union-attr]
+        if one_pass:
+            one_pass.scan(part, q, d0)
             continue
         rows, cols = _self_cells(q0, len(q), d0, len(part))
         if columns:
@@ -328,7 +331,9 @@ def _knn_torch(
             rows, cols = _self_cells(q0, len(q), d0, len(part))
             s[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = -torch.inf
             if on_cpu:  # numpy's comparison and flatnonzero beat torch's here
-                top.merge(s.numpy(), d0, s.amax(1).numpy())
+                # The numpy merge takes torch's threaded row maxima; the compiled one needs none.
+                row_max = None if isinstance(top, NativeTopK) else s.amax(1).numpy()
+                top.merge(s.numpy(), d0, row_max)
                 continue
             # On a GPU: a block is merged into the queries whose best score in it
             # beats their k-th best so far, by a top-k of their rows. A NaN would

@@ -301,7 +301,7 @@ def _rescore(
     the chosen pairs the same way every time makes results independent of
     block size and backend, to the bit, and more accurate than float32 sums.
     Cosine pairs of float32 rows go to the compiled kernel where it is built
-    (:func:`trainleak._topk.native`: four float64 partial sums in a fixed
+    (:func:`trainleak._topk.native`: eight float64 partial sums in a fixed
     order); otherwise the pairs are scored :data:`RESCORE_CELLS` row values at
     a time (their float32 rows stay in cache while einsum widens them to
     float64). Either runs on the CPU search's threads when there are many.
@@ -323,8 +323,9 @@ def _rescore(
             lib.tl_rescore(db.ctypes.data, d, q.ctypes.data + at_q, d, d,
                            idx.ctypes.data + at_i, rows, kk, out.ctypes.data + at_out)  # fmt: skip
 
-        step = -(-n // (cpu_threads() if idx.size * d >= THREAD_CELLS else 1))
-        _each(kernel, range(0, n, step), idx.size * d)
+        threads = _threads(idx.size * d)
+        step = -(-n // threads)
+        _each(kernel, range(0, n, step), threads)
         return out
     step = max(1, RESCORE_CELLS // max(1, idx.shape[1] * q.shape[1]))
 
@@ -342,7 +343,7 @@ def _rescore(
             vals = 1.0 / (1.0 + np.sqrt((diff * diff).mean(-1).max(-1)))
         out[s0 : s0 + step] = np.where(valid, vals, -np.inf)
 
-    _each(score, range(0, len(q), step), idx.size * q.shape[1])
+    _each(score, range(0, len(q), step), _threads(idx.size * q.shape[1]))
     return out
 
 
@@ -355,10 +356,14 @@ def _flat(a: np.ndarray) -> bool:
 THREAD_CELLS = 2**22
 
 
-def _each(job: Callable[[int], None], starts: range, cells: int) -> None:
-    """Run ``job`` on each start, on the CPU search's threads for :data:`THREAD_CELLS` or more."""
-    threads = cpu_threads() if len(starts) > 1 and cells >= THREAD_CELLS else 1
-    if threads == 1:
+def _threads(cells: int) -> int:
+    """Return the threads for a re-score of ``cells`` row values (:data:`THREAD_CELLS`)."""
+    return cpu_threads() if cells >= THREAD_CELLS else 1
+
+
+def _each(job: Callable[[int], None], starts: range, threads: int) -> None:
+    """Run ``job`` on each start, on ``threads`` of the CPU search's threads."""
+    if threads == 1 or len(starts) == 1:
         for s0 in starts:
             job(s0)
     else:
