@@ -8,10 +8,19 @@ the methods (single timings on this machine vary by 15%). Sections:
    (the search's column blocks are at most 2 MB of scores, in multiples of 512 rows);
 2. the float64 re-score of the found pairs: numpy's einsum against the C kernel;
 3. one or two queries against 100,000 rows: the one-pass kernel, product
-   plus compiled merge, and faiss ``IndexFlatIP`` (when installed).
+   plus compiled merge, and faiss ``IndexFlatIP`` (when installed);
+4. the compiled merge of 500 queries x 10,000 rows (blocks of 1,024, 18 kept a
+   query): a first pass over the blocks (with its heap inserts) and a second
+   pass over the same blocks, where no cell is inserted;
+5. whole ``knn`` searches (k = 10, 2 threads), each in a new process, with the
+   compiled kernels and with ``TRAINLEAK_NATIVE=0`` (the numpy merge).
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -98,3 +107,57 @@ with threadpoolctl.threadpool_limits(1):
             fs["faiss IndexFlatIP"] = lambda index=index, q=q: index.search(q, 10)
         show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x 100,000 rows, d = {d}",
              rounds(fs, gap=0.02))  # fmt: skip
+
+    q, db = unit(500, 128), unit(10_000, 128)
+    blocks = [np.matmul(db[a : a + 1024], q.T) for a in range(0, len(db), 1024)]
+
+    def merge_all(top: NativeTopK) -> NativeTopK:
+        for j, b in enumerate(blocks):
+            top.merge_columns(b, j * 1024)
+        return top
+
+    first, second = [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        top = merge_all(NativeTopK(len(q), 18, lib))
+        first.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        merge_all(top)
+        second.append(time.perf_counter() - t0)
+    show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", {
+        "first pass (inserts)": np.median(first) * 1e3,
+        "second pass (no inserts)": np.median(second) * 1e3})  # fmt: skip
+
+WHOLE = """
+import json, time, numpy as np
+from trainleak.neighbors import knn
+rng = np.random.default_rng(0)
+out = {}
+shapes = [(10_000, 1_000, 128), (10_000, 1_000, 512), (100_000, 1, 128), (100_000, 2_000, 128)]
+for m, n, d in shapes:
+    db = rng.standard_normal((m, d)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[rng.integers(0, m, n)] + 0.1 * rng.standard_normal((n, d)).astype(np.float32)
+    knn(q, db, 10)
+    ts = []
+    for _ in range(%d):
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        knn(q, db, 10)
+        ts.append(time.perf_counter() - t0)
+    out[f"{m:,} rows x {n:,} queries, d = {d}"] = float(np.median(ts)) * 1e3
+print(json.dumps(out))
+"""
+got: dict = {}
+for flag in ("1", "0", "1", "0"):  # two processes each, alternating
+    env = {**os.environ, "TRAINLEAK_NATIVE": flag, "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", WHOLE % args.rounds], env=env, check=True,
+                         capture_output=True, text=True)  # fmt: skip
+    for shape, ms in json.loads(run.stdout).items():
+        got.setdefault(shape, {}).setdefault(flag, []).append(ms)
+print("\n5. whole knn, 2 threads, k = 10 (median ms of each process)")
+print("| shape | compiled | numpy merge | numpy / compiled |\n|---|---|---|---|")
+for shape, by in got.items():
+    ratio = sum(by["0"]) / sum(by["1"])
+    native_ms, numpy_ms = (", ".join(f"{x:.1f}" for x in by[f]) for f in ("1", "0"))
+    print(f"| {shape} | {native_ms} | {numpy_ms} | {ratio:.2f} |")
