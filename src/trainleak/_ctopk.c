@@ -1,8 +1,9 @@
 /* Compiled kernels of the CPU's exact search (trainleak._topk loads them with ctypes).
 
-   Each query keeps its best kk cells in a min-heap whose root is its worst
-   kept cell (lowest score; of equal scores, the highest database row), and a
-   separate array holds each root's score, the query's bar. A block of float32
+   Each query keeps its best kk cells, sorted or (long lists) in a min-heap
+   whose root is its worst kept cell (lowest score; of equal scores, the
+   highest database row), and a separate array holds each query's bar: the
+   worst kept score, or a floor above it. A block of float32
    scores is compared with the bars four or eight at a time; a cell above its
    query's bar replaces the root. Cells arrive in increasing database row, so
    of equal scores the lower row is kept, as the numpy merge does. A NaN or
@@ -32,7 +33,7 @@ static inline int worse(float sa, int64_t ia, float sb, int64_t ib) {
 }
 
 /* Put (s, i) in place of the heap's root and sift it down. */
-static void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i) {
+static inline __attribute__((always_inline)) void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i) {
     int64_t p = 0;
     for (;;) {
         int64_t c = 2 * p + 1;
@@ -47,9 +48,45 @@ static void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i)
     hi[p] = i;
 }
 
+/* Lists of at most SORTED_MAX_KK cells are kept sorted (best first: higher
+   score, then lower row) instead of as heaps: a new cell's place is a count
+   of the scores above it, four at a time, and the cells after it shift by
+   one, with about one mispredicted branch a cell where a heap's sift-down
+   has one or two a level. Either way the worst kept cell is in a fixed
+   place (worst_at). */
+#ifndef SORTED_MAX_KK
+#define SORTED_MAX_KK 64
+#endif
+
+static inline int64_t worst_at(int64_t kk) { return kk <= SORTED_MAX_KK ? kk - 1 : 0; }
+
+/* Put (s, i) in place of the last of the kk sorted cells (it is worse). */
+static inline __attribute__((always_inline)) void sorted_replace(float *hs, int64_t *hi,
+                                                                  int64_t kk, float s, int64_t i) {
+    int64_t n = kk - 1, pos = 0, t = 0;
+#if defined(__SSE2__)
+    __m128 sv = _mm_set1_ps(s);
+    for (; t + 4 <= n; t += 4)
+        pos += __builtin_popcount(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(hs + t), sv)));
+#endif
+    for (; t < n; t++) pos += hs[t] > s;
+    while (pos < n && hs[pos] == s && hi[pos] < i) pos++; /* ties: the lower rows first */
+    for (t = n; t > pos; t--) {
+        hs[t] = hs[t - 1];
+        hi[t] = hi[t - 1];
+    }
+    hs[pos] = s;
+    hi[pos] = i;
+}
+
 /* Put (s, i) in place of the worst kept cell and return the query's new bar:
    the new worst score, or the old bar if higher (a first block's floor). */
-static inline float push(float *hs, int64_t *hi, int64_t kk, float s, int64_t i, float bar) {
+static inline __attribute__((always_inline)) float push(float *hs, int64_t *hi, int64_t kk,
+                                                        float s, int64_t i, float bar) {
+    if (kk <= SORTED_MAX_KK) {
+        sorted_replace(hs, hi, kk, s, i);
+        return fmaxf(bar, hs[kk - 1]);
+    }
     heap_replace(hs, hi, kk, s, i);
     return fmaxf(bar, hs[0]);
 }
@@ -68,7 +105,8 @@ static inline float push(float *hs, int64_t *hi, int64_t kk, float s, int64_t i,
 static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t kk,
                           const float *hs, float *bar) {
     int64_t fresh = 0;
-    for (int64_t j = 0; j < Q; j++) fresh += bar[j] == -INFINITY && hs[j * kk] == -INFINITY;
+    int64_t w = worst_at(kk);
+    for (int64_t j = 0; j < Q; j++) fresh += bar[j] == -INFINITY && hs[j * kk + w] == -INFINITY;
     if (fresh == 0) return;
     int64_t G = FLOOR_GROUPS * kk;
     float *gmax = (float *)malloc((size_t)(G * Q) * sizeof(float));
@@ -84,7 +122,7 @@ static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int6
     }
     float top[FLOOR_GROUPS * FLOOR_MAX_KK];
     for (int64_t j = 0; j < Q; j++) {
-        if (!(bar[j] == -INFINITY && hs[j * kk] == -INFINITY)) continue;
+        if (!(bar[j] == -INFINITY && hs[j * kk + w] == -INFINITY)) continue;
         int64_t n = 0; /* the kk largest maxima, descending, by insertion */
         for (int64_t g = 0; g < G; g++) {
             float v = gmax[g * Q + j];
@@ -293,6 +331,183 @@ void tl_order(float *s, int64_t *idx, int64_t n, int64_t kk) {
             ia[c] = w;
         }
     }
+}
+
+/* ---- The product and the merge in one pass (x86-64 with AVX2 and FMA) ----
+
+   For a batch of queries, each database row's scores are computed in
+   registers, a tile of FUSED_ROWS rows by FUSED_LANES queries at a time, and
+   compared with the queries' bars straight away: no score block is written
+   to memory and read back, and no matrix library packs the operands on every
+   call. The queries are packed once per search (tl_pack_queries): panel p
+   holds queries 16p .. 16p + 15 dimension by dimension, so a tile loads the
+   16 queries' values of one dimension as two vectors and multiplies them by
+   each row's value of that dimension, broadcast. Every lane sums its
+   dimensions in order 0 .. d - 1 with fused multiply-adds: for choosing
+   candidates only, as with the matrix product; the float64 re-score decides.
+
+   Tiles go through the database rows in increasing order for every query,
+   so of equal scores the lower row is kept, as in the other merges. The
+   functions are compiled for AVX2 and FMA whatever the build's target;
+   tl_fused_ok says whether this processor runs them. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <string.h>
+#define TL_FUSED 1
+#endif
+
+#define FUSED_ROWS 6
+#define FUSED_LANES 16
+/* Queries packed per pass over the rows: at most this many bytes of them,
+   so that they stay in a core's L2 cache while the rows stream by. */
+#ifndef FUSED_PANEL_BYTES
+#define FUSED_PANEL_BYTES (192 * 1024)
+#endif
+
+int tl_fused_ok(void) {
+#ifdef TL_FUSED
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Pack Q queries (stride ldq, length d) into ceil(Q / 16) panels of d * 16
+   floats: out[(p * d + t) * 16 + c] = q[(16 p + c) * ldq + t], zeros past Q. */
+void tl_pack_queries(const float *q, int64_t ldq, int64_t Q, int64_t d, float *out) {
+    int64_t panels = (Q + FUSED_LANES - 1) / FUSED_LANES;
+    for (int64_t p = 0; p < panels; p++) {
+        float *o = out + p * d * FUSED_LANES;
+        for (int64_t c = 0; c < FUSED_LANES; c++) {
+            int64_t j = p * FUSED_LANES + c;
+            if (j < Q) {
+                const float *src = q + j * ldq;
+                for (int64_t t = 0; t < d; t++) o[t * FUSED_LANES + c] = src[t];
+            } else {
+                for (int64_t t = 0; t < d; t++) o[t * FUSED_LANES + c] = 0.0f;
+            }
+        }
+    }
+}
+
+#ifdef TL_FUSED
+/* Merge one tile row: the 16 scores (lo, hi) of database row `row` for the
+   queries j0 .. j0 + 15 of a panel. Returns whether a bar moved. */
+__attribute__((target("avx2,fma"))) static inline int tile_row(
+    __m256 lo, __m256 hi, __m256 blo, __m256 bhi, int64_t row, int64_t j0, int64_t self0,
+    int exclude, float *hs, int64_t *hx, int64_t kk, float *pb) {
+    int m = _mm256_movemask_ps(_mm256_cmp_ps(lo, blo, _CMP_GT_OQ)) |
+            (_mm256_movemask_ps(_mm256_cmp_ps(hi, bhi, _CMP_GT_OQ)) << 8);
+    if (!m) return 0;
+    float v[FUSED_LANES];
+    _mm256_storeu_ps(v, lo);
+    _mm256_storeu_ps(v + 8, hi);
+    while (m) {
+        int c = __builtin_ctz(m);
+        m &= m - 1;
+        int64_t j = j0 + c;
+        if (exclude && row == self0 + j) continue; /* a query's own row */
+        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[c], row, pb[j]);
+    }
+    return 1;
+}
+
+/* Scores of rows x (FUSED_ROWS of them, stride ld) against panel p (d x 16),
+   merged into the panel's queries. */
+__attribute__((target("avx2,fma"))) static void tile(
+    const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
+    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb) {
+    const float *x0 = x, *x1 = x + ld, *x2 = x + 2 * ld, *x3 = x + 3 * ld, *x4 = x + 4 * ld,
+                *x5 = x + 5 * ld;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int64_t t = 0; t < d; t++) {
+        __m256 b0 = _mm256_loadu_ps(p + t * FUSED_LANES);
+        __m256 b1 = _mm256_loadu_ps(p + t * FUSED_LANES + 8);
+        __m256 a = _mm256_broadcast_ss(x0 + t);
+        c00 = _mm256_fmadd_ps(a, b0, c00);
+        c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(x1 + t);
+        c10 = _mm256_fmadd_ps(a, b0, c10);
+        c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(x2 + t);
+        c20 = _mm256_fmadd_ps(a, b0, c20);
+        c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(x3 + t);
+        c30 = _mm256_fmadd_ps(a, b0, c30);
+        c31 = _mm256_fmadd_ps(a, b1, c31);
+        a = _mm256_broadcast_ss(x4 + t);
+        c40 = _mm256_fmadd_ps(a, b0, c40);
+        c41 = _mm256_fmadd_ps(a, b1, c41);
+        a = _mm256_broadcast_ss(x5 + t);
+        c50 = _mm256_fmadd_ps(a, b0, c50);
+        c51 = _mm256_fmadd_ps(a, b1, c51);
+    }
+    __m256 blo = _mm256_loadu_ps(pb + j0), bhi = _mm256_loadu_ps(pb + j0 + 8);
+#define TILE_ROW(r, lo, hi)                                                                  \
+    if (nrows > r && tile_row(lo, hi, blo, bhi, row0 + r, j0, self0, exclude, hs, hx, kk, pb)) {     \
+        blo = _mm256_loadu_ps(pb + j0);                                                      \
+        bhi = _mm256_loadu_ps(pb + j0 + 8);                                                  \
+    }
+    TILE_ROW(0, c00, c01)
+    TILE_ROW(1, c10, c11)
+    TILE_ROW(2, c20, c21)
+    TILE_ROW(3, c30, c31)
+    TILE_ROW(4, c40, c41)
+    TILE_ROW(5, c50, c51)
+#undef TILE_ROW
+}
+#endif
+
+/* Score database rows base .. base + R - 1 (stride ld) against the Q packed
+   queries (tl_pack_queries) and merge them into the queries' lists. With
+   exclude set, query j is database row self0 + j (self0 may be negative)
+   and never its own neighbour. Returns 0, or -1 where the processor or memory does not allow it
+   (nothing merged then). */
+int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed, int64_t Q,
+                     int64_t d, int64_t base, int64_t exclude, int64_t self0, float *hs,
+                     int64_t *hi, int64_t kk, float *bar) {
+#ifdef TL_FUSED
+    if (kk < 1 || R < 1 || Q < 1) return 0;
+    if (!tl_fused_ok()) return -1;
+    int64_t panels = (Q + FUSED_LANES - 1) / FUSED_LANES;
+    int64_t per_pass = FUSED_PANEL_BYTES / (d * FUSED_LANES * 4);
+    if (per_pass < 1) per_pass = 1;
+    /* Bars padded to whole panels: +inf past Q, so padding lanes never push. */
+    float *pb = (float *)malloc((size_t)(panels * FUSED_LANES) * sizeof(float));
+    float *spare = (float *)calloc((size_t)(FUSED_ROWS * d), sizeof(float));
+    if (pb == NULL || spare == NULL) {
+        free(pb);
+        free(spare);
+        return -1;
+    }
+    for (int64_t j = 0; j < panels * FUSED_LANES; j++) pb[j] = j < Q ? bar[j] : INFINITY;
+    for (int64_t p0 = 0; p0 < panels; p0 += per_pass) {
+        int64_t p1 = p0 + per_pass < panels ? p0 + per_pass : panels;
+        for (int64_t r0 = 0; r0 < R; r0 += FUSED_ROWS) {
+            int64_t nrows = R - r0 < FUSED_ROWS ? R - r0 : FUSED_ROWS;
+            const float *x = db + r0 * ld;
+            int64_t stride = ld;
+            if (nrows < FUSED_ROWS) { /* the last rows, copied beside zero rows */
+                for (int64_t r = 0; r < nrows; r++) memcpy(spare + r * d, x + r * ld, d * 4);
+                x = spare;
+                stride = d;
+            }
+            for (int64_t p = p0; p < p1; p++)
+                tile(x, stride, nrows, packed + p * d * FUSED_LANES, d, base + r0,
+                     p * FUSED_LANES, self0, exclude != 0, hs, hi, kk, pb);
+        }
+    }
+    for (int64_t j = 0; j < Q; j++) bar[j] = pb[j];
+    free(pb);
+    free(spare);
+    return 0;
+#else
+    (void)db; (void)ld; (void)R; (void)packed; (void)Q; (void)d; (void)base; (void)exclude; (void)self0;
+    (void)hs; (void)hi; (void)kk; (void)bar;
+    return -1;
+#endif
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctopk",

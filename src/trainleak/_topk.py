@@ -35,11 +35,14 @@ __all__ = [
     "ROW_SETS",
     "NativeTopK",
     "RunningTopK",
+    "fused_product",
     "merge_lists",
     "native",
     "running_topk",
 ]
 
+#: Queries a tile of :meth:`NativeTopK.product` scores at once (``FUSED_LANES`` in ``_ctopk.c``).
+FUSED_LANES = 16
 #: Set to ``0`` to search with the numpy merge even where the compiled kernels are built.
 NATIVE_ENV = "TRAINLEAK_NATIVE"
 
@@ -59,10 +62,24 @@ def _load() -> ctypes.CDLL | None:
     lib.tl_rescore.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr]
     lib.tl_order.argtypes = [ptr, ptr, i64, i64]
     lib.tl_scan_rows.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]
+    lib.tl_pack_queries.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.tl_product_merge.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64,
+                                     ptr]  # fmt: skip
     for f in (lib.tl_merge_columns, lib.tl_merge_rows, lib.tl_rescore, lib.tl_order,
-              lib.tl_scan_rows):  # fmt: skip
+              lib.tl_scan_rows, lib.tl_pack_queries):  # fmt: skip
         f.restype = None
+    lib.tl_product_merge.restype = ctypes.c_int
+    lib.tl_fused_ok.restype = ctypes.c_int
+    lib.tl_fused_ok.argtypes = []
     return lib
+
+
+@functools.lru_cache(maxsize=1)
+def fused_product() -> bool:
+    """Whether :meth:`NativeTopK.product` runs here: the kernels are built and the
+    processor has AVX2 and FMA (x86-64 only)."""
+    lib = _load()
+    return lib is not None and bool(lib.tl_fused_ok())
 
 
 def native() -> ctypes.CDLL | None:
@@ -136,6 +153,32 @@ class NativeTopK:
             return
         self._lib.tl_scan_rows(_addr(part), part.shape[1], len(part), _addr(q), q.shape[1],
                                len(q), q.shape[1], d0, *self._heaps())  # fmt: skip
+
+    def pack(self, q: np.ndarray) -> np.ndarray:
+        """Return the queries ``q`` laid out for :meth:`product` (pack once, use per block)."""
+        q = np.ascontiguousarray(q, np.float32)
+        panels = -(-len(q) // FUSED_LANES)
+        out = np.empty(panels * FUSED_LANES * q.shape[1], np.float32)
+        self._lib.tl_pack_queries(_addr(q), q.shape[1], len(q), q.shape[1], _addr(out))
+        return out
+
+    def product(self, part: np.ndarray, packed: np.ndarray, d0: int, self0: int | None) -> None:
+        """Score database rows ``part`` (``d0 ...``) against the packed queries and merge them.
+
+        The product and the merge in one compiled pass (:func:`fused_product`
+        must be true): each tile of 6 rows by 16 queries is compared with the
+        queries' k-th best while still in registers, so no score block is
+        written. ``self0``: the queries are database rows ``self0 ...``, and a
+        query is never its own neighbour; None when they are not.
+        """
+        if self.k == 0 or part.size == 0:
+            return
+        d = part.shape[1]
+        done = self._lib.tl_product_merge(_addr(part), d, len(part), _addr(packed),
+                                          len(self.kth), d, d0, self0 is not None, self0 or 0,
+                                          *self._heaps())  # fmt: skip
+        if done != 0:
+            raise MemoryError("the compiled product could not allocate its bars")
 
     def merge_columns(self, st: np.ndarray, d0: int, queries: slice | None = None) -> None:
         """Merge the scores ``st`` ``(width, n)`` of database rows ``d0 ...`` into ``queries``."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from trainleak._optional import require
-from trainleak._topk import NativeTopK, merge_lists, running_topk
+from trainleak._topk import NativeTopK, fused_product, merge_lists, running_topk
 from trainleak.device import cpu_threads, one_blas_thread, search_pool
 
 if TYPE_CHECKING:
@@ -238,6 +238,11 @@ CACHED_ROWS = 512
 #: faiss 7.98); d = 512, one query 12.07 ms (14.89; faiss 13.59). Beyond
 #: two, the product's FMA wins.
 FUSED_QUERIES = 2
+#: With the compiled kernels on a processor with AVX2 and FMA, queries of at
+#: most this many dimensions are scored and merged in one compiled pass
+#: (:meth:`~trainleak._topk.NativeTopK.product`) rather than by the BLAS and
+#: a merge.
+TILED_MAX_DIM = 256
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
 #: limit cost about 0.2 ms, a few percent of a search this size.
 THREAD_ABOVE_MACS = 2**26
@@ -261,21 +266,24 @@ def _scan(
     one compiled pass instead of a matrix product.
     """
     top = running_topk(len(q), k)
-    compiled = isinstance(top, NativeTopK)
+    if isinstance(top, NativeTopK) and metric == "cosine":
+        if fuse and len(q) <= FUSED_QUERIES and q0 is None:
+            for d0 in range(start, stop, block):  # one pass, no product
+                top.scan(_db_block(db, d0, min(block, stop - d0)), np.ascontiguousarray(q), d0)
+            return top.lists()
+        if len(q) > FUSED_QUERIES and q.shape[1] <= TILED_MAX_DIM and fused_product():
+            packed = top.pack(q)  # the product and the merge in one pass, no score block
+            for d0 in range(start, stop, block):
+                top.product(_db_block(db, d0, min(block, stop - d0)), packed, d0, q0)
+            return top.lists()
     columns = len(q) >= COLUMN_QUERIES
-    if columns and compiled:  # a block's scores stay in cache for the merge
+    if columns and isinstance(top, NativeTopK):  # a block's scores stay in cache for the merge
         cached = CACHED_SCORE_BYTES // (4 * len(q)) // CACHED_ROWS * CACHED_ROWS
         block = min(block, max(CACHED_ROWS, cached))
     width = min(block, max(1, stop - start))
     buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
-    one_pass = (top if isinstance(top, NativeTopK) and fuse and len(q) <= FUSED_QUERIES
-                and metric == "cosine" and q0 is None and q.dtype == np.float32
-                and q.flags.c_contiguous else None)  # fmt: skip
     for d0 in range(start, stop, block):
         part = _db_block(db, d0, min(block, stop - d0))
-        if one_pass:
-            one_pass.scan(part, q, d0)
-            continue
         rows, cols = _self_cells(q0, len(q), d0, len(part))
         if columns:
             st = _scores(part, q, metric, tiles, buf)

@@ -48,12 +48,15 @@ def _check(s, i, q, db, k, exclude_self=False):
     assert all(len(set(row)) == k for row in i.tolist())
 
 
-@pytest.fixture(params=["native", "numpy"])
+@pytest.fixture(params=["native", "native merge", "numpy"])
 def threads(request, monkeypatch):
     """Thread every search, on 3 threads whatever the machine (an uneven split).
 
-    Each test runs twice: merged by the compiled kernels, and by numpy
-    (``TRAINLEAK_NATIVE=0``, what an install without a C compiler runs).
+    Each test runs three times: by the compiled kernels (the product and the
+    merge in one pass where the processor has AVX2 and FMA), by the compiled
+    merge after a BLAS product (``TILED_MAX_DIM = 0``, what other
+    processors run), and by numpy (``TRAINLEAK_NATIVE=0``, what an install
+    without a C compiler runs).
     """
     monkeypatch.setattr(bs, "THREAD_ABOVE_MACS", 0)
     monkeypatch.setattr(bs, "cpu_threads", lambda: 3)
@@ -61,6 +64,8 @@ def threads(request, monkeypatch):
         monkeypatch.setenv(NATIVE_ENV, "0")
     else:
         assert native() is not None, "the compiled kernels are not built"
+    if request.param == "native merge":
+        monkeypatch.setattr(bs, "TILED_MAX_DIM", 0)
 
 
 @pytest.fixture(scope="module")

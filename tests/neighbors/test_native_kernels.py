@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 
 import trainleak.neighbors as nb
-from trainleak._topk import NATIVE_ENV, NativeTopK, RunningTopK, native, running_topk
+from trainleak._topk import (
+    NATIVE_ENV,
+    NativeTopK,
+    RunningTopK,
+    fused_product,
+    native,
+    running_topk,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,3 +217,87 @@ def test_one_pass_keeps_the_lists_of_the_product_and_merge_with_ties(lib):
     full = q @ db.T
     want = np.lexsort((np.broadcast_to(np.arange(len(db)), full.shape), -full), axis=1)[:, :9]
     np.testing.assert_array_equal(i, want)  # of tied rows, the lowest are kept
+
+
+@pytest.fixture
+def tiled(lib):
+    if not fused_product():
+        pytest.skip("this processor has no AVX2 and FMA: the search uses the BLAS and the merge")
+    return lib
+
+
+@pytest.mark.parametrize(
+    ("n_query", "n_db", "dim", "k", "block"),
+    [(3, 1, 1, 1, 1), (17, 13, 7, 9, 5), (100, 1000, 40, 9, 333), (37, 500, 128, 70, 256),
+     (16, 60, 200, 18, 60), (40, 700, 256, 12, 700)],
+)  # fmt: skip
+def test_product_keeps_the_lists_of_the_product_and_merge(tiled, n_query, n_db, dim, k, block):
+    """Small whole numbers: every float32 sum is exact whatever its order, so the one-pass
+    product must keep exactly the cells the BLAS product and the merge keep, ties too,
+    after every block; partial tiles of rows and of queries, sorted lists and heaps (k 70)."""
+    rng = np.random.default_rng(n_query + dim)
+    db = rng.integers(-3, 4, size=(n_db, dim)).astype(np.float32)  # many tied scores
+    q = rng.integers(-3, 4, size=(n_query, dim)).astype(np.float32)
+    db[n_db // 2] = np.nan  # a NaN row scores NaN against every query: never kept
+    q[n_query // 2] = np.nan  # a NaN query keeps nothing
+    one, two = NativeTopK(n_query, k, tiled), NativeTopK(n_query, k, tiled)
+    packed = one.pack(q)
+    for d0 in range(0, n_db, block):
+        part = db[d0 : d0 + block]
+        one.product(part, packed, d0, None)
+        two.merge(q @ part.T, d0)
+        _same_lists(one.lists(), two.lists())
+    s, i = _sorted(one.lists())
+    full = q @ db.T
+    full[np.isnan(full)] = -np.inf
+    keep = min(k, n_db - 1)  # every row but the NaN one
+    want = np.lexsort((np.broadcast_to(np.arange(n_db), full.shape), -full), axis=1)[:, :keep]
+    live = np.arange(n_query) != n_query // 2
+    np.testing.assert_array_equal(i[live, :keep], want[live])  # of tied rows, the lowest
+    assert (i[~live] == -1).all()
+
+
+@pytest.mark.parametrize("self0", [10, -4])
+def test_product_leaves_out_each_querys_own_row(tiled, self0):
+    """``self0``: query j is database row self0 + j (negative for a shard that starts later)."""
+    rng = np.random.default_rng(8)
+    db = rng.integers(-3, 4, size=(300, 24)).astype(np.float32)
+    q = db[max(self0, 0) : max(self0, 0) + 40].copy() if self0 >= 0 else rng.integers(
+        -3, 4, size=(40, 24)).astype(np.float32)  # fmt: skip
+    if self0 < 0:
+        db[: 40 + self0] = q[-self0:]  # query j (j >= 4) is database row j - 4
+    one, two = NativeTopK(40, 5, tiled), NativeTopK(40, 5, tiled)
+    packed = one.pack(q)
+    for d0 in range(0, 300, 128):
+        part = db[d0 : d0 + 128]
+        one.product(part, packed, d0, self0)
+        s = q @ part.T
+        j = np.arange(40)
+        hit = (j + self0 >= d0) & (j + self0 < d0 + len(part))
+        s[j[hit], j[hit] + self0 - d0] = -np.inf
+        two.merge(s, d0)
+    _same_lists(one.lists(), two.lists())
+    own = np.arange(40) + self0
+    assert not (one.lists()[1] == own[:, None]).any()
+
+
+def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
+    """The search takes the one-pass product for batches at d <= TILED_MAX_DIM and the BLAS
+    beyond, and both find the brute-force neighbours of real-valued rows."""
+    import trainleak.block_search as bs
+
+    calls = []
+    product = NativeTopK.product
+    monkeypatch.setattr(NativeTopK, "product",
+                        lambda self, *a: calls.append(1) or product(self, *a))  # fmt: skip
+    rng = np.random.default_rng(9)
+    for dim, used in ((bs.TILED_MAX_DIM, True), (bs.TILED_MAX_DIM + 1, False)):
+        calls.clear()
+        db = rng.normal(size=(2000, dim)).astype(np.float32)
+        q = np.concatenate([db[:20] + 0.01, rng.normal(size=(30, dim))]).astype(np.float32)
+        s, i = nb.knn(q, db, 5, block_size=700)
+        assert bool(calls) == used
+        full = q.astype(np.float64) @ db.astype(np.float64).T
+        ref = np.argsort(-full, axis=1, kind="stable")[:, :5]
+        np.testing.assert_array_equal(i, ref)
+        np.testing.assert_allclose(s, np.take_along_axis(full, ref, 1), rtol=1e-6)
