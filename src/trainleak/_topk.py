@@ -76,8 +76,11 @@ def _load() -> ctypes.CDLL | None:
 
 @functools.lru_cache(maxsize=1)
 def fused_product() -> bool:
-    """Whether :meth:`NativeTopK.product` runs here: the kernels are built and the
-    processor has AVX2 and FMA (x86-64 only)."""
+    """Whether :meth:`NativeTopK.product` runs here.
+
+    It needs the compiled kernels and a processor with AVX2 and FMA (x86-64
+    only); elsewhere batches go through the BLAS and the compiled merge.
+    """
     lib = _load()
     return lib is not None and bool(lib.tl_fused_ok())
 
