@@ -13,7 +13,12 @@ the methods (single timings on this machine vary by 15%). Sections:
    query): a first pass over the blocks (with its heap inserts) and a second
    pass over the same blocks, where no cell is inserted;
 5. whole ``knn`` searches (k = 10, 2 threads), each in a new process, with the
-   compiled kernels and with ``TRAINLEAK_NATIVE=0`` (the numpy merge).
+   compiled kernels and with ``TRAINLEAK_NATIVE=0`` (the numpy merge);
+6. the product and the merge in one pass (``NativeTopK.product``, AVX2 and
+   FMA) against the BLAS product in cached blocks and the compiled merge:
+   500 queries x 10,000 rows (9 kept) at d = 128 to 512, then whole
+   one-thread ``knn`` searches of 8 to 32 queries x 100,000 rows (k = 10)
+   with and without it (``TILED_MAX_DIM = 0``).
 """
 
 import argparse
@@ -26,7 +31,9 @@ import time
 import numpy as np
 import threadpoolctl
 
-from trainleak._topk import NativeTopK, native
+import trainleak.block_search as bs
+from trainleak._topk import NativeTopK, fused_product, native
+from trainleak.neighbors import knn
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=11)
@@ -127,6 +134,40 @@ with threadpoolctl.threadpool_limits(1):
     show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", {
         "first pass (inserts)": np.median(first) * 1e3,
         "second pass (no inserts)": np.median(second) * 1e3})  # fmt: skip
+
+    if fused_product():
+        for d in (128, 256, 384, 512):
+            q, db = unit(500, d), unit(10_000, d)
+            rows = bs.CACHED_SCORE_BYTES // (4 * len(q)) // bs.CACHED_ROWS * bs.CACHED_ROWS
+            out = np.empty((rows, len(q)), np.float32)
+
+            def tiled(q=q, db=db):
+                top = NativeTopK(len(q), 9, lib)
+                top.product(db, top.pack(q), 0, None)
+
+            def blas_and_merge(q=q, db=db, rows=rows, out=out):
+                top = NativeTopK(len(q), 9, lib)
+                for a in range(0, len(db), rows):
+                    part = db[a : a + rows]
+                    top.merge_columns(np.matmul(part, q.T, out=out[: len(part)]), a)
+
+            fs = {"one pass (product)": tiled, "BLAS product + compiled merge": blas_and_merge}
+            show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", rounds(fs))
+        db = unit(100_000, 128)
+        for nq in (8, 12, 16, 32):
+            q = unit(nq, 128)
+
+            def search(dim: int, q=q) -> None:
+                bs.TILED_MAX_DIM = dim
+                knn(q, db, 10)
+
+            fs = {"one pass (product)": lambda: search(256),
+                  "BLAS product + compiled merge": lambda: search(0)}  # fmt: skip
+            got = rounds(fs, gap=0.02)
+            bs.TILED_MAX_DIM = 256
+            show(f"6b. knn, {nq} queries x 100,000 rows, d = 128, k = 10", got)
+    else:
+        print("\n6. skipped: this processor has no AVX2 and FMA")
 
 WHOLE = """
 import json, time, numpy as np

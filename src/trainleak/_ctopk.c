@@ -357,6 +357,10 @@ void tl_order(float *s, int64_t *idx, int64_t n, int64_t kk) {
 #endif
 
 #define FUSED_ROWS 6
+/* Rows of a first block scored into memory for the floor (a multiple of FUSED_ROWS). */
+#ifndef FLOOR_ROWS
+#define FLOOR_ROWS 1020
+#endif
 #define FUSED_LANES 16
 /* Queries packed per pass over the rows: at most this many bytes of them,
    so that they stay in a core's L2 cache while the rows stream by. */
@@ -414,10 +418,12 @@ __attribute__((target("avx2,fma"))) static inline int tile_row(
 }
 
 /* Scores of rows x (FUSED_ROWS of them, stride ld) against panel p (d x 16),
-   merged into the panel's queries. */
+   merged into the panel's queries; or, with out set, written to out (row r
+   at out + r * ldo) and not merged. */
 __attribute__((target("avx2,fma"))) static void tile(
     const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
-    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb) {
+    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
+    float *out, int64_t ldo) {
     const float *x0 = x, *x1 = x + ld, *x2 = x + 2 * ld, *x3 = x + 3 * ld, *x4 = x + 4 * ld,
                 *x5 = x + 5 * ld;
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
@@ -443,6 +449,15 @@ __attribute__((target("avx2,fma"))) static void tile(
         a = _mm256_broadcast_ss(x5 + t);
         c50 = _mm256_fmadd_ps(a, b0, c50);
         c51 = _mm256_fmadd_ps(a, b1, c51);
+    }
+    if (out != NULL) {
+        __m256 c[FUSED_ROWS][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                                   {c30, c31}, {c40, c41}, {c50, c51}};
+        for (int64_t r = 0; r < nrows; r++) {
+            _mm256_storeu_ps(out + r * ldo, c[r][0]);
+            _mm256_storeu_ps(out + r * ldo + 8, c[r][1]);
+        }
+        return;
     }
     __m256 blo = _mm256_loadu_ps(pb + j0), bhi = _mm256_loadu_ps(pb + j0 + 8);
 #define TILE_ROW(r, lo, hi)                                                                  \
@@ -485,7 +500,36 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
     for (int64_t j = 0; j < panels * FUSED_LANES; j++) pb[j] = j < Q ? bar[j] : INFINITY;
     for (int64_t p0 = 0; p0 < panels; p0 += per_pass) {
         int64_t p1 = p0 + per_pass < panels ? p0 + per_pass : panels;
-        for (int64_t r0 = 0; r0 < R; r0 += FUSED_ROWS) {
+        int64_t j0 = p0 * FUSED_LANES, lanes = (p1 - p0) * FUSED_LANES;
+        int64_t nq = Q - j0 < lanes ? Q - j0 : lanes, first = 0, fresh = 0;
+        int64_t w = worst_at(kk);
+        for (int64_t j = j0; j < j0 + nq; j++)
+            fresh += pb[j] == -INFINITY && hs[j * kk + w] == -INFINITY;
+        /* Queries with empty lists: their first FLOOR_ROWS rows are scored into
+           a block and merged by tl_merge_columns, whose floor spares the
+           pushes of every record score until the lists fill. */
+        float *block = NULL;
+        if (fresh > 0 && kk <= FLOOR_MAX_KK && R >= FLOOR_ROWS)
+            block = (float *)malloc((size_t)(FLOOR_ROWS * lanes) * sizeof(float));
+        if (block != NULL) {
+            first = FLOOR_ROWS;
+            for (int64_t r0 = 0; r0 < first; r0 += FUSED_ROWS) {
+                int64_t nrows = first - r0 < FUSED_ROWS ? first - r0 : FUSED_ROWS;
+                for (int64_t p = p0; p < p1; p++)
+                    tile(db + r0 * ld, ld, nrows, packed + p * d * FUSED_LANES, d, base + r0,
+                         p * FUSED_LANES, self0, 0, hs, hi, kk, pb,
+                         block + r0 * lanes + (p - p0) * FUSED_LANES, lanes);
+            }
+            if (exclude)
+                for (int64_t j = 0; j < nq; j++) {
+                    int64_t r = self0 + j0 + j - base;
+                    if (r >= 0 && r < first) block[r * lanes + j] = -INFINITY;
+                }
+            tl_merge_columns(block, first, nq, lanes, base, hs + j0 * kk, hi + j0 * kk, kk,
+                             pb + j0);
+            free(block);
+        }
+        for (int64_t r0 = first; r0 < R; r0 += FUSED_ROWS) {
             int64_t nrows = R - r0 < FUSED_ROWS ? R - r0 : FUSED_ROWS;
             const float *x = db + r0 * ld;
             int64_t stride = ld;
@@ -496,7 +540,7 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
             }
             for (int64_t p = p0; p < p1; p++)
                 tile(x, stride, nrows, packed + p * d * FUSED_LANES, d, base + r0,
-                     p * FUSED_LANES, self0, exclude != 0, hs, hi, kk, pb);
+                     p * FUSED_LANES, self0, exclude != 0, hs, hi, kk, pb, NULL, 0);
         }
     }
     for (int64_t j = 0; j < Q; j++) bar[j] = pb[j];

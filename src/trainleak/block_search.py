@@ -238,11 +238,17 @@ CACHED_ROWS = 512
 #: faiss 7.98); d = 512, one query 12.07 ms (14.89; faiss 13.59). Beyond
 #: two, the product's FMA wins.
 FUSED_QUERIES = 2
-#: With the compiled kernels on a processor with AVX2 and FMA, queries of at
-#: most this many dimensions are scored and merged in one compiled pass
-#: (:meth:`~trainleak._topk.NativeTopK.product`) rather than by the BLAS and
-#: a merge.
+#: With the compiled kernels on a processor with AVX2 and FMA, a thread's
+#: slice of at least ``TILED_MIN_QUERIES`` queries of at most
+#: ``TILED_MAX_DIM`` dimensions is scored and merged in one compiled pass
+#: (:meth:`~trainleak._topk.NativeTopK.product`), not by the BLAS and a
+#: merge. One thread, 500 queries x 10,000 rows, median of paired rounds
+#: against the BLAS and the compiled merge: 0.88-0.93x the time at d = 128,
+#: 0.97x at d = 256, 1.02x at d = 384 (1.0-1.1x at d = 512). Its tiles hold
+#: 16 queries: 12 queries x 100,000 rows took 1.05x the BLAS's time, 8
+#: took 1.18x, 16 took 0.76x (bench/bench_search_kernels.py, section 6).
 TILED_MAX_DIM = 256
+TILED_MIN_QUERIES = 16
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
 #: limit cost about 0.2 ms, a few percent of a search this size.
 THREAD_ABOVE_MACS = 2**26
@@ -271,7 +277,7 @@ def _scan(
             for d0 in range(start, stop, block):  # one pass, no product
                 top.scan(_db_block(db, d0, min(block, stop - d0)), np.ascontiguousarray(q), d0)
             return top.lists()
-        if len(q) > FUSED_QUERIES and q.shape[1] <= TILED_MAX_DIM and fused_product():
+        if len(q) >= TILED_MIN_QUERIES and q.shape[1] <= TILED_MAX_DIM and fused_product():
             packed = top.pack(q)  # the product and the merge in one pass, no score block
             for d0 in range(start, stop, block):
                 top.product(_db_block(db, d0, min(block, stop - d0)), packed, d0, q0)
