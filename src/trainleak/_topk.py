@@ -14,10 +14,14 @@ that (bench/README "Exact search at faiss's pace").
 
 Where the install compiled ``_ctopk.c`` (:func:`native`), :class:`NativeTopK`
 merges instead: one compiled pass compares every score with its query's
-k-th best and puts the few that beat it into the query's heap, with no
-group maxima and no numpy call per block; the search then costs its
-products plus that pass (bench/README "Compiled merge", session 11).
-:func:`running_topk` picks the one the search uses.
+k-th best and puts the few that beat it into the query's list (kept sorted
+up to 64 entries, a heap beyond), with no group maxima and no numpy call per
+block; the search then costs its products plus that pass (bench/README
+"Compiled merge", session 11). On a processor with AVX2 and FMA
+(:func:`fused_product`), :meth:`NativeTopK.product` goes further: it makes
+the product itself, a register tile at a time, and compares each tile with
+the bars before anything is written to memory (bench/README "One pass",
+session 12). :func:`running_topk` picks the one the search uses.
 """
 
 from __future__ import annotations

@@ -21,11 +21,15 @@ running top-k is merged block by block. On the CPU (``auto`` is numpy there)
 each thread scans a slice of the queries with a one-thread BLAS, and merges
 its own blocks while they are in its core's cache: with the compiled kernels
 (:func:`trainleak._topk.native`, built at install where a C compiler exists)
-one comparison of every score with its query's k-th best, into a heap per
-query; without them, only the cells of groups of 16 database rows whose
-maximum beats that k-th best (:class:`trainleak._topk.RunningTopK`). Either
-way the search costs its matrix products plus about one pass over each
-score block. On a GPU a block merges into the queries whose best score in it
+one comparison of every score with its query's k-th best, into a short
+sorted list (or, past 64 entries, a heap) per query; on a processor with
+AVX2 and FMA, a slice of 16 or more queries of at most 256 dimensions skips
+the BLAS: each tile of 6 rows by 16 queries is multiplied and compared in
+registers, and no score block is written (:meth:`trainleak._topk.NativeTopK.product`).
+Without the kernels, only the cells of groups of 16 database rows whose
+maximum beats that k-th best are compared (:class:`trainleak._topk.RunningTopK`).
+Either way the search costs its matrix products plus about one pass over
+each score block, or less. On a GPU a block merges into the queries whose best score in it
 beats their k-th best, by a top-k.
 The search ranks with float32 matrix products and keeps
 :data:`RESCORE_MARGIN` more candidates than asked; their scores are then
