@@ -420,7 +420,7 @@ __attribute__((target("avx2,fma"))) static inline int tile_row(
 /* Scores of rows x (FUSED_ROWS of them, stride ld) against panel p (d x 16),
    merged into the panel's queries; or, with out set, written to out (row r
    at out + r * ldo) and not merged. */
-__attribute__((target("avx2,fma"))) static void tile(
+__attribute__((target("avx2,fma"), always_inline)) static inline void tile(
     const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
     int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
     float *out, int64_t ldo) {
@@ -473,6 +473,16 @@ __attribute__((target("avx2,fma"))) static void tile(
     TILE_ROW(5, c50, c51)
 #undef TILE_ROW
 }
+
+/* Tiles of rows x against panels p0 .. p1 - 1, one call for a row group. */
+__attribute__((target("avx2,fma"))) static void tiles(
+    const float *x, int64_t ld, int64_t nrows, const float *packed, int64_t p0, int64_t p1,
+    int64_t d, int64_t row0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk,
+    float *pb, float *out, int64_t ldo) {
+    for (int64_t p = p0; p < p1; p++)
+        tile(x, ld, nrows, packed + p * d * FUSED_LANES, d, row0, p * FUSED_LANES, self0, exclude,
+             hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
+}
 #endif
 
 /* Score database rows base .. base + R - 1 (stride ld) against the Q packed
@@ -515,10 +525,8 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
             first = FLOOR_ROWS;
             for (int64_t r0 = 0; r0 < first; r0 += FUSED_ROWS) {
                 int64_t nrows = first - r0 < FUSED_ROWS ? first - r0 : FUSED_ROWS;
-                for (int64_t p = p0; p < p1; p++)
-                    tile(db + r0 * ld, ld, nrows, packed + p * d * FUSED_LANES, d, base + r0,
-                         p * FUSED_LANES, self0, 0, hs, hi, kk, pb,
-                         block + r0 * lanes + (p - p0) * FUSED_LANES, lanes);
+                tiles(db + r0 * ld, ld, nrows, packed, p0, p1, d, base + r0, self0, 0, hs, hi, kk,
+                      pb, block + r0 * lanes, lanes);
             }
             if (exclude)
                 for (int64_t j = 0; j < nq; j++) {
@@ -538,9 +546,8 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
                 x = spare;
                 stride = d;
             }
-            for (int64_t p = p0; p < p1; p++)
-                tile(x, stride, nrows, packed + p * d * FUSED_LANES, d, base + r0,
-                     p * FUSED_LANES, self0, exclude != 0, hs, hi, kk, pb, NULL, 0);
+            tiles(x, stride, nrows, packed, p0, p1, d, base + r0, self0, exclude != 0, hs, hi, kk,
+                  pb, NULL, 0);
         }
     }
     for (int64_t j = 0; j < Q; j++) bar[j] = pb[j];
