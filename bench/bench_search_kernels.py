@@ -1,6 +1,7 @@
 """The compiled search kernels, one thread, each against what it replaced (issue 25 item 1).
 
-Run from the repository root: ``.venv/bin/python bench/bench_search_kernels.py``.
+Run from the repository root: ``.venv/bin/python bench/bench_search_kernels.py``
+(``--sections 6`` runs section 6 only).
 Every row is the median of ``--rounds`` rounds that alternate the order of
 the methods (single timings on this machine vary by 15%). Sections:
 
@@ -16,7 +17,9 @@ the methods (single timings on this machine vary by 15%). Sections:
    compiled kernels and with ``TRAINLEAK_NATIVE=0`` (the numpy merge);
 6. the product and the merge in one pass (``NativeTopK.product``, AVX2 and
    FMA) against the BLAS product in cached blocks and the compiled merge:
-   500 queries x 10,000 rows (9 kept) at d = 128 to 512, then whole
+   500 queries x 10,000 rows (9 kept) at d = 128 to 512, beside the same
+   pass with every list already full (no inserts) and the BLAS product
+   alone, then whole
    one-thread ``knn`` searches of 8 to 32 queries x 100,000 rows (k = 10)
    with and without it (``TILED_MAX_DIM = 0``).
 """
@@ -37,6 +40,7 @@ from trainleak.neighbors import knn
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=11)
+ap.add_argument("--sections", default="123456", help="which sections to run, e.g. 6")
 args = ap.parse_args()
 lib = native()
 if lib is None:
@@ -67,107 +71,126 @@ def show(title: str, got: dict) -> None:
 
 
 with threadpoolctl.threadpool_limits(1):
-    for d in (128, 512):
-        q, db = unit(500, d), unit(10_000, d)
-
-        def blocks(b: int, q=q, db=db):
-            out = np.empty((b, len(q)), np.float32)
-            return lambda: [np.matmul(db[a : a + b], q.T, out=out[: len(db[a : a + b])])
-                            for a in range(0, len(db), b)]  # fmt: skip
-
-        sizes = {f"blocks of {b} rows": blocks(b) for b in (512, 1024, 1048, 2048, 4096)}
-        sizes["one block of 10,000 rows"] = blocks(10_000)
-        show(f"1. product, 500 queries x 10,000 rows, d = {d}", rounds(sizes))
-
-    for d, kk in ((128, 9), (512, 18)):
-        q, db = unit(1000, d), unit(10_000, d)
-        idx = rng.integers(0, len(db), (len(q), kk)).astype(np.int64)
-        out = np.empty(idx.shape, np.float32)
-        show(f"2. float64 re-score of 1,000 x {kk} pairs, d = {d}", rounds({
-            "numpy einsum (float32 rows widened)":
-                lambda q=q, db=db, idx=idx: np.einsum("nkd,nd->nk", db[idx], q, dtype=np.float64),
-            "C kernel": lambda q=q, db=db, idx=idx, out=out: lib.tl_rescore(
-                db.ctypes.data, db.shape[1], q.ctypes.data, q.shape[1], q.shape[1],
-                idx.ctypes.data, len(q), idx.shape[1], out.ctypes.data),
-        }))  # fmt: skip
-
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    for d, nq in ((128, 1), (128, 2), (512, 1)):
-        q, db = unit(nq, d), unit(100_000, d)
-        scores = np.empty((nq, len(db)), np.float32)
-
-        def one_pass(q=q, db=db):
-            NativeTopK(len(q), 18, lib).scan(db, q, 0)
-
-        def product_and_merge(q=q, db=db, scores=scores):
-            np.matmul(q, db.T, out=scores)
-            NativeTopK(len(q), 18, lib).merge(scores, 0)
-
-        fs = {"one pass (scan)": one_pass, "product + compiled merge": product_and_merge}
-        if faiss is not None:
-            faiss.omp_set_num_threads(1)
-            index = faiss.IndexFlatIP(d)
-            index.add(db)
-            fs["faiss IndexFlatIP"] = lambda index=index, q=q: index.search(q, 10)
-        show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x 100,000 rows, d = {d}",
-             rounds(fs, gap=0.02))  # fmt: skip
-
-    q, db = unit(500, 128), unit(10_000, 128)
-    blocks = [np.matmul(db[a : a + 1024], q.T) for a in range(0, len(db), 1024)]
-
-    def merge_all(top: NativeTopK) -> NativeTopK:
-        for j, b in enumerate(blocks):
-            top.merge_columns(b, j * 1024)
-        return top
-
-    first, second = [], []
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        top = merge_all(NativeTopK(len(q), 18, lib))
-        first.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        merge_all(top)
-        second.append(time.perf_counter() - t0)
-    show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", {
-        "first pass (inserts)": np.median(first) * 1e3,
-        "second pass (no inserts)": np.median(second) * 1e3})  # fmt: skip
-
-    if fused_product():
-        for d in (128, 256, 384, 512):
+    if "1" in args.sections:
+        for d in (128, 512):
             q, db = unit(500, d), unit(10_000, d)
-            rows = bs.CACHED_SCORE_BYTES // (4 * len(q)) // bs.CACHED_ROWS * bs.CACHED_ROWS
-            out = np.empty((rows, len(q)), np.float32)
 
-            def tiled(q=q, db=db):
-                top = NativeTopK(len(q), 9, lib)
-                top.product(db, top.pack(q), 0, None)
+            def blocks(b: int, q=q, db=db):
+                out = np.empty((b, len(q)), np.float32)
+                return lambda: [np.matmul(db[a : a + b], q.T, out=out[: len(db[a : a + b])])
+                                for a in range(0, len(db), b)]  # fmt: skip
 
-            def blas_and_merge(q=q, db=db, rows=rows, out=out):
-                top = NativeTopK(len(q), 9, lib)
-                for a in range(0, len(db), rows):
-                    part = db[a : a + rows]
-                    top.merge_columns(np.matmul(part, q.T, out=out[: len(part)]), a)
+            sizes = {f"blocks of {b} rows": blocks(b) for b in (512, 1024, 1048, 2048, 4096)}
+            sizes["one block of 10,000 rows"] = blocks(10_000)
+            show(f"1. product, 500 queries x 10,000 rows, d = {d}", rounds(sizes))
 
-            fs = {"one pass (product)": tiled, "BLAS product + compiled merge": blas_and_merge}
-            show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", rounds(fs))
-        db = unit(100_000, 128)
-        for nq in (8, 12, 16, 32):
-            q = unit(nq, 128)
+    if "2" in args.sections:
+        for d, kk in ((128, 9), (512, 18)):
+            q, db = unit(1000, d), unit(10_000, d)
+            idx = rng.integers(0, len(db), (len(q), kk)).astype(np.int64)
+            out = np.empty(idx.shape, np.float32)
+            show(f"2. float64 re-score of 1,000 x {kk} pairs, d = {d}", rounds({
+                "numpy einsum (float32 rows widened)":
+                    lambda q=q, db=db, idx=idx: np.einsum("nkd,nd->nk", db[idx], q,
+                                                          dtype=np.float64),
+                "C kernel": lambda q=q, db=db, idx=idx, out=out: lib.tl_rescore(
+                    db.ctypes.data, db.shape[1], q.ctypes.data, q.shape[1], q.shape[1],
+                    idx.ctypes.data, len(q), idx.shape[1], out.ctypes.data),
+            }))  # fmt: skip
 
-            def search(dim: int, q=q) -> None:
-                bs.TILED_MAX_DIM = dim
-                knn(q, db, 10)
+    if "3" in args.sections:
+        try:
+            import faiss
+        except ImportError:
+            faiss = None
+        for d, nq in ((128, 1), (128, 2), (512, 1)):
+            q, db = unit(nq, d), unit(100_000, d)
+            scores = np.empty((nq, len(db)), np.float32)
 
-            fs = {"one pass (product)": lambda: search(256),
-                  "BLAS product + compiled merge": lambda: search(0)}  # fmt: skip
-            got = rounds(fs, gap=0.02)
-            bs.TILED_MAX_DIM = 256
-            show(f"6b. knn, {nq} queries x 100,000 rows, d = 128, k = 10", got)
-    else:
-        print("\n6. skipped: this processor has no AVX2 and FMA")
+            def one_pass(q=q, db=db):
+                NativeTopK(len(q), 18, lib).scan(db, q, 0)
+
+            def product_and_merge(q=q, db=db, scores=scores):
+                np.matmul(q, db.T, out=scores)
+                NativeTopK(len(q), 18, lib).merge(scores, 0)
+
+            fs = {"one pass (scan)": one_pass, "product + compiled merge": product_and_merge}
+            if faiss is not None:
+                faiss.omp_set_num_threads(1)
+                index = faiss.IndexFlatIP(d)
+                index.add(db)
+                fs["faiss IndexFlatIP"] = lambda index=index, q=q: index.search(q, 10)
+            show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x 100,000 rows, d = {d}",
+                 rounds(fs, gap=0.02))  # fmt: skip
+
+    if "4" in args.sections:
+        q, db = unit(500, 128), unit(10_000, 128)
+        blocks = [np.matmul(db[a : a + 1024], q.T) for a in range(0, len(db), 1024)]
+
+        def merge_all(top: NativeTopK) -> NativeTopK:
+            for j, b in enumerate(blocks):
+                top.merge_columns(b, j * 1024)
+            return top
+
+        first, second = [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            top = merge_all(NativeTopK(len(q), 18, lib))
+            first.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            merge_all(top)
+            second.append(time.perf_counter() - t0)
+        show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", {
+            "first pass (inserts)": np.median(first) * 1e3,
+            "second pass (no inserts)": np.median(second) * 1e3})  # fmt: skip
+
+    if "6" in args.sections:
+        if fused_product():
+            for d in (128, 256, 384, 512):
+                q, db = unit(500, d), unit(10_000, d)
+                rows = bs.CACHED_SCORE_BYTES // (4 * len(q)) // bs.CACHED_ROWS * bs.CACHED_ROWS
+                out = np.empty((rows, len(q)), np.float32)
+
+                def tiled(q=q, db=db):
+                    top = NativeTopK(len(q), 9, lib)
+                    top.product(db, top.pack(q), 0, None)
+
+                def blas_and_merge(q=q, db=db, rows=rows, out=out):
+                    top = NativeTopK(len(q), 9, lib)
+                    for a in range(0, len(db), rows):
+                        part = db[a : a + rows]
+                        top.merge_columns(np.matmul(part, q.T, out=out[: len(part)]), a)
+
+                def full_lists(q=q, db=db):  # the bars already at the end's: no inserts
+                    top = NativeTopK(len(q), 9, lib)
+                    top.kth[:] = np.inf
+                    top.product(db, top.pack(q), 0, None)
+
+                def blas_alone(q=q, db=db, rows=rows, out=out):
+                    for a in range(0, len(db), rows):
+                        part = db[a : a + rows]
+                        np.matmul(part, q.T, out=out[: len(part)])
+
+                fs = {"one pass (product)": tiled,
+                      "BLAS product + compiled merge": blas_and_merge,
+                      "one pass, no inserts": full_lists,
+                      "BLAS product alone": blas_alone}  # fmt: skip
+                show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", rounds(fs))
+            db = unit(100_000, 128)
+            for nq in (8, 12, 16, 32):
+                q = unit(nq, 128)
+
+                def search(dim: int, q=q) -> None:
+                    bs.TILED_MAX_DIM = dim
+                    knn(q, db, 10)
+
+                fs = {"one pass (product)": lambda: search(256),
+                      "BLAS product + compiled merge": lambda: search(0)}  # fmt: skip
+                got = rounds(fs, gap=0.02)
+                bs.TILED_MAX_DIM = 256
+                show(f"6b. knn, {nq} queries x 100,000 rows, d = 128, k = 10", got)
+        else:
+            print("\n6. skipped: this processor has no AVX2 and FMA")
 
 WHOLE = """
 import json, time, numpy as np
@@ -189,16 +212,17 @@ for m, n, d in shapes:
     out[f"{m:,} rows x {n:,} queries, d = {d}"] = float(np.median(ts)) * 1e3
 print(json.dumps(out))
 """
-got: dict = {}
-for flag in ("1", "0", "1", "0"):  # two processes each, alternating
-    env = {**os.environ, "TRAINLEAK_NATIVE": flag, "OMP_NUM_THREADS": "2"}
-    run = subprocess.run([sys.executable, "-c", WHOLE % args.rounds], env=env, check=True,
-                         capture_output=True, text=True)  # fmt: skip
-    for shape, ms in json.loads(run.stdout).items():
-        got.setdefault(shape, {}).setdefault(flag, []).append(ms)
-print("\n5. whole knn, 2 threads, k = 10 (median ms of each process)")
-print("| shape | compiled | numpy merge | numpy / compiled |\n|---|---|---|---|")
-for shape, by in got.items():
-    ratio = sum(by["0"]) / sum(by["1"])
-    native_ms, numpy_ms = (", ".join(f"{x:.1f}" for x in by[f]) for f in ("1", "0"))
-    print(f"| {shape} | {native_ms} | {numpy_ms} | {ratio:.2f} |")
+if "5" in args.sections:
+    got: dict = {}
+    for flag in ("1", "0", "1", "0"):  # two processes each, alternating
+        env = {**os.environ, "TRAINLEAK_NATIVE": flag, "OMP_NUM_THREADS": "2"}
+        run = subprocess.run([sys.executable, "-c", WHOLE % args.rounds], env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        for shape, ms in json.loads(run.stdout).items():
+            got.setdefault(shape, {}).setdefault(flag, []).append(ms)
+    print("\n5. whole knn, 2 threads, k = 10 (median ms of each process)")
+    print("| shape | compiled | numpy merge | numpy / compiled |\n|---|---|---|---|")
+    for shape, by in got.items():
+        ratio = sum(by["0"]) / sum(by["1"])
+        native_ms, numpy_ms = (", ".join(f"{x:.1f}" for x in by[f]) for f in ("1", "0"))
+        print(f"| {shape} | {native_ms} | {numpy_ms} | {ratio:.2f} |")
