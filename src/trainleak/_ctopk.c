@@ -33,7 +33,8 @@ static inline int worse(float sa, int64_t ia, float sb, int64_t ib) {
 }
 
 /* Put (s, i) in place of the heap's root and sift it down. */
-static inline __attribute__((always_inline)) void heap_replace(float *hs, int64_t *hi, int64_t kk, float s, int64_t i) {
+static inline __attribute__((always_inline)) void heap_replace(float *hs, int64_t *hi,
+                                                               int64_t kk, float s, int64_t i) {
     int64_t p = 0;
     for (;;) {
         int64_t c = 2 * p + 1;
@@ -460,10 +461,11 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void tile(
         return;
     }
     __m256 blo = _mm256_loadu_ps(pb + j0), bhi = _mm256_loadu_ps(pb + j0 + 8);
-#define TILE_ROW(r, lo, hi)                                                                  \
-    if (nrows > r && tile_row(lo, hi, blo, bhi, row0 + r, j0, self0, exclude, hs, hx, kk, pb)) {     \
-        blo = _mm256_loadu_ps(pb + j0);                                                      \
-        bhi = _mm256_loadu_ps(pb + j0 + 8);                                                  \
+#define TILE_ROW(r, lo, hi)                                                          \
+    if (nrows > r &&                                                                 \
+        tile_row(lo, hi, blo, bhi, row0 + r, j0, self0, exclude, hs, hx, kk, pb)) { \
+        blo = _mm256_loadu_ps(pb + j0);                                              \
+        bhi = _mm256_loadu_ps(pb + j0 + 8);                                          \
     }
     TILE_ROW(0, c00, c01)
     TILE_ROW(1, c10, c11)
@@ -488,8 +490,8 @@ __attribute__((target("avx2,fma"))) static void tiles(
 /* Score database rows base .. base + R - 1 (stride ld) against the Q packed
    queries (tl_pack_queries) and merge them into the queries' lists. With
    exclude set, query j is database row self0 + j (self0 may be negative)
-   and never its own neighbour. Returns 0, or -1 where the processor or memory does not allow it
-   (nothing merged then). */
+   and never its own neighbour. Returns 0, or -1 where the processor or
+   memory does not allow it (nothing merged then). */
 int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed, int64_t Q,
                      int64_t d, int64_t base, int64_t exclude, int64_t self0, float *hs,
                      int64_t *hi, int64_t kk, float *bar) {
@@ -555,8 +557,8 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
     free(spare);
     return 0;
 #else
-    (void)db; (void)ld; (void)R; (void)packed; (void)Q; (void)d; (void)base; (void)exclude; (void)self0;
-    (void)hs; (void)hi; (void)kk; (void)bar;
+    (void)db, (void)ld, (void)R, (void)packed, (void)Q, (void)d, (void)base;
+    (void)exclude, (void)self0, (void)hs, (void)hi, (void)kk, (void)bar;
     return -1;
 #endif
 }

@@ -94,10 +94,11 @@ def native() -> ctypes.CDLL | None:
 
     None where they were not built (the install had no C compiler) or where
     the environment sets ``TRAINLEAK_NATIVE=0``; the search then merges with
-    numpy, with the same results in 1.45x the time at 10,000 x 1,000 rows
-    (d = 128), 1.1-1.25x at 100,000 rows and about the same (0.92-1.03x) at
-    d = 512 (bench/bench_search_kernels.py, section 5). Their functions
-    run without the GIL, so the search's threads merge at once.
+    numpy, with the same results in 1.13-1.45x the time at 10,000 x 1,000
+    rows (d = 128), 1.1-1.42x at 100,000 rows and 0.92-1.15x at d = 512
+    (bench/bench_search_kernels.py, section 5, runs of sessions 11 and 12).
+    Their functions run without the GIL, so the search's threads merge at
+    once.
     """
     if os.environ.get(NATIVE_ENV, "1") == "0":
         return None
