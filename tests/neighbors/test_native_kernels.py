@@ -229,7 +229,9 @@ def tiled(lib):
 @pytest.mark.parametrize(
     ("n_query", "n_db", "dim", "k", "block"),
     [(3, 1, 1, 1, 1), (17, 13, 7, 9, 5), (100, 1000, 40, 9, 333), (37, 500, 128, 70, 256),
-     (16, 60, 200, 18, 60), (40, 700, 256, 12, 700)],
+     (16, 60, 200, 18, 60), (40, 700, 256, 12, 700),
+     # blocks of 1,020 rows or more: the first is scored into memory for the floor
+     (50, 2500, 40, 9, 1300), (21, 2100, 24, 70, 2100), (33, 3000, 16, 1, 1020)],
 )  # fmt: skip
 def test_product_keeps_the_lists_of_the_product_and_merge(tiled, n_query, n_db, dim, k, block):
     """Small whole numbers: every float32 sum is exact whatever its order, so the one-pass
@@ -257,19 +259,20 @@ def test_product_keeps_the_lists_of_the_product_and_merge(tiled, n_query, n_db, 
     assert (i[~live] == -1).all()
 
 
-@pytest.mark.parametrize("self0", [10, -4])
-def test_product_leaves_out_each_querys_own_row(tiled, self0):
-    """``self0``: query j is database row self0 + j (negative for a shard that starts later)."""
+@pytest.mark.parametrize(("self0", "block"), [(10, 128), (-4, 128), (10, 1500), (1100, 1500)])
+def test_product_leaves_out_each_querys_own_row(tiled, self0, block):
+    """``self0``: query j is database row self0 + j (negative for a shard that starts later);
+    in blocks of 1,500 rows the own rows fall in the first block's floor rows, or after them."""
     rng = np.random.default_rng(8)
-    db = rng.integers(-3, 4, size=(300, 24)).astype(np.float32)
+    db = rng.integers(-3, 4, size=(3000, 24)).astype(np.float32)
     q = db[max(self0, 0) : max(self0, 0) + 40].copy() if self0 >= 0 else rng.integers(
         -3, 4, size=(40, 24)).astype(np.float32)  # fmt: skip
     if self0 < 0:
         db[: 40 + self0] = q[-self0:]  # query j (j >= 4) is database row j - 4
     one, two = NativeTopK(40, 5, tiled), NativeTopK(40, 5, tiled)
     packed = one.pack(q)
-    for d0 in range(0, 300, 128):
-        part = db[d0 : d0 + 128]
+    for d0 in range(0, len(db), block):
+        part = db[d0 : d0 + block]
         one.product(part, packed, d0, self0)
         s = q @ part.T
         j = np.arange(40)
