@@ -47,6 +47,9 @@ __all__ = [
 
 #: Queries a tile of :meth:`NativeTopK.product` scores at once (``FUSED_LANES`` in ``_ctopk.c``).
 FUSED_LANES = 16
+#: Bytes of packed queries :meth:`NativeTopK.product` keeps per pass over a block's rows;
+#: 0: three quarters of a core's L2 cache as the C library reports it (else 192 KB).
+PASS_BYTES = 0
 #: Set to ``0`` to search with the numpy merge even where the compiled kernels are built.
 NATIVE_ENV = "TRAINLEAK_NATIVE"
 
@@ -68,7 +71,7 @@ def _load() -> ctypes.CDLL | None:
     lib.tl_scan_rows.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]
     lib.tl_pack_queries.argtypes = [ptr, i64, i64, i64, ptr]
     lib.tl_product_merge.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64,
-                                     ptr]  # fmt: skip
+                                     ptr, i64]  # fmt: skip
     for f in (lib.tl_merge_columns, lib.tl_merge_rows, lib.tl_rescore, lib.tl_order,
               lib.tl_scan_rows, lib.tl_pack_queries):  # fmt: skip
         f.restype = None
@@ -184,7 +187,7 @@ class NativeTopK:
         d = part.shape[1]
         done = self._lib.tl_product_merge(_addr(part), d, len(part), _addr(packed),
                                           len(self.kth), d, d0, self0 is not None, self0 or 0,
-                                          *self._heaps())  # fmt: skip
+                                          *self._heaps(), PASS_BYTES)  # fmt: skip
         if done != 0:
             raise MemoryError("the compiled product could not allocate its bars")
 

@@ -306,8 +306,9 @@ def _rescore(
     block size and backend, to the bit, and more accurate than float32 sums.
     Cosine pairs of float32 rows go to the compiled kernel where it is built
     (:func:`trainleak._topk.native`: eight float64 partial sums in a fixed
-    order); otherwise the pairs are scored :data:`RESCORE_CELLS` row values at
-    a time (their float32 rows stay in cache while einsum widens them to
+    order, in AVX2 where the processor has it, with the same bits);
+    otherwise the pairs are scored :data:`RESCORE_CELLS` row values at a
+    time (their float32 rows stay in cache while einsum widens them to
     float64). Either runs on the CPU search's threads when there are many.
     The two round differently in the last bits of a float64, so a float32
     score can differ by one unit between an install with the kernels and one

@@ -304,3 +304,30 @@ def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
         ref = np.argsort(-full, axis=1, kind="stable")[:, :5]
         np.testing.assert_array_equal(i, ref)
         np.testing.assert_allclose(s, np.take_along_axis(full, ref, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 128, 515])
+def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d):
+    """The AVX2 re-score keeps dot64's eight partial sums in the same order; a float32 product
+    is exact in float64, so its fused multiply-add rounds as dot64's add: the same bits."""
+    import ctypes
+
+    rng = np.random.default_rng(d)
+    db = (rng.standard_normal((2000, d)) * rng.uniform(0.1, 100)).astype(np.float32)
+    q = rng.standard_normal((200, d)).astype(np.float32)
+    idx = rng.integers(-1, 2000, (200, 18)).astype(np.int64)  # -1: padding, -inf
+    wide = ctypes.c_int.in_dll(tiled, "tl_wide_rescore")
+    outs = []
+    try:
+        for flag in (1, 0):
+            wide.value = flag
+            out = np.empty(idx.shape, np.float32)
+            tiled.tl_rescore(db.ctypes.data, d, q.ctypes.data, d, d, idx.ctypes.data, len(q),
+                             idx.shape[1], out.ctypes.data)  # fmt: skip
+            outs.append(out)
+    finally:
+        wide.value = 1
+    np.testing.assert_array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
+    assert np.isneginf(outs[0][idx < 0]).all()
+    want = np.einsum("nkd,nd->nk", db[np.maximum(idx, 0)].astype(np.float64), q.astype(np.float64))
+    np.testing.assert_array_max_ulp(outs[0][idx >= 0], want[idx >= 0].astype(np.float32), maxulp=1)
