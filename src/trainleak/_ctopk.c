@@ -480,24 +480,20 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void tile(
     for (int64_t t = 0; t < d; t++) {
         __m256 b0 = _mm256_loadu_ps(p + t * FUSED_LANES);
         __m256 b1 = _mm256_loadu_ps(p + t * FUSED_LANES + 8);
-        __m256 a = _mm256_broadcast_ss(x0 + t);
-        c00 = _mm256_fmadd_ps(a, b0, c00);
-        c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(x1 + t);
-        c10 = _mm256_fmadd_ps(a, b0, c10);
-        c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(x2 + t);
-        c20 = _mm256_fmadd_ps(a, b0, c20);
-        c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(x3 + t);
-        c30 = _mm256_fmadd_ps(a, b0, c30);
-        c31 = _mm256_fmadd_ps(a, b1, c31);
-        a = _mm256_broadcast_ss(x4 + t);
-        c40 = _mm256_fmadd_ps(a, b0, c40);
-        c41 = _mm256_fmadd_ps(a, b1, c41);
-        a = _mm256_broadcast_ss(x5 + t);
-        c50 = _mm256_fmadd_ps(a, b0, c50);
-        c51 = _mm256_fmadd_ps(a, b1, c51);
+/* Row xr's value of dimension t, broadcast, times the 16 queries' values. */
+#define FMA_ROW(xr, lo, hi)                          \
+    {                                                \
+        __m256 a = _mm256_broadcast_ss(xr + t);      \
+        lo = _mm256_fmadd_ps(a, b0, lo);             \
+        hi = _mm256_fmadd_ps(a, b1, hi);             \
+    }
+        FMA_ROW(x0, c00, c01)
+        FMA_ROW(x1, c10, c11)
+        FMA_ROW(x2, c20, c21)
+        FMA_ROW(x3, c30, c31)
+        FMA_ROW(x4, c40, c41)
+        FMA_ROW(x5, c50, c51)
+#undef FMA_ROW
     }
     if (out != NULL) {
         __m256 c[FUSED_ROWS][2] = {{c00, c01}, {c10, c11}, {c20, c21},
