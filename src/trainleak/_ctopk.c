@@ -78,6 +78,11 @@ static inline __attribute__((always_inline)) void heap_replace(float *hs, int64_
 
 static inline int64_t worst_at(int64_t kk) { return kk <= SORTED_MAX_KK ? kk - 1 : 0; }
 
+/* Whether a query's list (its kk cells h) is not yet full and has no floor. */
+static inline int fresh_list(const float *h, int64_t kk, float bar) {
+    return bar == -INFINITY && h[worst_at(kk)] == -INFINITY;
+}
+
 /* Put (s, i) in place of the last of the kk sorted cells (it is worse). */
 static inline __attribute__((always_inline)) void sorted_replace(float *hs, int64_t *hi,
                                                                   int64_t kk, float s, int64_t i) {
@@ -123,8 +128,7 @@ static inline __attribute__((always_inline)) float push(float *hs, int64_t *hi, 
 static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t kk,
                           const float *hs, float *bar) {
     int64_t fresh = 0;
-    int64_t w = worst_at(kk);
-    for (int64_t j = 0; j < Q; j++) fresh += bar[j] == -INFINITY && hs[j * kk + w] == -INFINITY;
+    for (int64_t j = 0; j < Q; j++) fresh += fresh_list(hs + j * kk, kk, bar[j]);
     if (fresh == 0) return;
     int64_t G = FLOOR_GROUPS * kk;
     float *gmax = (float *)malloc((size_t)(G * Q) * sizeof(float));
@@ -140,7 +144,7 @@ static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int6
     }
     float top[FLOOR_GROUPS * FLOOR_MAX_KK];
     for (int64_t j = 0; j < Q; j++) {
-        if (!(bar[j] == -INFINITY && hs[j * kk + w] == -INFINITY)) continue;
+        if (!fresh_list(hs + j * kk, kk, bar[j])) continue;
         int64_t n = 0; /* the kk largest maxima, descending, by insertion */
         for (int64_t g = 0; g < G; g++) {
             float v = gmax[g * Q + j];
@@ -559,9 +563,7 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
         int64_t p1 = p0 + per_pass < panels ? p0 + per_pass : panels;
         int64_t j0 = p0 * FUSED_LANES, lanes = (p1 - p0) * FUSED_LANES;
         int64_t nq = Q - j0 < lanes ? Q - j0 : lanes, first = 0, fresh = 0;
-        int64_t w = worst_at(kk);
-        for (int64_t j = j0; j < j0 + nq; j++)
-            fresh += pb[j] == -INFINITY && hs[j * kk + w] == -INFINITY;
+        for (int64_t j = j0; j < j0 + nq; j++) fresh += fresh_list(hs + j * kk, kk, pb[j]);
         /* Queries with empty lists: their first FLOOR_ROWS rows are scored into
            a block and merged by tl_merge_columns, whose floor spares the
            pushes of every record score until the lists fill. */

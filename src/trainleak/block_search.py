@@ -8,6 +8,7 @@ module small; ``pairwise_scores`` is re-exported by :mod:`trainleak.neighbors`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -243,10 +244,12 @@ FUSED_QUERIES = 2
 #: ``TILED_MAX_DIM`` dimensions is scored and merged in one compiled pass
 #: (:meth:`~trainleak._topk.NativeTopK.product`), not by the BLAS and a
 #: merge. One thread, 500 queries x 10,000 rows, median of paired rounds
-#: against the BLAS and the compiled merge: 0.88-0.93x the time at d = 128,
-#: 0.97x at d = 256, 1.02x at d = 384 (1.0-1.1x at d = 512). Its tiles hold
-#: 16 queries: 12 queries x 100,000 rows took 1.05x the BLAS's time, 8
-#: took 1.18x, 16 took 0.76x (bench/bench_search_kernels.py, section 6).
+#: against the BLAS and the compiled merge: 0.87-0.97x the time at d = 128
+#: (1.03x in one run), 0.97x at d = 256, 1.02x at d = 384, 1.0-1.1x at
+#: d = 512; with passes sized to the L2 cache 0.84x, 0.96x, 0.91x and 1.06x.
+#: Its tiles hold 16 queries: 12 queries x 100,000 rows took 1.05x the
+#: BLAS's time, 8 took 1.18x, 16 took 0.76x (bench/bench_search_kernels.py,
+#: section 6; bench/README, session 12).
 TILED_MAX_DIM = 256
 TILED_MIN_QUERIES = 16
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
@@ -274,13 +277,14 @@ def _scan(
     top = running_topk(len(q), k)
     if isinstance(top, NativeTopK) and metric == "cosine":
         if fuse and len(q) <= FUSED_QUERIES and q0 is None:
-            for d0 in range(start, stop, block):  # one pass, no product
-                top.scan(_db_block(db, d0, min(block, stop - d0)), np.ascontiguousarray(q), d0)
+            rows = np.ascontiguousarray(q, np.float32)
+            for d0, part in _blocks(db, start, stop, block):  # one pass, no product
+                top.scan(part, rows, d0)
             return top.lists()
         if len(q) >= TILED_MIN_QUERIES and q.shape[1] <= TILED_MAX_DIM and fused_product():
             packed = top.pack(q)  # the product and the merge in one pass, no score block
-            for d0 in range(start, stop, block):
-                top.product(_db_block(db, d0, min(block, stop - d0)), packed, d0, q0)
+            for d0, part in _blocks(db, start, stop, block):
+                top.product(part, packed, d0, q0)
             return top.lists()
     columns = len(q) >= COLUMN_QUERIES
     if columns and isinstance(top, NativeTopK):  # a block's scores stay in cache for the merge
@@ -288,8 +292,7 @@ def _scan(
         block = min(block, max(CACHED_ROWS, cached))
     width = min(block, max(1, stop - start))
     buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
-    for d0 in range(start, stop, block):
-        part = _db_block(db, d0, min(block, stop - d0))
+    for d0, part in _blocks(db, start, stop, block):
         rows, cols = _self_cells(q0, len(q), d0, len(part))
         if columns:
             st = _scores(part, q, metric, tiles, buf)
@@ -300,6 +303,14 @@ def _scan(
             s[rows, cols] = -np.inf
             top.merge(s, d0)
     return top.lists()
+
+
+def _blocks(
+    db: np.ndarray, start: int, stop: int, block: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Database rows ``start:stop`` a block at a time: ``(first row, float32 rows)``."""
+    for d0 in range(start, stop, block):
+        yield d0, _db_block(db, d0, min(block, stop - d0))
 
 
 def _scores(
