@@ -187,6 +187,7 @@ with threadpoolctl.threadpool_limits(1):
                       "BLAS product alone": blas_alone}  # fmt: skip
                 show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", rounds(fs))
             db = unit(100_000, 128)
+            tiled_max = bs.TILED_MAX_DIM
             for nq in (8, 12, 16, 32):
                 q = unit(nq, 128)
 
@@ -194,10 +195,10 @@ with threadpoolctl.threadpool_limits(1):
                     bs.TILED_MAX_DIM = dim
                     knn(q, db, 10)
 
-                fs = {"one pass (product)": lambda: search(256),
+                fs = {"one pass (product)": lambda: search(tiled_max),
                       "BLAS product + compiled merge": lambda: search(0)}  # fmt: skip
                 got = rounds(fs, gap=0.02)
-                bs.TILED_MAX_DIM = 256
+                bs.TILED_MAX_DIM = tiled_max
                 show(f"6b. knn, {nq} queries x 100,000 rows, d = 128, k = 10", got)
         else:
             print("\n6. skipped: this processor has no AVX2 and FMA")
