@@ -219,6 +219,31 @@ def test_one_pass_keeps_the_lists_of_the_product_and_merge_with_ties(lib):
     np.testing.assert_array_equal(i, want)  # of tied rows, the lowest are kept
 
 
+@pytest.mark.parametrize("dim", [1024, 1029, 3072])
+def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, dim):
+    """Rows of >= 1,024 dimensions are scored four at a time; whole numbers keep every
+    float32 sum exact, so the lists must equal the product and merge's: ties, a NaN row,
+    a dimension that is not a multiple of 8 and blocks whose rows are not a multiple of 4."""
+    rng = np.random.default_rng(dim)
+    db = rng.integers(-3, 4, size=(1203, dim)).astype(np.float32)
+    db[[5, 602]] = np.nan  # one in a group of four, one in a block's last rows
+    db[900:903] = db[11]  # ties with row 11: the lowest rows are kept
+    q = rng.integers(-3, 4, size=(2, dim)).astype(np.float32)
+    q[1] = db[11]
+    one, two = NativeTopK(2, 7, lib), NativeTopK(2, 7, lib)
+    for d0 in range(0, len(db), 603):
+        part = db[d0 : d0 + 603]
+        one.scan(part, q, d0)
+        two.merge(q @ part.T, d0)
+        _same_lists(one.lists(), two.lists())
+    s, i = _sorted(one.lists())
+    full = q @ np.nan_to_num(db, nan=0).T
+    full[:, [5, 602]] = -np.inf
+    want = np.lexsort((np.broadcast_to(np.arange(len(db)), full.shape), -full), axis=1)[:, :7]
+    np.testing.assert_array_equal(i, want)
+    assert list(i[1, :4]) == [11, 900, 901, 902]
+
+
 @pytest.fixture
 def tiled(lib):
     if not fused_product():
