@@ -9,7 +9,8 @@ the methods (single timings on this machine vary by 15%). Sections:
    (the search's column blocks are at most 2 MB of scores, in multiples of 512 rows);
 2. the float64 re-score of the found pairs: numpy's einsum against the C kernel
    (in AVX2 where the processor has it, and in SSE2 sums only);
-3. one or two queries against 100,000 rows: the one-pass kernel, product
+3. one or two queries against 15,000-100,000 rows: the one-pass kernel
+   (from d = 768 eight rows at a time, beside it one row at a time), product
    plus compiled merge, and faiss ``IndexFlatIP`` (when installed);
 4. the compiled merge of 500 queries x 10,000 rows (blocks of 1,024, 18 kept a
    query): a first pass over the blocks (with its heap inserts) and a second
@@ -113,24 +114,31 @@ with threadpoolctl.threadpool_limits(1):
             import faiss
         except ImportError:
             faiss = None
-        for d, nq in ((128, 1), (128, 2), (512, 1)):
-            q, db = unit(nq, d), unit(100_000, d)
+        group = ctypes.c_int.in_dll(lib, "tl_scan_group_dim")
+        long_rows = group.value
+        for d, nq, m in ((128, 1, 100_000), (128, 2, 100_000), (512, 1, 100_000),
+                         (1024, 1, 50_000), (3072, 1, 15_000), (3072, 2, 15_000)):  # fmt: skip
+            q, db = unit(nq, d), unit(m, d)
             scores = np.empty((nq, len(db)), np.float32)
 
-            def one_pass(q=q, db=db):
+            def one_pass(q=q, db=db, at=long_rows):
+                group.value = at
                 NativeTopK(len(q), 18, lib).scan(db, q, 0)
+                group.value = long_rows
 
             def product_and_merge(q=q, db=db, scores=scores):
                 np.matmul(q, db.T, out=scores)
                 NativeTopK(len(q), 18, lib).merge(scores, 0)
 
             fs = {"one pass (scan)": one_pass, "product + compiled merge": product_and_merge}
+            if d >= long_rows and fused_product():
+                fs["one pass, one row at a time"] = lambda one_pass=one_pass: one_pass(at=2**30)
             if faiss is not None:
                 faiss.omp_set_num_threads(1)
                 index = faiss.IndexFlatIP(d)
                 index.add(db)
                 fs["faiss IndexFlatIP"] = lambda index=index, q=q: index.search(q, 10)
-            show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x 100,000 rows, d = {d}",
+            show(f"3. {nq} quer{'y' if nq == 1 else 'ies'} x {m:,} rows, d = {d}",
                  rounds(fs, gap=0.02))  # fmt: skip
 
     if "4" in args.sections:

@@ -248,10 +248,11 @@ static float dot32(const float *x, const float *y, int64_t d) {
 #ifndef SCAN_AHEAD
 #define SCAN_AHEAD 4
 #endif
-#ifndef SCAN_GROUP_DIM
-#define SCAN_GROUP_DIM 768
-#endif
 #define SCAN_GROUP 8
+/* Rows of at least this many dimensions are scanned SCAN_GROUP at a time
+   (where the processor has AVX2 and FMA). A global so that the tests and the
+   benchmark can move it; nothing else writes it. */
+int tl_scan_group_dim = 768;
 
 #ifdef TL_FUSED
 /* The float32 inner products of SCAN_GROUP rows (stride ld) with one query,
@@ -288,7 +289,7 @@ void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_
     int64_t r = 0;
 #ifdef TL_FUSED
     /* Long rows, where the processor has AVX2: SCAN_GROUP at a time, no software prefetch. */
-    if (d >= SCAN_GROUP_DIM && tl_fused_ok())
+    if (d >= tl_scan_group_dim && tl_fused_ok())
         for (; r + SCAN_GROUP <= R; r += SCAN_GROUP) {
             const float *x = db + r * ld;
             for (int64_t j = 0; j < Q; j++) {

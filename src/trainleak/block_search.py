@@ -237,7 +237,10 @@ CACHED_ROWS = 512
 #: thread, 100,000 rows (bench/bench_search_kernels.py): d = 128, one query
 #: 3.21 ms (product and merge 4.67, faiss 3.68), two queries 5.37 ms (11.52;
 #: faiss 7.98); d = 512, one query 12.07 ms (14.89; faiss 13.59). Beyond
-#: two, the product's FMA wins.
+#: two, the product's FMA wins. From d = 768 the kernel reads eight rows at a
+#: time (AVX2 and FMA): one query x 15,000 rows at d = 3072 7.75 ms (one row
+#: at a time 14.24, product and merge 8.09, faiss 11.55; bench/README,
+#: session 13).
 FUSED_QUERIES = 2
 #: With the compiled kernels on a processor with AVX2 and FMA, a thread's
 #: slice of at least ``TILED_MIN_QUERIES`` queries of at most

@@ -8,6 +8,7 @@ as a new process.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -219,24 +220,31 @@ def test_one_pass_keeps_the_lists_of_the_product_and_merge_with_ties(lib):
     np.testing.assert_array_equal(i, want)  # of tied rows, the lowest are kept
 
 
-@pytest.mark.parametrize("dim", [768, 1029, 3072])
-def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, dim):
-    """Rows of >= 768 dimensions are scored eight at a time (with AVX2); whole numbers keep
-    every float32 sum exact, so the lists must equal the product and merge's: ties, a NaN
-    row, a dimension that is not a multiple of 8 and blocks whose rows are not a multiple
-    of 8."""
+@pytest.mark.parametrize("group_from", [768, 8, 10**9])
+@pytest.mark.parametrize("dim", [40, 1029, 3072])
+def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, dim, group_from):
+    """Rows of >= ``tl_scan_group_dim`` dimensions (768) are scored eight at a time with
+    AVX2; whole numbers keep every float32 sum exact, so both ways of scanning must keep the
+    lists of the product and merge: ties, NaN rows, a dimension that is not a multiple of 8
+    and blocks whose rows are not a multiple of 8 (each way forced at every d here)."""
+    group = ctypes.c_int.in_dll(lib, "tl_scan_group_dim")
+    assert group.value == 768
     rng = np.random.default_rng(dim)
     db = rng.integers(-3, 4, size=(1203, dim)).astype(np.float32)
-    db[[5, 602]] = np.nan  # one in a group of four, one in a block's last rows
+    db[[5, 602]] = np.nan  # one in a group of eight, one in a block's last rows
     db[900:903] = db[11]  # ties with row 11: the lowest rows are kept
     q = rng.integers(-3, 4, size=(2, dim)).astype(np.float32)
     q[1] = db[11]
     one, two = NativeTopK(2, 7, lib), NativeTopK(2, 7, lib)
-    for d0 in range(0, len(db), 603):
-        part = db[d0 : d0 + 603]
-        one.scan(part, q, d0)
-        two.merge(q @ part.T, d0)
-        _same_lists(one.lists(), two.lists())
+    group.value = group_from
+    try:
+        for d0 in range(0, len(db), 603):
+            part = db[d0 : d0 + 603]
+            one.scan(part, q, d0)
+            two.merge(q @ part.T, d0)
+            _same_lists(one.lists(), two.lists())
+    finally:
+        group.value = 768
     s, i = _sorted(one.lists())
     full = q @ np.nan_to_num(db, nan=0).T
     full[:, [5, 602]] = -np.inf
@@ -336,8 +344,6 @@ def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
 def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d):
     """The AVX2 re-score keeps dot64's eight partial sums in the same order; a float32 product
     is exact in float64, so its fused multiply-add rounds as dot64's add: the same bits."""
-    import ctypes
-
     rng = np.random.default_rng(d)
     db = (rng.standard_normal((2000, d)) * rng.uniform(0.1, 100)).astype(np.float32)
     q = rng.standard_normal((200, d)).astype(np.float32)
