@@ -579,6 +579,21 @@ __attribute__((target("avx2,fma"))) static void tiles(
 }
 #endif
 
+#ifdef TL_FUSED
+/* The FUSED_ROWS x 16 scores of contiguous rows x (stride d) against panel p, to out. */
+__attribute__((target("avx2,fma"))) static void gather_tile(const float *x, int64_t d,
+                                                             const float *p, float *out) {
+    tile(x, d, FUSED_ROWS, p, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out, FUSED_LANES);
+}
+
+/* Bit c set where v[c] > bar (ordered: NaN never), for the 16 scores v. */
+__attribute__((target("avx2,fma"))) static int lanes_above(const float *v, float bar) {
+    __m256 b = _mm256_set1_ps(bar);
+    return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v), b, _CMP_GT_OQ)) |
+           (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + 8), b, _CMP_GT_OQ)) << 8);
+}
+#endif
+
 /* Score database rows base .. base + R - 1 (stride ld) against the Q packed
    queries (tl_pack_queries) and merge them into the queries' lists. With
    exclude set, query j is database row self0 + j (self0 may be negative)
@@ -650,6 +665,53 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
 #else
     (void)db, (void)ld, (void)R, (void)packed, (void)Q, (void)d, (void)base;
     (void)exclude, (void)self0, (void)hs, (void)hi, (void)kk, (void)bar, (void)pass_bytes;
+    return -1;
+#endif
+}
+
+/* Score the Q queries picked by qmap (query j is row qmap[j] of q, stride
+   ldq; its list is hs + qmap[j] * kk, its bar bar[qmap[j]]) against R
+   database rows packed as tl_pack_queries packs queries (row r has id
+   base + r), and merge them into the picked lists. For many small sets of
+   rows, each met by a different subset of the queries (the inverted lists
+   of an approximate index): the lists stay in place, the queries are read
+   six at a time from where they are, and only the rows are packed. Returns
+   0, or -1 where the processor or memory does not allow it. */
+int tl_gather_product_merge(const float *q, int64_t ldq, const int64_t *qmap, int64_t Q,
+                            const float *packed, int64_t R, int64_t d, int64_t base, float *hs,
+                            int64_t *hi, int64_t kk, float *bar) {
+#ifdef TL_FUSED
+    if (kk < 1 || R < 1 || Q < 1) return 0;
+    if (!tl_fused_ok()) return -1;
+    int64_t panels = (R + FUSED_LANES - 1) / FUSED_LANES;
+    float *rows = (float *)calloc((size_t)(FUSED_ROWS * d), sizeof(float));
+    if (rows == NULL) return -1;
+    float out[FUSED_ROWS * FUSED_LANES];
+    for (int64_t g = 0; g < Q; g += FUSED_ROWS) {
+        int64_t nrows = Q - g < FUSED_ROWS ? Q - g : FUSED_ROWS;
+        for (int64_t r = 0; r < nrows; r++) memcpy(rows + r * d, q + qmap[g + r] * ldq, d * 4);
+        for (int64_t p = 0; p < panels; p++) {
+            gather_tile(rows, d, packed + p * d * FUSED_LANES, out);
+            int64_t lanes = R - p * FUSED_LANES < FUSED_LANES ? R - p * FUSED_LANES : FUSED_LANES;
+            for (int64_t r = 0; r < nrows; r++) {
+                int64_t j = qmap[g + r];
+                const float *v = out + r * FUSED_LANES;
+                int m = lanes_above(v, bar[j]) & (int)((1u << lanes) - 1);
+                while (m) {
+                    int c = __builtin_ctz(m);
+                    m &= m - 1;
+                    if (v[c] > bar[j]) /* the bar may have moved */
+                        bar[j] = push(hs + j * kk, hi + j * kk, kk, v[c],
+                                      base + p * FUSED_LANES + c, bar[j]);
+                }
+            }
+        }
+    }
+    free(rows);
+    return 0;
+#else
+    (void)q, (void)ldq, (void)qmap, (void)Q, (void)packed, (void)R, (void)d, (void)base;
+    (void)hs, (void)hi, (void)kk, (void)bar;
     return -1;
 #endif
 }

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from trainleak._optional import require
+from trainleak._topk import NativeTopK, fused_product, native
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ BLOCK = 32768
 #: slower up to 4,000 queries.
 MIN_PAIRS_PER_LIST = 10_000
 MIN_LIST_ROWS = 64
+#: Score and merge each list with the compiled one-pass product (product and
+#: top-k in registers, :meth:`~trainleak._topk.NativeTopK.product`) where it
+#: runs (AVX2 and FMA); else, or when False, with torch's product and top-k.
+COMPILED = True
 
 
 def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
@@ -123,16 +128,20 @@ def grouped_candidates(
     workers = max(1, workers or torch.get_num_threads())
     block = max(1, min(block, -(-len(queries) // workers)))
     lists = _lists(index)
+    compiled = _Compiled(lists) if COMPILED and fused_product() else None
     out_s = np.empty((len(queries), kk), np.float32)
     out_i = np.empty((len(queries), kk), np.int64)
 
-    def run(q0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(q0: int) -> tuple[np.ndarray, np.ndarray]:
         faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread
         q = np.ascontiguousarray(queries[q0 : q0 + block], np.float32)
         if not q.flags.writeable:  # a read-only memory map's rows (torch wants its own)
             q = q.copy()
         _, probes = index.quantizer.search(q, nprobe)
-        return _block(torch.from_numpy(q), probes, lists, kk)
+        if compiled is not None:
+            return compiled.block(q, probes, kk)
+        s, i = _block(torch.from_numpy(q), probes, lists, kk)
+        return s.numpy(), i.numpy()
 
     # One thread per worker, each on its own query blocks: the per-list products
     # are small, and splitting each across threads cost more than it gained on
@@ -145,7 +154,7 @@ def grouped_candidates(
             starts = range(0, len(queries), block)
             t0 = time.perf_counter()
             for q0, (s, i) in zip(starts, pool.map(run, starts), strict=True):
-                out_s[q0 : q0 + len(s)], out_i[q0 : q0 + len(s)] = s.numpy(), i.numpy()
+                out_s[q0 : q0 + len(s)], out_i[q0 : q0 + len(s)] = s, i
                 log.debug("grouped search: %d of %d queries in %.1f s",
                           q0 + len(s), len(queries), time.perf_counter() - t0)  # fmt: skip
     finally:
@@ -153,15 +162,54 @@ def grouped_candidates(
     return out_s, out_i
 
 
+class _Compiled:
+    """The lists scored and merged by the compiled one-pass product.
+
+    For each list, its rows are packed (a few dozen kB) and scored against
+    the block's queries that probe it, read in place, by
+    :meth:`~trainleak._topk.NativeTopK.gather_product`: the product and the
+    top-k in one pass, no score block, each query's list updated in place.
+    The running lists hold each row's position in the lists' concatenation,
+    turned into its id at the end; of rows tied at a query's last place, the
+    one met first is kept (faiss keeps either).
+    """
+
+    def __init__(self, lists: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        lib = native()
+        assert lib is not None
+        self.lib = lib
+        self.rows = [r.numpy() for _, r in lists]
+        self.base = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(int)
+        ids = [i.numpy() for i, _ in lists]
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+    def block(self, q: np.ndarray, probes: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the top ``kk`` of one query block over its probed lists, sorted, as ids."""
+        top = NativeTopK(len(q), kk, self.lib)
+        # Each query's nearest list first: its whole top kk, a good bar for the rest.
+        for part in (probes[:, :1], probes[:, 1:]):
+            if part.shape[1] == 0:
+                continue
+            qid, starts = _by_list(part, len(self.rows))
+            for li, rows in enumerate(self.rows):
+                a, b = starts[li], starts[li + 1]
+                if a == b or len(rows) == 0:
+                    continue
+                top.gather_product(q, qid[a:b], top.pack(rows), len(rows), int(self.base[li]))
+        s, at = top.lists()
+        i = np.where(at >= 0, self.ids[np.maximum(at, 0)], -1)
+        self.lib.tl_order(s.ctypes.data, i.ctypes.data, s.shape[0], s.shape[1])
+        return s, i
+
+
 def _by_list(probes: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the queries of ``probes`` (``(m, p)`` list numbers) by list, and each list's start."""
-    keys = probes.ravel()
     # Stable radix sort on 16-bit keys where the lists fit (numpy's stable sort of small ints).
-    keys = keys.astype(np.uint16 if nlist <= 65535 else np.int64)
+    keys = probes.astype(np.uint16 if nlist <= 65535 else np.int64).ravel()
     order = np.argsort(keys, kind="stable")
-    qid = (order // probes.shape[1]).astype(np.int64)
-    starts = np.searchsorted(keys[order], np.arange(nlist + 1))
-    return qid, starts
+    starts = np.zeros(nlist + 1, np.int64)
+    np.cumsum(np.bincount(keys, minlength=nlist), out=starts[1:])
+    return order // probes.shape[1], starts
 
 
 def _list_scores(

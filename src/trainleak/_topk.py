@@ -76,6 +76,9 @@ def _load() -> ctypes.CDLL | None:
               lib.tl_scan_rows, lib.tl_pack_queries):  # fmt: skip
         f.restype = None
     lib.tl_product_merge.restype = ctypes.c_int
+    lib.tl_gather_product_merge.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, ptr, ptr, i64,
+                                            ptr]  # fmt: skip
+    lib.tl_gather_product_merge.restype = ctypes.c_int
     lib.tl_fused_ok.restype = ctypes.c_int
     lib.tl_fused_ok.argtypes = []
     return lib
@@ -190,6 +193,28 @@ class NativeTopK:
                                           *self._heaps(), PASS_BYTES)  # fmt: skip
         if done != 0:
             raise MemoryError("the compiled product could not allocate its bars")
+
+    def gather_product(self, q: np.ndarray, which: np.ndarray, packed: np.ndarray, rows: int,
+                       d0: int) -> None:  # fmt: skip
+        """Score the queries ``q[which]`` against packed database rows and merge them.
+
+        ``which``: int64 query numbers, each at most once; ``rows`` database
+        rows (numbered ``d0 ...``) in ``packed``, laid out as :meth:`pack` lays
+        out queries. The product and the
+        merge in one compiled pass (:func:`fused_product` must be true), the
+        queries read in place and their lists updated in place: for many small
+        sets of rows, each met by its own subset of the queries.
+        """
+        if self.k == 0 or rows == 0 or len(which) == 0:
+            return
+        q = np.ascontiguousarray(q, np.float32)
+        which = np.ascontiguousarray(which, np.int64)
+        d = q.shape[1]
+        done = self._lib.tl_gather_product_merge(_addr(q), d, _addr(which), len(which),
+                                                 _addr(packed), rows, d, d0,
+                                                 *self._heaps())  # fmt: skip
+        if done != 0:
+            raise MemoryError("the compiled product could not allocate its rows")
 
     def merge_columns(self, st: np.ndarray, d0: int, queries: slice | None = None) -> None:
         """Merge the scores ``st`` ``(width, n)`` of database rows ``d0 ...`` into ``queries``."""

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from trainleak import _ivf_join
+from trainleak._topk import fused_product
 from trainleak.approx_search import (
     ApproxSettings,
     build_index,
@@ -46,10 +47,19 @@ def orl_rows() -> np.ndarray:
     return _unit_rows(sorted(Path(ORL).glob("s*/*.pgm")))
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def join(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each list scored by the compiled one-pass product (where it runs) or by torch."""
+    if request.param == "compiled" and not fused_product():
+        pytest.skip("this processor has no AVX2 and FMA: the grouped search uses torch")
+    monkeypatch.setattr(_ivf_join, "COMPILED", request.param == "compiled")
+    return request.param
+
+
 @pytest.mark.parametrize("rows", ["coil_rows", "orl_rows"])
 @pytest.mark.parametrize(("nprobe", "kk"), [(1, 60), (3, 19), (8, 11)])
 def test_grouped_finds_faiss_candidates(
-    rows: str, nprobe: int, kk: int, request: pytest.FixtureRequest
+    rows: str, nprobe: int, kk: int, request: pytest.FixtureRequest, join: str
 ) -> None:
     # Oracle: the grouped-by-list search returns the candidates of faiss's own
     # IVF-flat scan at the same nprobe; only a tie at the kk-th score may differ.
@@ -74,7 +84,7 @@ def test_grouped_finds_faiss_candidates(
     assert differ <= len(x) // 100
 
 
-def test_grouped_independent_of_block_and_workers(coil_rows: np.ndarray) -> None:
+def test_grouped_independent_of_block_and_workers(coil_rows: np.ndarray, join: str) -> None:
     index = build_index(coil_rows, 20, seed=0)
     one = _ivf_join.grouped_candidates(index, coil_rows, 12, 4, block=1000, workers=1)
     many = _ivf_join.grouped_candidates(index, coil_rows, 12, 4, block=33, workers=2)
@@ -85,7 +95,7 @@ def test_grouped_independent_of_block_and_workers(coil_rows: np.ndarray) -> None
 
 @pytest.mark.parametrize(("k", "exclude_self"), [(1, True), (10, True)])
 def test_grouped_approx_equals_exact_at_recall_one(
-    coil_rows: np.ndarray, k: int, exclude_self: bool, monkeypatch: pytest.MonkeyPatch
+    coil_rows: np.ndarray, k: int, exclude_self: bool, monkeypatch: pytest.MonkeyPatch, join: str
 ) -> None:
     # The grouped path everywhere (the tuning sample and the search), as on a large set.
     monkeypatch.setattr(_ivf_join, "MIN_PAIRS_PER_LIST", 0)

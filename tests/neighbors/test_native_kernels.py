@@ -261,6 +261,34 @@ def tiled(lib):
 
 
 @pytest.mark.parametrize(
+    ("n_query", "n_db", "dim", "k"),
+    [(1, 1, 3, 1), (13, 37, 40, 9), (50, 160, 128, 18), (20, 90, 24, 70)],
+)
+def test_gather_product_keeps_the_lists_of_the_product_and_merge(tiled, n_query, n_db, dim, k):
+    """A subset of the queries, picked in any order, against packed rows in several sets
+    (an approximate index's lists): whole numbers keep every float32 sum exact, so the
+    lists must equal those of the product and merge of the same subsets, ties, NaN rows,
+    partial panels (rows not a multiple of 16) and groups of queries not a multiple of 6
+    too; queries not picked keep their lists untouched."""
+    rng = np.random.default_rng(n_query * n_db + dim)
+    q = rng.integers(-3, 4, size=(n_query, dim)).astype(np.float32)
+    db = rng.integers(-3, 4, size=(n_db, dim)).astype(np.float32)
+    if n_db > 5:
+        db[3] = np.nan
+        db[-2:] = db[1]  # ties, in another set than row 1
+    one, two = NativeTopK(n_query, k, tiled), NativeTopK(n_query, k, tiled)
+    cuts = sorted({0, n_db, *rng.integers(0, n_db, 3).tolist()})
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        which = rng.permutation(n_query)[: max(1, n_query * 2 // 3)]
+        one.gather_product(q, which, one.pack(db[a:b]), b - a, a)
+        s = np.full((n_query, b - a), -np.inf, np.float32)  # queries not picked see nothing
+        s[which] = q[which] @ db[a:b].T
+        two.merge(s, a)
+        _same_lists(one.lists(), two.lists())
+        np.testing.assert_array_equal(one.kth, two.kth)
+
+
+@pytest.mark.parametrize(
     ("n_query", "n_db", "dim", "k", "block"),
     [(3, 1, 1, 1, 1), (17, 13, 7, 9, 5), (100, 1000, 40, 9, 333), (37, 500, 128, 70, 256),
      (16, 60, 200, 18, 60), (40, 700, 256, 12, 700),
