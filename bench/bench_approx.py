@@ -229,9 +229,11 @@ def search(
     out of reach), ``grouped`` the grouped one, ``auto`` leaves the choice to
     the library. ``indexes`` carries the built index from one path to the next.
     """
-    saved = _ivf_join.MIN_PAIRS_PER_LIST, _ivf_join.MIN_LIST_ROWS
+    names = ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED")
+    saved = [getattr(_ivf_join, n) for n in names]
     if path != "auto":
-        _ivf_join.MIN_PAIRS_PER_LIST = _ivf_join.MIN_LIST_ROWS = 0 if path == "grouped" else 2**62
+        for n in names:
+            setattr(_ivf_join, n, 0 if path == "grouped" else 2**62)
     try:
         t0 = time.perf_counter()
         settings = ApproxSettings(memory_mb=memory_mb)
@@ -243,7 +245,8 @@ def search(
             SCRATCH.extend(ctx.scratch)  # an on-disk index's folder lives on with the index
             ctx.scratch.clear()
     finally:
-        _ivf_join.MIN_PAIRS_PER_LIST, _ivf_join.MIN_LIST_ROWS = saved
+        for n, v in zip(names, saved, strict=True):
+            setattr(_ivf_join, n, v)
     return s, i, dt, ctx.records[0]
 
 
@@ -279,7 +282,10 @@ def main() -> None:
     ap.add_argument("--build-threads", default="", help="only time the build with each, e.g. 1,2")
     ap.add_argument("--memmap", type=Path, help="rows in a memory-mapped file in this folder")
     ap.add_argument("--memory-mb", type=float, default=1024, help="ApproxSettings.memory_mb")
+    ap.add_argument("--join", choices=["compiled", "torch"], default="compiled",
+                    help="how the grouped path scores each list (torch: the fallback)")  # fmt: skip
     args = ap.parse_args()
+    _ivf_join.COMPILED = args.join == "compiled"
     anon = AnonPeak()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("trainleak._ivf_join").setLevel(logging.DEBUG)  # progress of long runs

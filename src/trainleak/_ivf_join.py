@@ -57,9 +57,15 @@ BLOCK = 32768
 MIN_PAIRS_PER_LIST = 10_000
 MIN_LIST_ROWS = 64
 #: Score and merge each list with the compiled one-pass product (product and
-#: top-k in registers, :meth:`~trainleak._topk.NativeTopK.product`) where it
-#: runs (AVX2 and FMA); else, or when False, with torch's product and top-k.
+#: top-k in registers, :meth:`~trainleak._topk.NativeTopK.gather_product`)
+#: where it runs (AVX2 and FMA); else, or when False, with torch's product
+#: and top-k.
 COMPILED = True
+#: :data:`MIN_LIST_ROWS` for the compiled product, whose per-list cost is
+#: smaller: on 20,000 rows (512 lists of ~39 rows, nprobe 96) it took 0.76x
+#: faiss's time at 4,000 queries (29,000 pairs per list) and 0.49x at 16,000
+#: (bench/bench_approx.py --crossover, bench/README, session 13).
+MIN_LIST_ROWS_COMPILED = 32
 
 
 def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
@@ -72,7 +78,8 @@ def grouped_pays(n_queries: int, nprobe: int, nlist: int, ntotal: int) -> bool:
     """
     nlist = max(1, nlist)
     pairs = min(n_queries, BLOCK) * nprobe / nlist * (ntotal / nlist)
-    return pairs >= MIN_PAIRS_PER_LIST and ntotal / nlist >= MIN_LIST_ROWS
+    rows = MIN_LIST_ROWS_COMPILED if COMPILED and fused_product() else MIN_LIST_ROWS
+    return pairs >= MIN_PAIRS_PER_LIST and ntotal / nlist >= rows
 
 
 def _lists(index: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -100,6 +100,7 @@ def test_grouped_approx_equals_exact_at_recall_one(
     # The grouped path everywhere (the tuning sample and the search), as on a large set.
     monkeypatch.setattr(_ivf_join, "MIN_PAIRS_PER_LIST", 0)
     monkeypatch.setattr(_ivf_join, "MIN_LIST_ROWS", 0)
+    monkeypatch.setattr(_ivf_join, "MIN_LIST_ROWS_COMPILED", 0)
     assert _ivf_join.grouped_pays(len(coil_rows), 1, 25, len(coil_rows))
     with use_search("approx", ApproxSettings(target_recall=1.0)) as ctx:
         s, i = knn(coil_rows, coil_rows, k, exclude_self=exclude_self)
