@@ -5,10 +5,12 @@ time: every scanned row is read from memory for one inner product, so a large
 self-join runs at memory speed (about 1 GFLOP/s on the development machine).
 When many queries probe each list, :func:`grouped_candidates` turns the work
 around: for a block of queries it takes faiss's own probes (the index's
-quantiser, the same call faiss's search makes), then for each list gathers the
+quantiser, the same call faiss's search makes), then for each list takes the
 queries of the block that probe it and scores them against the list's rows
-with one float32 matrix product, so each list row is read once per block and
-the work runs at matrix-product speed.
+in one float32 product, so each list row is read once per block and the work
+runs at matrix-product speed. Where the compiled kernels run (AVX2 and FMA),
+the product and the top-k are one compiled pass over the queries in place
+(:class:`_Compiled`); elsewhere torch makes the product and the top-k.
 
 The candidates are the ones faiss's IVF-flat search would return at the same
 ``nprobe`` (same probes, same lists, top ``kk`` by float32 score); only
