@@ -210,6 +210,11 @@ class NativeTopK:
         q = np.ascontiguousarray(q, np.float32)
         which = np.ascontiguousarray(which, np.int64)
         d = q.shape[1]
+        # The kernel trusts these: a wrong one would write outside the lists.
+        if which.min() < 0 or which.max() >= min(len(q), len(self.kth)):
+            raise IndexError("gather_product: a query number is outside the queries")
+        if packed.dtype != np.float32 or packed.size < -(-rows // FUSED_LANES) * FUSED_LANES * d:
+            raise ValueError("gather_product: packed holds fewer rows than `rows` (use pack())")
         done = self._lib.tl_gather_product_merge(_addr(q), d, _addr(which), len(which),
                                                  _addr(packed), rows, d, d0,
                                                  *self._heaps())  # fmt: skip

@@ -391,3 +391,15 @@ def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d):
     assert np.isneginf(outs[0][idx < 0]).all()
     want = np.einsum("nkd,nd->nk", db[np.maximum(idx, 0)].astype(np.float64), q.astype(np.float64))
     np.testing.assert_array_max_ulp(outs[0][idx >= 0], want[idx >= 0].astype(np.float32), maxulp=1)
+
+
+def test_gather_product_refuses_what_would_write_outside_the_lists(tiled):
+    q = np.ones((4, 8), np.float32)
+    top = NativeTopK(4, 2, tiled)
+    packed = top.pack(np.ones((5, 8), np.float32))
+    with pytest.raises(IndexError, match="outside the queries"):
+        top.gather_product(q, np.array([0, 4]), packed, 5, 0)
+    with pytest.raises(ValueError, match="fewer rows"):
+        top.gather_product(q, np.array([0, 1]), packed, 17, 0)
+    top.gather_product(q, np.array([3, 1]), packed, 5, 0)
+    assert list(top.kth) == [-np.inf, 8.0, -np.inf, 8.0]  # only the picked queries' lists
