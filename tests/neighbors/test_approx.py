@@ -145,12 +145,17 @@ def test_measured_recall_is_the_true_recall_when_low(coil_rows: np.ndarray) -> N
     np.testing.assert_allclose(s[found], exact_pairs[found].astype(np.float32))
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 def test_index_over_the_memory_budget_is_memory_mapped_and_finds_the_same(
-    coil_rows: np.ndarray, tmp_path: Path
+    coil_rows: np.ndarray, tmp_path: Path, grouped: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A memory-mapped database over the budget: the index is filled in shards of
     # ~100 rows into a file under workdir, finds what the in-memory index finds
-    # (same lists, same rows), and the file goes with the run's context.
+    # (same lists, same rows), and the file goes with the run's context. Grouped:
+    # the lists are read in place from the file by the grouped search.
+    if grouped:
+        for name in ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED"):
+            monkeypatch.setattr(_ivf_join, name, 0)
     db = np.lib.format.open_memmap(tmp_path / "db.npy", "w+", np.float32, coil_rows.shape)
     db[:] = coil_rows
     db.flush()
