@@ -213,11 +213,14 @@ class _Compiled:
 
 def _by_list(probes: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the queries of ``probes`` (``(m, p)`` list numbers) by list, and each list's start."""
+    # A probe of -1 (faiss found no list: a query with a NaN) becomes nlist: it
+    # sorts after every list and no list's range takes it.
+    keys = np.where(probes < 0, nlist, probes)
     # Stable radix sort on 16-bit keys where the lists fit (numpy's stable sort of small ints).
-    keys = probes.astype(np.uint16 if nlist <= 65535 else np.int64).ravel()
+    keys = keys.astype(np.uint16 if nlist < 65535 else np.int64).ravel()
     order = np.argsort(keys, kind="stable")
     starts = np.zeros(nlist + 1, np.int64)
-    np.cumsum(np.bincount(keys, minlength=nlist), out=starts[1:])
+    np.cumsum(np.bincount(keys, minlength=nlist + 1)[:nlist], out=starts[1:])
     return order // probes.shape[1], starts
 
 

@@ -296,3 +296,24 @@ def test_tuning_stops_near_the_least_nprobe_that_reaches_the_target(
         knn(coil_rows, coil_rows, k, exclude_self=True)
     (rec,) = ctx.records
     assert rec.recall_at_k >= target and rec.nprobe <= doubled
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_query_with_a_nan_finds_nothing_and_spoils_no_other(
+    coil_rows: np.ndarray, grouped: bool, join: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # faiss's quantiser gives a NaN query no list (-1 probes); grouped or not, that query
+    # gets no neighbour and every other query the neighbours it gets without it.
+    if grouped:
+        for name in ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED"):
+            monkeypatch.setattr(_ivf_join, name, 0)
+    q = coil_rows[:60].copy()
+    q[7] = np.nan
+    settings = ApproxSettings(target_recall=0.9, nlist=25)
+    with use_search("approx", settings):
+        s, i = knn(q, coil_rows, 5)
+    with use_search("approx", settings):
+        s0, i0 = knn(np.delete(q, 7, axis=0), coil_rows, 5)
+    assert np.isneginf(s[7]).all() and (i[7] == -1).all()
+    np.testing.assert_array_equal(np.delete(i, 7, axis=0), i0)
+    np.testing.assert_array_equal(np.delete(s, 7, axis=0), s0)
