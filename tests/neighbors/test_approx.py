@@ -317,3 +317,19 @@ def test_a_query_with_a_nan_finds_nothing_and_spoils_no_other(
     assert np.isneginf(s[7]).all() and (i[7] == -1).all()
     np.testing.assert_array_equal(np.delete(i, 7, axis=0), i0)
     np.testing.assert_array_equal(np.delete(s, 7, axis=0), s0)
+
+
+@pytest.mark.parametrize("nprobe", [1, 7, 25])
+def test_probes_are_the_quantisers_lists_nearest_first(coil_rows: np.ndarray, nprobe: int) -> None:
+    # The grouped search's own probe search against faiss's quantiser: the same lists,
+    # the nearest first; a query with a NaN gets none, as from faiss.
+    index = build_index(coil_rows, 25, seed=0)
+    centroids = _ivf_join._centroids(index)
+    assert centroids is not None and centroids.shape == (25, coil_rows.shape[1])
+    q = coil_rows[::7].copy()
+    q[3] = np.nan
+    _, want = index.quantizer.search(q, nprobe)
+    got = _ivf_join._probes(centroids, q, nprobe)
+    assert (want[3] == -1).all() and (got[3] == -1).all()
+    np.testing.assert_array_equal(got[:, 0], want[:, 0])
+    np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
