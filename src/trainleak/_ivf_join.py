@@ -64,9 +64,10 @@ MIN_LIST_ROWS = 64
 #: where it runs (AVX2 and FMA); else, or when False, with torch's product
 #: and top-k.
 COMPILED = True
-#: Queries a time in the probe search (:func:`_probes`): their scores against
-#: every centroid are one float32 block of ``PROBE_CHUNK x nlist``.
-PROBE_CHUNK = 1024
+#: Bytes of float32 scores (queries x every centroid) the probe search
+#: (:func:`_probes`) holds at a time: 1,024 queries at 4,000 lists. Its
+#: partition takes about three times as much again.
+PROBE_SCORE_BYTES = 16 * 2**20
 #: :data:`MIN_LIST_ROWS` for the compiled product, whose per-list cost is
 #: smaller: on 20,000 rows (512 lists of ~39 rows, nprobe 96) it took 0.76x
 #: faiss's time at 4,000 queries (29,000 pairs per list) and 0.49x at 16,000
@@ -246,8 +247,9 @@ def _probes(centroids: np.ndarray, q: np.ndarray, nprobe: int) -> np.ndarray:
     """
     nlist = len(centroids)
     out = np.empty((len(q), nprobe), np.int64)
-    for a in range(0, len(q), PROBE_CHUNK):
-        s = q[a : a + PROBE_CHUNK] @ centroids.T
+    chunk = max(1, PROBE_SCORE_BYTES // (4 * max(1, nlist)))
+    for a in range(0, len(q), chunk):
+        s = q[a : a + chunk] @ centroids.T
         if nprobe < nlist:
             p = np.argpartition(-s, nprobe - 1, axis=1)[:, :nprobe]
         else:
