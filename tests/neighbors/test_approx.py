@@ -47,6 +47,20 @@ def orl_rows() -> np.ndarray:
     return _unit_rows(sorted(Path(ORL).glob("s*/*.pgm")))
 
 
+def _grouped_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every approximate search of the test through the grouped path, small as it is."""
+    for name in ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED"):
+        monkeypatch.setattr(_ivf_join, name, 0)
+
+
+@pytest.fixture(params=[False, True], ids=["auto", "grouped"])
+def grouped(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The library's choice of path, or the grouped path forced for every search."""
+    if request.param:
+        _grouped_everywhere(monkeypatch)
+    return bool(request.param)
+
+
 @pytest.fixture(params=["compiled", "torch"])
 def join(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each list scored by the compiled one-pass product (where it runs) or by torch."""
@@ -98,9 +112,7 @@ def test_grouped_approx_equals_exact_at_recall_one(
     coil_rows: np.ndarray, k: int, exclude_self: bool, monkeypatch: pytest.MonkeyPatch, join: str
 ) -> None:
     # The grouped path everywhere (the tuning sample and the search), as on a large set.
-    monkeypatch.setattr(_ivf_join, "MIN_PAIRS_PER_LIST", 0)
-    monkeypatch.setattr(_ivf_join, "MIN_LIST_ROWS", 0)
-    monkeypatch.setattr(_ivf_join, "MIN_LIST_ROWS_COMPILED", 0)
+    _grouped_everywhere(monkeypatch)
     assert _ivf_join.grouped_pays(len(coil_rows), 1, 25, len(coil_rows))
     with use_search("approx", ApproxSettings(target_recall=1.0)) as ctx:
         s, i = knn(coil_rows, coil_rows, k, exclude_self=exclude_self)
@@ -145,17 +157,13 @@ def test_measured_recall_is_the_true_recall_when_low(coil_rows: np.ndarray) -> N
     np.testing.assert_allclose(s[found], exact_pairs[found].astype(np.float32))
 
 
-@pytest.mark.parametrize("grouped", [False, True])
 def test_index_over_the_memory_budget_is_memory_mapped_and_finds_the_same(
-    coil_rows: np.ndarray, tmp_path: Path, grouped: bool, monkeypatch: pytest.MonkeyPatch
+    coil_rows: np.ndarray, tmp_path: Path, grouped: bool
 ) -> None:
     # A memory-mapped database over the budget: the index is filled in shards of
     # ~100 rows into a file under workdir, finds what the in-memory index finds
     # (same lists, same rows), and the file goes with the run's context. Grouped:
     # the lists are read in place from the file by the grouped search.
-    if grouped:
-        for name in ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED"):
-            monkeypatch.setattr(_ivf_join, name, 0)
     db = np.lib.format.open_memmap(tmp_path / "db.npy", "w+", np.float32, coil_rows.shape)
     db[:] = coil_rows
     db.flush()
@@ -298,15 +306,11 @@ def test_tuning_stops_near_the_least_nprobe_that_reaches_the_target(
     assert rec.recall_at_k >= target and rec.nprobe <= doubled
 
 
-@pytest.mark.parametrize("grouped", [False, True])
 def test_a_query_with_a_nan_finds_nothing_and_spoils_no_other(
-    coil_rows: np.ndarray, grouped: bool, join: str, monkeypatch: pytest.MonkeyPatch
+    coil_rows: np.ndarray, grouped: bool, join: str
 ) -> None:
     # faiss's quantiser gives a NaN query no list (-1 probes); grouped or not, that query
     # gets no neighbour and every other query the neighbours it gets without it.
-    if grouped:
-        for name in ("MIN_PAIRS_PER_LIST", "MIN_LIST_ROWS", "MIN_LIST_ROWS_COMPILED"):
-            monkeypatch.setattr(_ivf_join, name, 0)
     q = coil_rows[:60].copy()
     q[7] = np.nan
     settings = ApproxSettings(target_recall=0.9, nlist=25)
