@@ -6,16 +6,17 @@ self-join runs at memory speed (about 1 GFLOP/s on the development machine).
 When many queries probe each list, :func:`grouped_candidates` turns the work
 around: for a block of queries it finds the probes faiss's quantiser gives
 (the lists of highest centroid score, :func:`_probes`), then for each list
-takes the queries of the block that probe it and scores them against the list's rows
-in one float32 product, so each list row is read once per block and the work
-runs at matrix-product speed. Where the compiled kernels run (AVX2 and FMA),
+takes the queries of the block that probe it and scores them against the
+list's rows in one float32 product, so each list row is read once per block
+and the work runs at matrix-product speed. Where the compiled kernels run (AVX2 and FMA),
 the product and the top-k are one compiled pass over the queries in place
 (:class:`_Compiled`); elsewhere torch makes the product and the top-k.
 
 The candidates are the ones faiss's IVF-flat search would return at the same
 ``nprobe`` (same probes, same lists, top ``kk`` by float32 score); only
 rounding in the float32 sums differs, which can swap rows (or lists) within
-about 1e-6 of each other at the last place. Callers re-score candidates in float64 anyway.
+about 1e-6 of each other at the last place. Callers re-score candidates in
+float64 anyway.
 
 Memory is bounded by the query block: the probes of one block, one list's
 scores at a time, and a running top-``kk`` per query of the block; the list
@@ -188,8 +189,9 @@ class _Compiled:
     :meth:`~trainleak._topk.NativeTopK.gather_product`: the product and the
     top-k in one pass, no score block, each query's list updated in place.
     The running lists hold each row's position in the lists' concatenation,
-    turned into its id at the end; of rows tied at a query's last place, the
-    one met first is kept (faiss keeps either).
+    turned into its id at the end (the ids are read in place from the index:
+    no copy of them); of rows tied at a query's last place, the one met
+    first is kept (faiss keeps either).
     """
 
     def __init__(self, lists: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -197,9 +199,23 @@ class _Compiled:
         assert lib is not None
         self.lib = lib
         self.rows = [r.numpy() for _, r in lists]
+        self.ids = [i.numpy() for i, _ in lists]
         self.base = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(int)
-        ids = [i.numpy() for i, _ in lists]
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+    def _ids(self, at: np.ndarray) -> np.ndarray:
+        """Return the row id at each position (``-1`` stays ``-1``), list by list."""
+        flat = at.ravel()
+        out = np.full(flat.shape, -1, np.int64)
+        pos = np.flatnonzero(flat >= 0)
+        li = np.searchsorted(self.base, flat[pos], side="right") - 1
+        order = np.argsort(li, kind="stable")
+        pos, li = pos[order], li[order]
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(li)) + 1, [len(li)]])
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if a < b:
+                p, lst = pos[a:b], li[a]
+                out[p] = self.ids[lst][flat[p] - self.base[lst]]
+        return out.reshape(at.shape)
 
     def block(self, q: np.ndarray, probes: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         """Return the top ``kk`` of one query block over its probed lists, sorted, as ids."""
@@ -215,7 +231,7 @@ class _Compiled:
                     continue
                 top.gather_product(q, qid[a:b], top.pack(rows), len(rows), int(self.base[li]))
         s, at = top.lists()
-        i = np.where(at >= 0, self.ids[np.maximum(at, 0)], -1)
+        i = self._ids(at)
         self.lib.tl_order(s.ctypes.data, i.ctypes.data, s.shape[0], s.shape[1])
         return s, i
 
