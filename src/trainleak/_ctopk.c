@@ -282,6 +282,11 @@ __attribute__((target("avx2,fma"))) static void dot32_rows(const float *x, int64
 }
 #endif
 
+/* Score database rows base .. base + R - 1 (row stride ld) against Q queries
+   (stride ldq) and merge them into the queries' lists in the same pass: for
+   a few queries, one read of the database with no score block written and
+   read back. Rows of tl_scan_group_dim dimensions or more go SCAN_GROUP at
+   a time where the processor has AVX2 and FMA; the rest one at a time. */
 void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_t ldq,
                   int64_t Q, int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk,
                   float *bar) {

@@ -8,9 +8,10 @@ around: for a block of queries it finds the probes faiss's quantiser gives
 (the lists of highest centroid score, :func:`_probes`), then for each list
 takes the queries of the block that probe it and scores them against the
 list's rows in one float32 product, so each list row is read once per block
-and the work runs at matrix-product speed. Where the compiled kernels run (AVX2 and FMA),
-the product and the top-k are one compiled pass over the queries in place
-(:class:`_Compiled`); elsewhere torch makes the product and the top-k.
+and the work runs at matrix-product speed. Where the compiled kernels run
+(AVX2 and FMA), the product and the top-k are one compiled pass over the
+queries in place (:class:`_Compiled`); elsewhere torch makes the product and
+the top-k.
 
 The candidates are the ones faiss's IVF-flat search would return at the same
 ``nprobe`` (same probes, same lists, top ``kk`` by float32 score); only
@@ -224,12 +225,9 @@ class _Compiled:
         for part in (probes[:, :1], probes[:, 1:]):
             if part.shape[1] == 0:
                 continue
-            qid, starts = _by_list(part, len(self.rows))
-            for li, rows in enumerate(self.rows):
-                a, b = starts[li], starts[li + 1]
-                if a == b or len(rows) == 0:
-                    continue
-                top.gather_product(q, qid[a:b], top.pack(rows), len(rows), int(self.base[li]))
+            for li, qs in _probing(part, [len(r) for r in self.rows]):
+                rows = self.rows[li]
+                top.gather_product(q, qs, top.pack(rows), len(rows), int(self.base[li]))
         s, at = top.lists()
         i = self._ids(at)
         self.lib.tl_order(s.ctypes.data, i.ctypes.data, s.shape[0], s.shape[1])
@@ -292,16 +290,22 @@ def _by_list(probes: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order // probes.shape[1], starts
 
 
+def _probing(probes: np.ndarray, sizes: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield each list that holds rows and that queries probe: its number, and those queries."""
+    qid, starts = _by_list(probes, len(sizes))
+    for li, size in enumerate(sizes):
+        a, b = starts[li], starts[li + 1]
+        if a < b and size:
+            yield li, qid[a:b]
+
+
 def _list_scores(
     q: torch.Tensor, probes: np.ndarray, lists: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield, list by list, the queries probing it, its row ids, and their scores against it."""
-    qid, starts = _by_list(probes, len(lists))
-    for li, (ids, rows) in enumerate(lists):
-        a, b = starts[li], starts[li + 1]
-        if a == b or len(ids) == 0:
-            continue
-        qs = torch.from_numpy(qid[a:b])
+    for li, which in _probing(probes, [len(ids) for ids, _ in lists]):
+        ids, rows = lists[li]
+        qs = torch.from_numpy(which)
         yield qs, ids, torch.mm(q.index_select(0, qs), rows.T)
 
 

@@ -200,10 +200,10 @@ class NativeTopK:
 
         ``which``: int64 query numbers, each at most once; ``rows`` database
         rows (numbered ``d0 ...``) in ``packed``, laid out as :meth:`pack` lays
-        out queries. The product and the
-        merge in one compiled pass (:func:`fused_product` must be true), the
-        queries read in place and their lists updated in place: for many small
-        sets of rows, each met by its own subset of the queries.
+        out queries. The product and the merge in one compiled pass
+        (:func:`fused_product` must be true), the queries read in place and
+        their lists updated in place: for many small sets of rows, each met by
+        its own subset of the queries.
         """
         if self.k == 0 or rows == 0 or len(which) == 0:
             return
