@@ -78,6 +78,16 @@ def products_alone(q: np.ndarray, db: np.ndarray) -> None:
             job.result()
 
 
+def _wide_blocks(mib: float, q: np.ndarray, db: np.ndarray, k: int):
+    """``knn`` with a thread's score block above ``TILED_MAX_DIM`` set to ``mib`` MiB."""
+    default = bs.WIDE_SCORE_BYTES
+    bs.WIDE_SCORE_BYTES = int(mib * 2**20)
+    try:
+        return knn(q, db, k)
+    finally:
+        bs.WIDE_SCORE_BYTES = default
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-db", type=int, default=200_000)
@@ -90,6 +100,8 @@ def main() -> None:
     ap.add_argument("--gap-ms", type=float, default=50, help="idle time before each timed call")
     ap.add_argument("--block-sizes", type=int, nargs="*", default=[],
                     help="also knn with these fixed database blocks")  # fmt: skip
+    ap.add_argument("--wide-score-mib", type=float, nargs="*", default=[],
+                    help="also knn with these score blocks (MiB) above TILED_MAX_DIM")  # fmt: skip
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -100,6 +112,8 @@ def main() -> None:
     runs["knn (default blocks)"] = lambda: knn(q, db, args.k)
     for block in args.block_sizes:
         runs[f"knn, block {block}"] = lambda b=block: knn(q, db, args.k, block_size=b)
+    for mib in args.wide_score_mib:
+        runs[f"knn, wide score blocks {mib:g} MiB"] = lambda m=mib: _wide_blocks(m, q, db, args.k)
     runs["matrix products alone (no top-k)"] = lambda: products_alone(q, db)
     if not args.skip_torch:
         runs["knn torch (CPU)"] = lambda: knn(q, db, args.k, backend="torch")

@@ -166,7 +166,7 @@ with threadpoolctl.threadpool_limits(1):
         if fused_product():
             for d in (128, 256, 384, 512):
                 q, db = unit(500, d), unit(10_000, d)
-                rows = bs.CACHED_SCORE_BYTES // (4 * len(q)) // bs.CACHED_ROWS * bs.CACHED_ROWS
+                rows = bs._cached_bytes(d) // (4 * len(q)) // bs.CACHED_ROWS * bs.CACHED_ROWS
                 out = np.empty((rows, len(q)), np.float32)
 
                 def tiled(q=q, db=db):

@@ -351,6 +351,10 @@ static double dot64(const float *x, const float *y, int64_t d) {
     return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
+#ifndef RESCORE_AHEAD
+#define RESCORE_AHEAD 4
+#endif
+
 #ifdef TL_FUSED
 /* dot64 with the same eight partial sums (lanes of two 4-wide float64
    vectors), in the same order: a float32 x float32 product is exact in
@@ -373,14 +377,62 @@ __attribute__((target("avx2,fma"))) static double dot64_avx2(const float *x, con
     for (int u = 0; t < d; t++, u++) p[u] += (double)x[t] * (double)y[t];
     return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
+
+/* One query's float64 sums against up to four of its rows at a time, with
+   dot64's eight partial sums per pair in dot64's order, so each pair's
+   score has the same bits. yd: the query widened to float64 once (exact).
+   A pair's two four-wide sums wait on their own last multiply-add, so one
+   pair at a time runs at the multiply-add's latency; four pairs give eight
+   independent sums. Rows are fetched ahead as in tl_rescore. */
+__attribute__((target("avx2,fma"))) static void rescore_query_avx2(
+    const float *db, int64_t ld, const double *yd, const float *y, int64_t d,
+    const int64_t *ix, int64_t kk, const int64_t *ahead, int64_t n_ahead, float *out) {
+    for (int64_t b = 0; b < kk; b += 4) {
+        const float *x[4];
+        int64_t m = kk - b < 4 ? kk - b : 4, live = -1;
+        for (int64_t u = 0; u < m; u++)
+            if (ix[b + u] >= 0) live = ix[b + u];
+        for (int64_t u = 0; u < m && b + u + RESCORE_AHEAD < n_ahead; u++) {
+            int64_t next = ahead[b + u + RESCORE_AHEAD];
+            if (next < 0) continue;
+            const char *row = (const char *)(db + next * ld);
+            for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(row + off);
+        }
+        if (live < 0) { /* padding only */
+            for (int64_t u = 0; u < m; u++) out[b + u] = -INFINITY;
+            continue;
+        }
+        for (int64_t u = 0; u < 4; u++) /* padding and missing pairs read a live row */
+            x[u] = db + (u < m && ix[b + u] >= 0 ? ix[b + u] : live) * ld;
+        __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0,
+                e1 = a0;
+        int64_t t = 0;
+        for (; t + 8 <= d; t += 8) {
+            __m256d lo = _mm256_loadu_pd(yd + t), hi = _mm256_loadu_pd(yd + t + 4);
+            a0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[0] + t)), lo, a0);
+            a1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[0] + t + 4)), hi, a1);
+            b0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[1] + t)), lo, b0);
+            b1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[1] + t + 4)), hi, b1);
+            c0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[2] + t)), lo, c0);
+            c1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[2] + t + 4)), hi, c1);
+            e0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[3] + t)), lo, e0);
+            e1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x[3] + t + 4)), hi, e1);
+        }
+        __m256d sums[8] = {a0, a1, b0, b1, c0, c1, e0, e1};
+        for (int64_t u = 0; u < m; u++) {
+            double p[8];
+            _mm256_storeu_pd(p, sums[2 * u]);
+            _mm256_storeu_pd(p + 4, sums[2 * u + 1]);
+            for (int64_t v = 0, w = t; w < d; w++, v++) p[v] += (double)x[u][w] * (double)y[w];
+            double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+            out[b + u] = ix[b + u] < 0 ? -INFINITY : (float)s;
+        }
+    }
+}
 #endif
 
 /* 0: the re-score keeps to dot64 even where AVX2 runs (the tests compare the two). */
 int tl_wide_rescore = 1;
-
-#ifndef RESCORE_AHEAD
-#define RESCORE_AHEAD 4
-#endif
 
 /* out[a, b] = the float64 inner product of query a and database row
    idx[a, b], rounded to float32; -inf where idx < 0. Each pair's row is
@@ -390,7 +442,20 @@ void tl_rescore(const float *db, int64_t ld, const float *q, int64_t ldq, int64_
                 const int64_t *idx, int64_t n, int64_t kk, float *out) {
     double (*dot)(const float *, const float *, int64_t) = dot64;
 #ifdef TL_FUSED
-    if (tl_wide_rescore && tl_fused_ok()) dot = dot64_avx2;
+    if (tl_wide_rescore && tl_fused_ok()) {
+        double *yd = (double *)malloc((size_t)(d > 0 ? d : 1) * sizeof(double));
+        if (yd != NULL) {
+            for (int64_t a = 0; a < n; a++) {
+                const float *qa = q + a * ldq;
+                for (int64_t t = 0; t < d; t++) yd[t] = (double)qa[t];
+                rescore_query_avx2(db, ld, yd, qa, d, idx + a * kk, kk, idx + a * kk,
+                                   (n - a) * kk, out + a * kk);
+            }
+            free(yd);
+            return;
+        }
+        dot = dot64_avx2; /* no memory for the widened query: one pair at a time */
+    }
 #endif
     for (int64_t a = 0; a < n; a++) {
         const float *qa = q + a * ldq;

@@ -231,6 +231,14 @@ COLUMN_QUERIES = 64
 #: blocks of 2,048, 18.0 ms as one block (bench/README, session 11).
 CACHED_SCORE_BYTES = 2 * 2**20
 CACHED_ROWS = 512
+#: The same bound for queries of more than :data:`TILED_MAX_DIM` dimensions.
+#: A score there costs ``d`` multiply-adds, so the merge's read of it matters
+#: less than the product's speed, which smaller blocks cost (each product
+#: call packs its queries again). Two threads, whole ``knn``, seven shapes
+#: at d = 384-3,072, 11 paired rounds (bench/README, session 14): 8 MiB took
+#: 0.94-1.00x the time of 2 MiB (100,000 x 2,000 at d = 1,024, k = 1:
+#: 0.94x); 16 MiB was no faster than 8.
+WIDE_SCORE_BYTES = 8 * 2**20
 #: With the compiled kernels, a slice of at most this many queries (and no
 #: ``exclude_self``) is scored and merged in one pass over the database
 #: (:meth:`~trainleak._topk.NativeTopK.scan`), not by a matrix product. One
@@ -291,7 +299,7 @@ def _scan(
             return top.lists()
     columns = len(q) >= COLUMN_QUERIES
     if columns and isinstance(top, NativeTopK):  # a block's scores stay in cache for the merge
-        cached = CACHED_SCORE_BYTES // (4 * len(q)) // CACHED_ROWS * CACHED_ROWS
+        cached = _cached_bytes(q.shape[1]) // (4 * len(q)) // CACHED_ROWS * CACHED_ROWS
         block = min(block, max(CACHED_ROWS, cached))
     width = min(block, max(1, stop - start))
     buf = np.empty((width, len(q)) if columns else (len(q), width), np.float32)
@@ -306,6 +314,17 @@ def _scan(
             s[rows, cols] = -np.inf
             top.merge(s, d0)
     return top.lists()
+
+
+def _cached_bytes(dim: int) -> int:
+    """Bytes of a thread's (rows, queries) score block with the compiled merge, by query length.
+
+    Example:
+        >>> _cached_bytes(128) == CACHED_SCORE_BYTES, _cached_bytes(512) == WIDE_SCORE_BYTES
+        (True, True)
+
+    """
+    return CACHED_SCORE_BYTES if dim <= TILED_MAX_DIM else WIDE_SCORE_BYTES
 
 
 def _blocks(

@@ -368,14 +368,19 @@ def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
         np.testing.assert_allclose(s, np.take_along_axis(full, ref, 1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("d", [1, 7, 8, 9, 128, 515])
-def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d):
+@pytest.mark.parametrize(("d", "kk"), [(1, 18), (7, 18), (8, 18), (9, 18), (128, 18), (515, 18),
+                                       (9, 1), (515, 3), (40, 4), (40, 6)])  # fmt: skip
+def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d, kk):
     """The AVX2 re-score keeps dot64's eight partial sums in the same order; a float32 product
-    is exact in float64, so its fused multiply-add rounds as dot64's add: the same bits."""
-    rng = np.random.default_rng(d)
+    is exact in float64, so its fused multiply-add rounds as dot64's add: the same bits. It
+    sums four of a query's pairs at a time: lists of 1-6, padding among them, a list of
+    padding only, and a padded group whose first pair is padding check those groups."""
+    rng = np.random.default_rng(d * 100 + kk)
     db = (rng.standard_normal((2000, d)) * rng.uniform(0.1, 100)).astype(np.float32)
     q = rng.standard_normal((200, d)).astype(np.float32)
-    idx = rng.integers(-1, 2000, (200, 18)).astype(np.int64)  # -1: padding, -inf
+    idx = rng.integers(-1, 2000, (200, kk)).astype(np.int64)  # -1: padding, -inf
+    idx[::5, ::2] = -1
+    idx[3] = -1
     wide = ctypes.c_int.in_dll(tiled, "tl_wide_rescore")
     outs = []
     try:
