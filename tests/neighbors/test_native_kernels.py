@@ -86,6 +86,40 @@ def test_native_lists_equal_the_numpy_lists_after_every_block(lib, layout):
     assert sorted(got.lists()[1][9].tolist()) == list(range(k))
 
 
+@pytest.mark.parametrize(("n", "kk"), [(150, 12), (16, 1), (37, 70)])
+def test_avx512_merge_keeps_the_lists_and_bars_of_the_sse2_merge(lib, n, kk):
+    """Sixteen queries a compare where the processor has AVX-512: the same cells, in the same
+    order, as SSE2's eight; NaN and -inf never enter, ties keep the lowest rows, and a
+    query count that is not a multiple of 16 takes the scalar tail."""
+    if not lib.tl_avx512_ok():
+        pytest.skip("no AVX-512 here: the merge runs SSE2 only")
+    wide = ctypes.c_int.in_dll(lib, "tl_wide_merge")
+    rng = np.random.default_rng(n + kk)
+    blocks = []
+    for b in range(5):
+        st = np.round(rng.normal(size=(300, n)), 1).astype(np.float32) + 0.1 * b  # many ties
+        st[::7, ::3] = np.nan
+        st[5] = -np.inf
+        st[:, 2] = np.nan
+        blocks.append(st)
+    got = []
+    try:
+        for flag in (1, 0):
+            wide.value = flag
+            top = NativeTopK(n, kk, lib)
+            for b, st in enumerate(blocks):
+                top.merge_columns(st, b * 300)
+            got.append((top.lists(), top.kth.copy()))
+    finally:
+        wide.value = 1
+    (s1, i1), bar1 = got[0]
+    (s0, i0), bar0 = got[1]
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_array_equal(s1, s0)
+    np.testing.assert_array_equal(bar1, bar0)
+    assert (i1[2] == -1).all()  # an all-NaN query keeps nothing
+
+
 def test_strided_and_non_float32_blocks_merge_as_copies(lib):
     rng = np.random.default_rng(2)
     s = rng.normal(size=(20, 400))
@@ -346,17 +380,20 @@ def test_product_leaves_out_each_querys_own_row(tiled, self0, block):
     assert not (one.lists()[1] == own[:, None]).any()
 
 
-def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
+@pytest.mark.parametrize("avx512", [False, True])
+def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch, avx512):
     """The search takes the one-pass product for batches at d <= TILED_MAX_DIM and the BLAS
-    beyond, and both find the brute-force neighbours of real-valued rows."""
+    beyond, or the BLAS at every d where the processor has AVX-512 (a BLAS twice as wide);
+    each way it finds the brute-force neighbours of real-valued rows."""
     import trainleak.block_search as bs
 
+    monkeypatch.setattr(bs, "wide_blas", lambda: avx512)
     calls = []
     product = NativeTopK.product
     monkeypatch.setattr(NativeTopK, "product",
                         lambda self, *a: calls.append(1) or product(self, *a))  # fmt: skip
     rng = np.random.default_rng(9)
-    for dim, used in ((bs.TILED_MAX_DIM, True), (bs.TILED_MAX_DIM + 1, False)):
+    for dim, used in ((bs.TILED_MAX_DIM, not avx512), (bs.TILED_MAX_DIM + 1, False)):
         calls.clear()
         db = rng.normal(size=(2000, dim)).astype(np.float32)
         q = np.concatenate([db[:20] + 0.01, rng.normal(size=(30, dim))]).astype(np.float32)
