@@ -566,7 +566,7 @@ void tl_order(float *s, int64_t *idx, int64_t n, int64_t kk) {
    tl_fused_ok says whether this processor runs them. */
 
 #define FUSED_ROWS 6
-/* Rows of a first block scored into memory for the floor (a multiple of FUSED_ROWS). */
+/* Rows of a first block scored into memory for the floor (a multiple of FUSED_ROWS and WIDE_ROWS). */
 #ifndef FLOOR_ROWS
 #define FLOOR_ROWS 1020
 #endif
@@ -697,6 +697,102 @@ __attribute__((target("avx2,fma"))) static void tiles(
 #endif
 
 #ifdef TL_FUSED
+/* The same tiles in AVX-512 (tl_avx512_ok), WIDE_ROWS rows by one 16-lane
+   vector: twice FUSED_ROWS rows a panel load, so that the broadcasts and the
+   panel's loads stay under the two multiply-add units' pace. Every lane sums
+   its dimensions in the same order with fused multiply-adds, so a score has
+   the same bits as from the AVX2 tile. */
+#define WIDE_ROWS 12
+
+__attribute__((target("avx512f"))) static inline int tile_row512(
+    __m512 c, __m512 b, int64_t row, int64_t j0, int64_t self0, int exclude, float *hs,
+    int64_t *hx, int64_t kk, float *pb) {
+    unsigned m = _mm512_cmp_ps_mask(c, b, _CMP_GT_OQ);
+    if (!m) return 0;
+    float v[FUSED_LANES];
+    _mm512_storeu_ps(v, c);
+    while (m) {
+        int k = __builtin_ctz(m);
+        m &= m - 1;
+        int64_t j = j0 + k;
+        if (exclude && row == self0 + j) continue; /* a query's own row */
+        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[k], row, pb[j]);
+    }
+    return 1;
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void tile512(
+    const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
+    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
+    float *out, int64_t ldo) {
+    __m512 c[WIDE_ROWS];
+    for (int r = 0; r < WIDE_ROWS; r++) c[r] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < d; t++) {
+        __m512 b = _mm512_loadu_ps(p + t * FUSED_LANES);
+        for (int r = 0; r < WIDE_ROWS; r++)
+            c[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ld + t]), b, c[r]);
+    }
+    if (out != NULL) {
+        for (int64_t r = 0; r < nrows; r++) _mm512_storeu_ps(out + r * ldo, c[r]);
+        return;
+    }
+    __m512 b = _mm512_loadu_ps(pb + j0);
+    for (int r = 0; r < WIDE_ROWS; r++)
+        if (r < nrows && tile_row512(c[r], b, row0 + r, j0, self0, exclude, hs, hx, kk, pb))
+            b = _mm512_loadu_ps(pb + j0);
+}
+
+/* tile512 for two panels at once (p, then p + 16 * d): each row's value is
+   broadcast once for 32 queries, so the loads stay well under the
+   multiply-adds (2 + WIDE_ROWS loads to 2 * WIDE_ROWS multiply-adds). */
+__attribute__((target("avx512f"), always_inline)) static inline void tile512x2(
+    const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
+    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
+    float *out, int64_t ldo) {
+    const float *p2 = p + d * FUSED_LANES;
+    __m512 c[WIDE_ROWS], e[WIDE_ROWS];
+    for (int r = 0; r < WIDE_ROWS; r++) c[r] = e[r] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < d; t++) {
+        __m512 b = _mm512_loadu_ps(p + t * FUSED_LANES), b2 = _mm512_loadu_ps(p2 + t * FUSED_LANES);
+        for (int r = 0; r < WIDE_ROWS; r++) {
+            __m512 a = _mm512_set1_ps(x[r * ld + t]);
+            c[r] = _mm512_fmadd_ps(a, b, c[r]);
+            e[r] = _mm512_fmadd_ps(a, b2, e[r]);
+        }
+    }
+    if (out != NULL) {
+        for (int64_t r = 0; r < nrows; r++) {
+            _mm512_storeu_ps(out + r * ldo, c[r]);
+            _mm512_storeu_ps(out + r * ldo + FUSED_LANES, e[r]);
+        }
+        return;
+    }
+    __m512 b = _mm512_loadu_ps(pb + j0), b2 = _mm512_loadu_ps(pb + j0 + FUSED_LANES);
+    for (int r = 0; r < WIDE_ROWS; r++) {
+        if (r < nrows && tile_row512(c[r], b, row0 + r, j0, self0, exclude, hs, hx, kk, pb))
+            b = _mm512_loadu_ps(pb + j0);
+        if (r < nrows && tile_row512(e[r], b2, row0 + r, j0 + FUSED_LANES, self0, exclude, hs,
+                                     hx, kk, pb))
+            b2 = _mm512_loadu_ps(pb + j0 + FUSED_LANES);
+    }
+}
+
+__attribute__((target("avx512f"))) static void tiles512(
+    const float *x, int64_t ld, int64_t nrows, const float *packed, int64_t p0, int64_t p1,
+    int64_t d, int64_t row0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk,
+    float *pb, float *out, int64_t ldo) {
+    int64_t p = p0;
+    for (; p + 2 <= p1; p += 2)
+        tile512x2(x, ld, nrows, packed + p * d * FUSED_LANES, d, row0, p * FUSED_LANES, self0,
+                  exclude, hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
+    if (p < p1)
+        tile512(x, ld, nrows, packed + p * d * FUSED_LANES, d, row0, p * FUSED_LANES, self0,
+                exclude, hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
+}
+
+/* 0: the one-pass product keeps to its AVX2 tiles even where AVX-512 runs (tests, bench). */
+int tl_wide_product = 1;
+
 /* The FUSED_ROWS x 16 scores of contiguous rows x (stride d) against panel p, to out. */
 __attribute__((target("avx2,fma"))) static void gather_tile(const float *x, int64_t d,
                                                              const float *p, float *out) {
@@ -723,12 +819,17 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
 #ifdef TL_FUSED
     if (kk < 1 || R < 1 || Q < 1) return 0;
     if (!tl_fused_ok()) return -1;
+    int wide = tl_wide_product && tl_avx512_ok();
+    int64_t G = wide ? WIDE_ROWS : FUSED_ROWS; /* rows a tile */
+    void (*run)(const float *, int64_t, int64_t, const float *, int64_t, int64_t, int64_t,
+                int64_t, int64_t, int, float *, int64_t *, int64_t, float *, float *,
+                int64_t) = wide ? tiles512 : tiles;
     int64_t panels = (Q + FUSED_LANES - 1) / FUSED_LANES;
     int64_t per_pass = (pass_bytes > 0 ? pass_bytes : panel_bytes()) / (d * FUSED_LANES * 4);
     if (per_pass < 1) per_pass = 1;
     /* Bars padded to whole panels: +inf past Q, so padding lanes never push. */
     float *pb = (float *)malloc((size_t)(panels * FUSED_LANES) * sizeof(float));
-    float *spare = (float *)calloc((size_t)(FUSED_ROWS * d), sizeof(float));
+    float *spare = (float *)calloc((size_t)(WIDE_ROWS * d), sizeof(float));
     if (pb == NULL || spare == NULL) {
         free(pb);
         free(spare);
@@ -748,10 +849,10 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
             block = (float *)malloc((size_t)(FLOOR_ROWS * lanes) * sizeof(float));
         if (block != NULL) {
             first = FLOOR_ROWS;
-            for (int64_t r0 = 0; r0 < first; r0 += FUSED_ROWS) {
-                int64_t nrows = first - r0 < FUSED_ROWS ? first - r0 : FUSED_ROWS;
-                tiles(db + r0 * ld, ld, nrows, packed, p0, p1, d, base + r0, self0, 0, hs, hi, kk,
-                      pb, block + r0 * lanes, lanes);
+            for (int64_t r0 = 0; r0 < first; r0 += G) {
+                int64_t nrows = first - r0 < G ? first - r0 : G;
+                run(db + r0 * ld, ld, nrows, packed, p0, p1, d, base + r0, self0, 0, hs, hi, kk,
+                    pb, block + r0 * lanes, lanes);
             }
             if (exclude)
                 for (int64_t j = 0; j < nq; j++) {
@@ -762,17 +863,17 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
                              pb + j0);
             free(block);
         }
-        for (int64_t r0 = first; r0 < R; r0 += FUSED_ROWS) {
-            int64_t nrows = R - r0 < FUSED_ROWS ? R - r0 : FUSED_ROWS;
+        for (int64_t r0 = first; r0 < R; r0 += G) {
+            int64_t nrows = R - r0 < G ? R - r0 : G;
             const float *x = db + r0 * ld;
             int64_t stride = ld;
-            if (nrows < FUSED_ROWS) { /* the last rows, copied beside zero rows */
+            if (nrows < G) { /* the last rows, copied beside zero rows */
                 for (int64_t r = 0; r < nrows; r++) memcpy(spare + r * d, x + r * ld, d * 4);
                 x = spare;
                 stride = d;
             }
-            tiles(x, stride, nrows, packed, p0, p1, d, base + r0, self0, exclude != 0, hs, hi, kk,
-                  pb, NULL, 0);
+            run(x, stride, nrows, packed, p0, p1, d, base + r0, self0, exclude != 0, hs, hi, kk,
+                pb, NULL, 0);
         }
     }
     for (int64_t j = 0; j < Q; j++) bar[j] = pb[j];

@@ -92,26 +92,11 @@ def fused_product() -> bool:
 
     It needs the compiled kernels and a processor with AVX2 and FMA (x86-64
     only); elsewhere batches go through the BLAS and the compiled merge.
+    Where the processor also has AVX-512, its tiles are sixteen lanes wide
+    (the same scores, to the bit).
     """
     lib = _load()
     return lib is not None and bool(lib.tl_fused_ok())
-
-
-@functools.lru_cache(maxsize=1)
-def wide_blas() -> bool:
-    """Whether the processor has AVX-512, so that the BLAS multiplies sixteen floats at a time.
-
-    The one-pass product (:meth:`NativeTopK.product`) multiplies eight at a
-    time (AVX2). It matched OpenBLAS's AVX2 product on an AMD Zen 3 core;
-    beside an AVX-512 BLAS it is half as wide. On an Intel Xeon with AVX-512
-    (session 14), 2,000 queries x 100,000 rows at d = 128, two threads, took
-    1.04x faiss's time with the one pass and 0.78x with the BLAS and the
-    compiled merge (bench/README). Where this is true the search multiplies
-    in the BLAS at every d. An AMD Zen 4 runs AVX-512 in two halves; no such
-    processor was at hand to measure, and it is treated as AVX-512.
-    """
-    lib = _load()
-    return lib is not None and bool(lib.tl_avx512_ok())
 
 
 def native() -> ctypes.CDLL | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from trainleak._optional import require
-from trainleak._topk import NativeTopK, fused_product, merge_lists, running_topk, wide_blas
+from trainleak._topk import NativeTopK, fused_product, merge_lists, running_topk
 from trainleak.device import cpu_threads, one_blas_thread, search_pool
 
 if TYPE_CHECKING:
@@ -260,8 +260,11 @@ FUSED_QUERIES = 2
 #: d = 512; with passes sized to the L2 cache 0.84x, 0.96x, 0.91x and 1.06x.
 #: Its tiles hold 16 queries: 12 queries x 100,000 rows took 1.05x the
 #: BLAS's time, 8 took 1.18x, 16 took 0.76x (bench/bench_search_kernels.py,
-#: section 6; bench/README, session 12). Not on a processor with AVX-512
-#: (:func:`~trainleak._topk.wide_blas`), whose BLAS is twice as wide.
+#: section 6; bench/README, session 12). Where the processor has AVX-512,
+#: the kernel's tiles are sixteen lanes wide, as the BLAS's are there:
+#: two threads, whole ``knn`` on an Intel Xeon (session 14), 0.67-0.92x
+#: faiss's time at d = 128 and 256 (the BLAS and the merge 0.76-0.94x), but
+#: 0.98-1.02x at d = 512 (the BLAS 0.94-0.97x).
 TILED_MAX_DIM = 256
 TILED_MIN_QUERIES = 16
 #: Searches of fewer multiply-adds run on one thread: a pool and the BLAS
@@ -293,12 +296,7 @@ def _scan(
             for d0, part in _blocks(db, start, stop, block):  # one pass, no product
                 top.scan(part, rows, d0)
             return top.lists()
-        if (
-            len(q) >= TILED_MIN_QUERIES
-            and q.shape[1] <= TILED_MAX_DIM
-            and fused_product()
-            and not wide_blas()
-        ):
+        if len(q) >= TILED_MIN_QUERIES and q.shape[1] <= TILED_MAX_DIM and fused_product():
             packed = top.pack(q)  # the product and the merge in one pass, no score block
             for d0, part in _blocks(db, start, stop, block):
                 top.product(part, packed, d0, q0)

@@ -53,10 +53,10 @@ def threads(request, monkeypatch):
     """Thread every search, on 3 threads whatever the machine (an uneven split).
 
     Each test runs three times: by the compiled kernels (the product and the
-    merge in one pass where the processor has AVX2 and FMA, AVX-512 or not),
-    by the compiled merge after a BLAS product (``TILED_MAX_DIM = 0``, what
-    other processors and those with AVX-512 run), and by numpy
-    (``TRAINLEAK_NATIVE=0``, what an install without a C compiler runs).
+    merge in one pass where the processor has AVX2 and FMA), by the compiled
+    merge after a BLAS product (``TILED_MAX_DIM = 0``, what other
+    processors run), and by numpy (``TRAINLEAK_NATIVE=0``, what an install
+    without a C compiler runs).
     """
     monkeypatch.setattr(bs, "THREAD_ABOVE_MACS", 0)
     monkeypatch.setattr(bs, "cpu_threads", lambda: 3)
@@ -64,8 +64,6 @@ def threads(request, monkeypatch):
         monkeypatch.setenv(NATIVE_ENV, "0")
     else:
         assert native() is not None, "the compiled kernels are not built"
-    if request.param == "native":
-        monkeypatch.setattr(bs, "wide_blas", lambda: False)
     if request.param == "native merge":
         monkeypatch.setattr(bs, "TILED_MAX_DIM", 0)
 

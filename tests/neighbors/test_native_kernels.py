@@ -287,11 +287,43 @@ def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, d
     assert list(i[1, :4]) == [11, 900, 901, 902]
 
 
-@pytest.fixture
-def tiled(lib):
+@pytest.fixture(params=["avx2 tiles", "avx-512 tiles"])
+def tiled(lib, request):
+    """The one-pass kernels, with the product's AVX2 tiles or (where the processor has it)
+    its AVX-512 tiles."""
     if not fused_product():
         pytest.skip("this processor has no AVX2 and FMA: the search uses the BLAS and the merge")
-    return lib
+    wide = request.param == "avx-512 tiles"
+    if wide and not lib.tl_avx512_ok():
+        pytest.skip("this processor has no AVX-512: the product runs its AVX2 tiles")
+    flag = ctypes.c_int.in_dll(lib, "tl_wide_product")
+    flag.value = int(wide)
+    yield lib
+    flag.value = 1
+
+
+def test_avx512_product_tiles_give_the_avx2_tiles_bits(lib):
+    """Each lane sums its dimensions in the same order with fused multiply-adds in both tile
+    widths: real-valued rows keep the same cells with the same float32 scores."""
+    if not (fused_product() and lib.tl_avx512_ok()):
+        pytest.skip("needs AVX2 and AVX-512")
+    rng = np.random.default_rng(12)
+    q = rng.normal(size=(45, 77)).astype(np.float32)
+    db = rng.normal(size=(2500, 77)).astype(np.float32)
+    flag = ctypes.c_int.in_dll(lib, "tl_wide_product")
+    got = []
+    try:
+        for wide in (1, 0):
+            flag.value = wide
+            top = NativeTopK(len(q), 9, lib)
+            packed = top.pack(q)
+            for d0 in range(0, len(db), 1100):
+                top.product(db[d0 : d0 + 1100], packed, d0, None)
+            got.append(top.lists())
+    finally:
+        flag.value = 1
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    np.testing.assert_array_equal(got[0][0].view(np.int32), got[1][0].view(np.int32))
 
 
 @pytest.mark.parametrize(
@@ -380,20 +412,17 @@ def test_product_leaves_out_each_querys_own_row(tiled, self0, block):
     assert not (one.lists()[1] == own[:, None]).any()
 
 
-@pytest.mark.parametrize("avx512", [False, True])
-def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch, avx512):
+def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
     """The search takes the one-pass product for batches at d <= TILED_MAX_DIM and the BLAS
-    beyond, or the BLAS at every d where the processor has AVX-512 (a BLAS twice as wide);
-    each way it finds the brute-force neighbours of real-valued rows."""
+    beyond, and both find the brute-force neighbours of real-valued rows."""
     import trainleak.block_search as bs
 
-    monkeypatch.setattr(bs, "wide_blas", lambda: avx512)
     calls = []
     product = NativeTopK.product
     monkeypatch.setattr(NativeTopK, "product",
                         lambda self, *a: calls.append(1) or product(self, *a))  # fmt: skip
     rng = np.random.default_rng(9)
-    for dim, used in ((bs.TILED_MAX_DIM, not avx512), (bs.TILED_MAX_DIM + 1, False)):
+    for dim, used in ((bs.TILED_MAX_DIM, True), (bs.TILED_MAX_DIM + 1, False)):
         calls.clear()
         db = rng.normal(size=(2000, dim)).astype(np.float32)
         q = np.concatenate([db[:20] + 0.01, rng.normal(size=(30, dim))]).astype(np.float32)
