@@ -887,14 +887,62 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
 #endif
 }
 
+#ifdef TL_FUSED
+/* Bit c set where v[c] > bar (ordered: NaN never), for the 16 scores v. */
+__attribute__((target("avx512f"))) static unsigned lanes_above512(const float *v, float bar) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v), _mm512_set1_ps(bar), _CMP_GT_OQ);
+}
+
+/* tl_gather_product_merge in AVX-512 tiles: WIDE_ROWS queries against two
+   panels (32 database rows) at a time. rows: WIDE_ROWS * d floats. */
+__attribute__((target("avx512f"))) static void gather_product_merge512(
+    const float *q, int64_t ldq, const int64_t *qmap, int64_t Q, const float *packed, int64_t R,
+    int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk, float *bar, float *rows) {
+    int64_t panels = (R + FUSED_LANES - 1) / FUSED_LANES;
+    float out[WIDE_ROWS * 2 * FUSED_LANES];
+    for (int64_t g = 0; g < Q; g += WIDE_ROWS) {
+        int64_t nrows = Q - g < WIDE_ROWS ? Q - g : WIDE_ROWS;
+        for (int64_t r = 0; r < nrows; r++) memcpy(rows + r * d, q + qmap[g + r] * ldq, d * 4);
+        for (int64_t p = 0; p < panels; p += 2) {
+            const float *pp = packed + p * d * FUSED_LANES;
+            int two = p + 1 < panels;
+            if (two)
+                tile512x2(rows, d, WIDE_ROWS, pp, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out,
+                          2 * FUSED_LANES);
+            else
+                tile512(rows, d, WIDE_ROWS, pp, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out,
+                        2 * FUSED_LANES);
+            int64_t lanes = R - p * FUSED_LANES < 2 * FUSED_LANES ? R - p * FUSED_LANES
+                                                                 : 2 * FUSED_LANES;
+            uint64_t live = lanes == 64 ? ~0ull : (1ull << lanes) - 1;
+            for (int64_t r = 0; r < nrows; r++) {
+                int64_t j = qmap[g + r];
+                const float *v = out + r * 2 * FUSED_LANES;
+                uint64_t m = lanes_above512(v, bar[j]);
+                if (two) m |= (uint64_t)lanes_above512(v + FUSED_LANES, bar[j]) << FUSED_LANES;
+                m &= live;
+                while (m) {
+                    int c = __builtin_ctzll(m);
+                    m &= m - 1;
+                    if (v[c] > bar[j]) /* the bar may have moved */
+                        bar[j] = push(hs + j * kk, hi + j * kk, kk, v[c],
+                                      base + p * FUSED_LANES + c, bar[j]);
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* Score the Q queries picked by qmap (query j is row qmap[j] of q, stride
    ldq; its list is hs + qmap[j] * kk, its bar bar[qmap[j]]) against R
    database rows packed as tl_pack_queries packs queries (row r has id
    base + r), and merge them into the picked lists. For many small sets of
    rows, each met by a different subset of the queries (the inverted lists
    of an approximate index): the lists stay in place, the queries are read
-   six at a time from where they are, and only the rows are packed. Returns
-   0, or -1 where the processor or memory does not allow it. */
+   six at a time (twelve in AVX-512) from where they are, and only the rows
+   are packed. Returns 0, or -1 where the processor or memory does not
+   allow it. */
 int tl_gather_product_merge(const float *q, int64_t ldq, const int64_t *qmap, int64_t Q,
                             const float *packed, int64_t R, int64_t d, int64_t base, float *hs,
                             int64_t *hi, int64_t kk, float *bar) {
@@ -902,8 +950,13 @@ int tl_gather_product_merge(const float *q, int64_t ldq, const int64_t *qmap, in
     if (kk < 1 || R < 1 || Q < 1) return 0;
     if (!tl_fused_ok()) return -1;
     int64_t panels = (R + FUSED_LANES - 1) / FUSED_LANES;
-    float *rows = (float *)calloc((size_t)(FUSED_ROWS * d), sizeof(float));
+    float *rows = (float *)calloc((size_t)(WIDE_ROWS * d), sizeof(float));
     if (rows == NULL) return -1;
+    if (tl_wide_product && tl_avx512_ok()) {
+        gather_product_merge512(q, ldq, qmap, Q, packed, R, d, base, hs, hi, kk, bar, rows);
+        free(rows);
+        return 0;
+    }
     float out[FUSED_ROWS * FUSED_LANES];
     for (int64_t g = 0; g < Q; g += FUSED_ROWS) {
         int64_t nrows = Q - g < FUSED_ROWS ? Q - g : FUSED_ROWS;
