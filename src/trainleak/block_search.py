@@ -235,7 +235,8 @@ CACHED_ROWS = 512
 #: A score there costs ``d`` multiply-adds, so the merge's read of it matters
 #: less than the product's speed, which smaller blocks cost (each product
 #: call packs its queries again). Two threads, whole ``knn``, seven shapes
-#: at d = 384-3,072, 11 paired rounds (bench/README, session 14): 8 MiB took
+#: at d = 384-3,072, 11 paired rounds on an Intel Xeon with a 2 MiB L2 a
+#: core (bench/README, session 14; not measured on a smaller L2): 8 MiB took
 #: 0.94-1.00x the time of 2 MiB (100,000 x 2,000 at d = 1,024, k = 1:
 #: 0.94x); 16 MiB was no faster than 8.
 WIDE_SCORE_BYTES = 8 * 2**20
@@ -263,7 +264,7 @@ FUSED_QUERIES = 2
 #: section 6; bench/README, session 12). Where the processor has AVX-512,
 #: the kernel's tiles are sixteen lanes wide, as the BLAS's are there:
 #: two threads, whole ``knn`` on an Intel Xeon (session 14), 0.67-0.92x
-#: faiss's time at d = 128 and 256 (the BLAS and the merge 0.76-0.94x), but
+#: faiss's time at d = 128 and 256 (the BLAS and the merge 0.76-0.98x), but
 #: 0.98-1.02x at d = 512 (the BLAS 0.94-0.97x).
 TILED_MAX_DIM = 256
 TILED_MIN_QUERIES = 16
