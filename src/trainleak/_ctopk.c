@@ -610,6 +610,33 @@ void tl_pack_queries(const float *q, int64_t ldq, int64_t Q, int64_t d, float *o
 }
 
 #ifdef TL_FUSED
+/* Push the scores v[c] of database row `row` whose bits c are set in m into
+   the lists of queries j0 + c (and their bars), skipping a query's own row. */
+static inline __attribute__((always_inline)) void push_lanes(
+    unsigned m, const float *v, int64_t row, int64_t j0, int64_t self0, int exclude, float *hs,
+    int64_t *hx, int64_t kk, float *pb) {
+    while (m) {
+        int c = __builtin_ctz(m);
+        m &= m - 1;
+        int64_t j = j0 + c;
+        if (exclude && row == self0 + j) continue; /* a query's own row */
+        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[c], row, pb[j]);
+    }
+}
+
+/* Push the scores v[c] (database rows id0 + c) whose bits are set in m into
+   one query's list, each only if it still beats the query's bar: the bar
+   may have moved since the bits were set. */
+static inline __attribute__((always_inline)) void push_above(uint64_t m, const float *v,
+                                                             int64_t id0, float *h, int64_t *x,
+                                                             int64_t kk, float *bar) {
+    while (m) {
+        int c = __builtin_ctzll(m);
+        m &= m - 1;
+        if (v[c] > *bar) *bar = push(h, x, kk, v[c], id0 + c, *bar);
+    }
+}
+
 /* Merge one tile row: the 16 scores (lo, hi) of database row `row` for the
    queries j0 .. j0 + 15 of a panel. Returns whether a bar moved. */
 __attribute__((target("avx2,fma"))) static inline int tile_row(
@@ -621,13 +648,7 @@ __attribute__((target("avx2,fma"))) static inline int tile_row(
     float v[FUSED_LANES];
     _mm256_storeu_ps(v, lo);
     _mm256_storeu_ps(v + 8, hi);
-    while (m) {
-        int c = __builtin_ctz(m);
-        m &= m - 1;
-        int64_t j = j0 + c;
-        if (exclude && row == self0 + j) continue; /* a query's own row */
-        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[c], row, pb[j]);
-    }
+    push_lanes((unsigned)m, v, row, j0, self0, exclude, hs, hx, kk, pb);
     return 1;
 }
 
@@ -711,13 +732,7 @@ __attribute__((target("avx512f"))) static inline int tile_row512(
     if (!m) return 0;
     float v[FUSED_LANES];
     _mm512_storeu_ps(v, c);
-    while (m) {
-        int k = __builtin_ctz(m);
-        m &= m - 1;
-        int64_t j = j0 + k;
-        if (exclude && row == self0 + j) continue; /* a query's own row */
-        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[k], row, pb[j]);
-    }
+    push_lanes(m, v, row, j0, self0, exclude, hs, hx, kk, pb);
     return 1;
 }
 
@@ -920,14 +935,8 @@ __attribute__((target("avx512f"))) static void gather_product_merge512(
                 const float *v = out + r * 2 * FUSED_LANES;
                 uint64_t m = lanes_above512(v, bar[j]);
                 if (two) m |= (uint64_t)lanes_above512(v + FUSED_LANES, bar[j]) << FUSED_LANES;
-                m &= live;
-                while (m) {
-                    int c = __builtin_ctzll(m);
-                    m &= m - 1;
-                    if (v[c] > bar[j]) /* the bar may have moved */
-                        bar[j] = push(hs + j * kk, hi + j * kk, kk, v[c],
-                                      base + p * FUSED_LANES + c, bar[j]);
-                }
+                push_above(m & live, v, base + p * FUSED_LANES, hs + j * kk, hi + j * kk, kk,
+                           bar + j);
             }
         }
     }
@@ -967,14 +976,8 @@ int tl_gather_product_merge(const float *q, int64_t ldq, const int64_t *qmap, in
             for (int64_t r = 0; r < nrows; r++) {
                 int64_t j = qmap[g + r];
                 const float *v = out + r * FUSED_LANES;
-                int m = lanes_above(v, bar[j]) & (int)((1u << lanes) - 1);
-                while (m) {
-                    int c = __builtin_ctz(m);
-                    m &= m - 1;
-                    if (v[c] > bar[j]) /* the bar may have moved */
-                        bar[j] = push(hs + j * kk, hi + j * kk, kk, v[c],
-                                      base + p * FUSED_LANES + c, bar[j]);
-                }
+                uint64_t m = (unsigned)lanes_above(v, bar[j]) & ((1u << lanes) - 1);
+                push_above(m, v, base + p * FUSED_LANES, hs + j * kk, hi + j * kk, kk, bar + j);
             }
         }
     }
