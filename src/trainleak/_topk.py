@@ -30,6 +30,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 
@@ -63,6 +64,21 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(spec.origin)
     except OSError:
         return None
+    try:
+        return _bind(lib)
+    except AttributeError as err:  # a build left from another version of this file
+        warnings.warn(
+            f"the compiled search kernels at {spec.origin} are from another version of "
+            f"trainleak ({err}); the search merges with numpy until they are rebuilt: "
+            "pip install --force-reinstall --no-deps trainleak (or pip install -e . in a checkout)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernels' signatures; AttributeError where one is missing."""
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.tl_merge_columns.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]
     lib.tl_merge_rows.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr]

@@ -171,6 +171,38 @@ def test_order_equals_the_numpy_order_with_ties_padding_and_nan(lib, monkeypatch
     np.testing.assert_array_equal(got[0], ref[0])
 
 
+def test_kernels_from_another_version_warn_and_the_search_merges_with_numpy(monkeypatch):
+    """A shared library without this version's kernels (a build left from an older checkout):
+    a warning that says how to rebuild, and the numpy merge finds the same rows."""
+    import importlib.util
+    import types
+
+    import trainleak._topk as tk
+
+    rng = np.random.default_rng(13)
+    q, db = rng.normal(size=(40, 24)).astype(np.float32), rng.normal(size=(900, 24)).astype(
+        np.float32)  # fmt: skip
+    want = nb.knn(q, db, 4)
+    # Not a library of kernels: numpy's own C extension stands in for the old build.
+    stale = str(next(Path(np.__file__).parent.glob("*/_multiarray_umath*.so")))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace(
+        origin=stale) if name == "trainleak._ctopk" else find_spec(name, *a))  # fmt: skip
+    for cached in (tk._load, tk.fused_product):
+        cached.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="another version of trainleak.*pip install"):
+            assert tk.native() is None
+        assert isinstance(running_topk(3, 2), RunningTopK) and not tk.fused_product()
+        got = nb.knn(q, db, 4)
+    finally:
+        monkeypatch.undo()
+        for cached in (tk._load, tk.fused_product):
+            cached.cache_clear()
+    np.testing.assert_array_equal(got[1], want[1])
+    assert tk.native() is not None  # the real build again
+
+
 def test_a_search_without_the_kernels_finds_the_same_rows_in_a_new_process(tmp_path):
     rng = np.random.default_rng(4)
     q = rng.normal(size=(300, 64)).astype(np.float32)
