@@ -126,6 +126,20 @@ static inline __attribute__((always_inline)) float push(float *hs, int64_t *hi, 
     return fmaxf(bar, hs[0]);
 }
 
+/* Push the scores v[c] of database row `row` whose bits c are set in m into
+   the lists of queries j0 + c (and their bars), skipping a query's own row. */
+static inline __attribute__((always_inline)) void push_lanes(
+    unsigned m, const float *v, int64_t row, int64_t j0, int64_t self0, int exclude, float *hs,
+    int64_t *hx, int64_t kk, float *pb) {
+    while (m) {
+        int c = __builtin_ctz(m);
+        m &= m - 1;
+        int64_t j = j0 + c;
+        if (exclude && row == self0 + j) continue; /* a query's own row */
+        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[c], row, pb[j]);
+    }
+}
+
 /* Groups of rows per list entry in a first block's floor, and the longest
    list that takes one (the floor sorts FLOOR_GROUPS * kk maxima a query). */
 #define FLOOR_GROUPS 2
@@ -174,28 +188,19 @@ static void floor_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int6
 }
 
 #ifdef TL_FUSED
-/* tl_merge_columns's rows, sixteen queries at a time: an ordered compare is
-   false for NaN, as SSE2's is, so the same cells are pushed in the same order. */
-__attribute__((target("avx512f"))) static void merge_columns_avx512(
-    const float *S, int64_t R, int64_t Q, int64_t ld, int64_t base, float *hs, int64_t *hi,
-    int64_t kk, float *bar) {
-    for (int64_t r = 0; r < R; r++) {
-        const float *row = S + r * ld;
-        int64_t j = 0;
-        for (; j + 16 <= Q; j += 16) {
-            unsigned m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + j), _mm512_loadu_ps(bar + j),
-                                            _CMP_GT_OQ);
-            while (m) {
-                int64_t q = j + __builtin_ctz(m);
-                m &= m - 1;
-                bar[q] = push(hs + q * kk, hi + q * kk, kk, row[q], base + r, bar[q]);
-            }
-        }
-        for (; j < Q; j++) {
-            if (row[j] > bar[j])
-                bar[j] = push(hs + j * kk, hi + j * kk, kk, row[j], base + r, bar[j]);
-        }
+/* One row of tl_merge_columns's block, sixteen queries at a time: returns
+   the first query left (a multiple of 16). An ordered compare is false for
+   NaN, as SSE2's is, so the same cells are pushed in the same order. */
+__attribute__((target("avx512f"))) static int64_t merge_row16(const float *row, int64_t Q,
+                                                              int64_t id, float *hs, int64_t *hi,
+                                                              int64_t kk, float *bar) {
+    int64_t j = 0;
+    for (; j + 16 <= Q; j += 16) {
+        unsigned m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + j), _mm512_loadu_ps(bar + j),
+                                        _CMP_GT_OQ);
+        push_lanes(m, row + j, id, j, 0, 0, hs, hi, kk, bar);
     }
+    return j;
 }
 #endif
 
@@ -210,24 +215,20 @@ void tl_merge_columns(const float *S, int64_t R, int64_t Q, int64_t ld, int64_t 
     if (kk < 1) return;
     if (kk <= FLOOR_MAX_KK && R >= FLOOR_GROUPS * kk) floor_columns(S, R, Q, ld, kk, hs, bar);
 #ifdef TL_FUSED
-    if (tl_wide_merge && tl_avx512_ok()) {
-        merge_columns_avx512(S, R, Q, ld, base, hs, hi, kk, bar);
-        return;
-    }
+    int wide = tl_wide_merge && tl_avx512_ok();
 #endif
     for (int64_t r = 0; r < R; r++) {
         const float *row = S + r * ld;
         int64_t j = 0;
+#ifdef TL_FUSED
+        if (wide) j = merge_row16(row, Q, base + r, hs, hi, kk, bar);
+#endif
 #if defined(__SSE2__)
         for (; j + 8 <= Q; j += 8) {
             __m128 a = _mm_cmpgt_ps(_mm_loadu_ps(row + j), _mm_loadu_ps(bar + j));
             __m128 b = _mm_cmpgt_ps(_mm_loadu_ps(row + j + 4), _mm_loadu_ps(bar + j + 4));
             int m = _mm_movemask_ps(a) | (_mm_movemask_ps(b) << 4);
-            while (m) {
-                int64_t q = j + __builtin_ctz(m);
-                m &= m - 1;
-                bar[q] = push(hs + q * kk, hi + q * kk, kk, row[q], base + r, bar[q]);
-            }
+            push_lanes((unsigned)m, row + j, base + r, j, 0, 0, hs, hi, kk, bar);
         }
 #endif
         for (; j < Q; j++) {
@@ -366,6 +367,14 @@ void tl_scan_rows(const float *db, int64_t ld, int64_t R, const float *q, int64_
     }
 }
 
+/* The end of every float64 sum below: dimensions t .. d - 1 (fewer than
+   eight) added to partial sums 0, 1, ..., then the eight sums added pairwise. */
+static inline __attribute__((always_inline)) double fold64(double *p, const float *x,
+                                                           const float *y, int64_t t, int64_t d) {
+    for (int u = 0; t < d; t++, u++) p[u] += (double)x[t] * (double)y[t];
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
 /* The float64 inner product of two float32 rows of length d: eight partial
    sums (dimension t goes to sum t % 8; each product of two float32 values is
    exact in float64), added pairwise at the end. Every pair is summed in this
@@ -394,8 +403,7 @@ static double dot64(const float *x, const float *y, int64_t d) {
     for (; t + 8 <= d; t += 8)
         for (int u = 0; u < 8; u++) p[u] += (double)x[t + u] * (double)y[t + u];
 #endif
-    for (int u = 0; t < d; t++, u++) p[u] += (double)x[t] * (double)y[t];
-    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    return fold64(p, x, y, t, d);
 }
 
 #ifndef RESCORE_AHEAD
@@ -421,8 +429,7 @@ __attribute__((target("avx2,fma"))) static double dot64_avx2(const float *x, con
     double p[8];
     _mm256_storeu_pd(p, s0);
     _mm256_storeu_pd(p + 4, s1);
-    for (int u = 0; t < d; t++, u++) p[u] += (double)x[t] * (double)y[t];
-    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    return fold64(p, x, y, t, d);
 }
 
 /* One query's float64 sums against up to four of its rows at a time, with
@@ -430,17 +437,19 @@ __attribute__((target("avx2,fma"))) static double dot64_avx2(const float *x, con
    score has the same bits. yd: the query widened to float64 once (exact).
    A pair's two four-wide sums wait on their own last multiply-add, so one
    pair at a time runs at the multiply-add's latency; four pairs give eight
-   independent sums. Rows are fetched ahead as in tl_rescore. */
+   independent sums. Rows are fetched RESCORE_AHEAD pairs ahead, as in
+   tl_rescore: ix holds n_ahead pairs from this query's on (the next
+   queries' come after its kk). */
 __attribute__((target("avx2,fma"))) static void rescore_query_avx2(
     const float *db, int64_t ld, const double *yd, const float *y, int64_t d,
-    const int64_t *ix, int64_t kk, const int64_t *ahead, int64_t n_ahead, float *out) {
+    const int64_t *ix, int64_t kk, int64_t n_ahead, float *out) {
     for (int64_t b = 0; b < kk; b += 4) {
         const float *x[4];
         int64_t m = kk - b < 4 ? kk - b : 4, live = -1;
         for (int64_t u = 0; u < m; u++)
             if (ix[b + u] >= 0) live = ix[b + u];
         for (int64_t u = 0; u < m && b + u + RESCORE_AHEAD < n_ahead; u++) {
-            int64_t next = ahead[b + u + RESCORE_AHEAD];
+            int64_t next = ix[b + u + RESCORE_AHEAD];
             if (next < 0) continue;
             const char *row = (const char *)(db + next * ld);
             for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(row + off);
@@ -470,9 +479,7 @@ __attribute__((target("avx2,fma"))) static void rescore_query_avx2(
             double p[8];
             _mm256_storeu_pd(p, sums[2 * u]);
             _mm256_storeu_pd(p + 4, sums[2 * u + 1]);
-            for (int64_t v = 0, w = t; w < d; w++, v++) p[v] += (double)x[u][w] * (double)y[w];
-            double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-            out[b + u] = ix[b + u] < 0 ? -INFINITY : (float)s;
+            out[b + u] = ix[b + u] < 0 ? -INFINITY : (float)fold64(p, x[u], y, t, d);
         }
     }
 }
@@ -495,8 +502,8 @@ void tl_rescore(const float *db, int64_t ld, const float *q, int64_t ldq, int64_
             for (int64_t a = 0; a < n; a++) {
                 const float *qa = q + a * ldq;
                 for (int64_t t = 0; t < d; t++) yd[t] = (double)qa[t];
-                rescore_query_avx2(db, ld, yd, qa, d, idx + a * kk, kk, idx + a * kk,
-                                   (n - a) * kk, out + a * kk);
+                rescore_query_avx2(db, ld, yd, qa, d, idx + a * kk, kk, (n - a) * kk,
+                                   out + a * kk);
             }
             free(yd);
             return;
@@ -610,20 +617,6 @@ void tl_pack_queries(const float *q, int64_t ldq, int64_t Q, int64_t d, float *o
 }
 
 #ifdef TL_FUSED
-/* Push the scores v[c] of database row `row` whose bits c are set in m into
-   the lists of queries j0 + c (and their bars), skipping a query's own row. */
-static inline __attribute__((always_inline)) void push_lanes(
-    unsigned m, const float *v, int64_t row, int64_t j0, int64_t self0, int exclude, float *hs,
-    int64_t *hx, int64_t kk, float *pb) {
-    while (m) {
-        int c = __builtin_ctz(m);
-        m &= m - 1;
-        int64_t j = j0 + c;
-        if (exclude && row == self0 + j) continue; /* a query's own row */
-        pb[j] = push(hs + j * kk, hx + j * kk, kk, v[c], row, pb[j]);
-    }
-}
-
 /* Push the scores v[c] (database rows id0 + c) whose bits are set in m into
    one query's list, each only if it still beats the query's bar: the bar
    may have moved since the bits were set. */
