@@ -711,13 +711,13 @@ __attribute__((target("avx2,fma"))) static void tiles(
 #endif
 
 #ifdef TL_FUSED
-/* The same tiles in AVX-512 (tl_avx512_ok), WIDE_ROWS rows by one 16-lane
-   vector: twice FUSED_ROWS rows a panel load, so that the broadcasts and the
-   panel's loads stay under the two multiply-add units' pace. Every lane sums
-   its dimensions in the same order with fused multiply-adds, so a score has
-   the same bits as from the AVX2 tile. */
+/* The same tiles in AVX-512 (tl_avx512_ok): WIDE_ROWS rows by one or two
+   16-lane panels (tile512). Every lane sums its dimensions in the same
+   order with fused multiply-adds, so a score has the same bits as from the
+   AVX2 tile. */
 #define WIDE_ROWS 12
 
+/* tile_row for one 16-lane vector of scores c against the bars b. */
 __attribute__((target("avx512f"))) static inline int tile_row512(
     __m512 c, __m512 b, int64_t row, int64_t j0, int64_t self0, int exclude, float *hs,
     int64_t *hx, int64_t kk, float *pb) {
@@ -729,58 +729,43 @@ __attribute__((target("avx512f"))) static inline int tile_row512(
     return 1;
 }
 
-__attribute__((target("avx512f"), always_inline)) static inline void tile512(
-    const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
-    int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
-    float *out, int64_t ldo) {
-    __m512 c[WIDE_ROWS];
-    for (int r = 0; r < WIDE_ROWS; r++) c[r] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < d; t++) {
-        __m512 b = _mm512_loadu_ps(p + t * FUSED_LANES);
-        for (int r = 0; r < WIDE_ROWS; r++)
-            c[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ld + t]), b, c[r]);
-    }
-    if (out != NULL) {
-        for (int64_t r = 0; r < nrows; r++) _mm512_storeu_ps(out + r * ldo, c[r]);
-        return;
-    }
-    __m512 b = _mm512_loadu_ps(pb + j0);
-    for (int r = 0; r < WIDE_ROWS; r++)
-        if (r < nrows && tile_row512(c[r], b, row0 + r, j0, self0, exclude, hs, hx, kk, pb))
-            b = _mm512_loadu_ps(pb + j0);
-}
-
-/* tile512 for two panels at once (p, then p + 16 * d): each row's value is
+/* Rows x (WIDE_ROWS of them, stride ld) against panel p, or with `two` set
+   against two panels (p, then p + 16 * d): each row's value is then
    broadcast once for 32 queries, so the loads stay well under the
-   multiply-adds (2 + WIDE_ROWS loads to 2 * WIDE_ROWS multiply-adds). */
-__attribute__((target("avx512f"), always_inline)) static inline void tile512x2(
-    const float *x, int64_t ld, int64_t nrows, const float *p, int64_t d, int64_t row0,
+   multiply-adds (2 + WIDE_ROWS loads to 2 * WIDE_ROWS multiply-adds).
+   Merged into the panels' queries; or, with out set, written to out (row r
+   at out + r * ldo: 16 or 32 scores). Every call passes `two` as a constant,
+   so each compiles to a loop that does not test it. */
+__attribute__((target("avx512f"), always_inline)) static inline void tile512(
+    const float *x, int64_t ld, int64_t nrows, const float *p, int two, int64_t d, int64_t row0,
     int64_t j0, int64_t self0, int exclude, float *hs, int64_t *hx, int64_t kk, float *pb,
     float *out, int64_t ldo) {
     const float *p2 = p + d * FUSED_LANES;
     __m512 c[WIDE_ROWS], e[WIDE_ROWS];
     for (int r = 0; r < WIDE_ROWS; r++) c[r] = e[r] = _mm512_setzero_ps();
     for (int64_t t = 0; t < d; t++) {
-        __m512 b = _mm512_loadu_ps(p + t * FUSED_LANES), b2 = _mm512_loadu_ps(p2 + t * FUSED_LANES);
+        __m512 b = _mm512_loadu_ps(p + t * FUSED_LANES);
+        __m512 b2 = two ? _mm512_loadu_ps(p2 + t * FUSED_LANES) : b;
         for (int r = 0; r < WIDE_ROWS; r++) {
             __m512 a = _mm512_set1_ps(x[r * ld + t]);
             c[r] = _mm512_fmadd_ps(a, b, c[r]);
-            e[r] = _mm512_fmadd_ps(a, b2, e[r]);
+            if (two) e[r] = _mm512_fmadd_ps(a, b2, e[r]);
         }
     }
     if (out != NULL) {
         for (int64_t r = 0; r < nrows; r++) {
             _mm512_storeu_ps(out + r * ldo, c[r]);
-            _mm512_storeu_ps(out + r * ldo + FUSED_LANES, e[r]);
+            if (two) _mm512_storeu_ps(out + r * ldo + FUSED_LANES, e[r]);
         }
         return;
     }
-    __m512 b = _mm512_loadu_ps(pb + j0), b2 = _mm512_loadu_ps(pb + j0 + FUSED_LANES);
-    for (int r = 0; r < WIDE_ROWS; r++) {
-        if (r < nrows && tile_row512(c[r], b, row0 + r, j0, self0, exclude, hs, hx, kk, pb))
+    __m512 b = _mm512_loadu_ps(pb + j0), b2 = b;
+    if (two) b2 = _mm512_loadu_ps(pb + j0 + FUSED_LANES);
+    for (int r = 0; r < WIDE_ROWS && r < nrows; r++) {
+        if (tile_row512(c[r], b, row0 + r, j0, self0, exclude, hs, hx, kk, pb))
             b = _mm512_loadu_ps(pb + j0);
-        if (r < nrows && tile_row512(e[r], b2, row0 + r, j0 + FUSED_LANES, self0, exclude, hs,
-                                     hx, kk, pb))
+        if (two && tile_row512(e[r], b2, row0 + r, j0 + FUSED_LANES, self0, exclude, hs, hx, kk,
+                               pb))
             b2 = _mm512_loadu_ps(pb + j0 + FUSED_LANES);
     }
 }
@@ -791,27 +776,45 @@ __attribute__((target("avx512f"))) static void tiles512(
     float *pb, float *out, int64_t ldo) {
     int64_t p = p0;
     for (; p + 2 <= p1; p += 2)
-        tile512x2(x, ld, nrows, packed + p * d * FUSED_LANES, d, row0, p * FUSED_LANES, self0,
-                  exclude, hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
+        tile512(x, ld, nrows, packed + p * d * FUSED_LANES, 1, d, row0, p * FUSED_LANES, self0,
+                exclude, hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
     if (p < p1)
-        tile512(x, ld, nrows, packed + p * d * FUSED_LANES, d, row0, p * FUSED_LANES, self0,
+        tile512(x, ld, nrows, packed + p * d * FUSED_LANES, 0, d, row0, p * FUSED_LANES, self0,
                 exclude, hs, hx, kk, pb, out == NULL ? NULL : out + (p - p0) * FUSED_LANES, ldo);
 }
 
 /* 0: the one-pass product keeps to its AVX2 tiles even where AVX-512 runs (tests, bench). */
 int tl_wide_product = 1;
 
-/* The FUSED_ROWS x 16 scores of contiguous rows x (stride d) against panel p, to out. */
+/* The scores of contiguous rows x (stride d) against packed rows p, for
+   tl_gather_product_merge: row r's at out + r * 2 * FUSED_LANES. AVX2:
+   FUSED_ROWS rows by one panel (`two` is never set). AVX-512: WIDE_ROWS
+   rows by one panel, or two with `two` set. */
 __attribute__((target("avx2,fma"))) static void gather_tile(const float *x, int64_t d,
-                                                             const float *p, float *out) {
-    tile(x, d, FUSED_ROWS, p, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out, FUSED_LANES);
+                                                             const float *p, int two, float *out) {
+    (void)two;
+    tile(x, d, FUSED_ROWS, p, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out, 2 * FUSED_LANES);
+}
+
+__attribute__((target("avx512f"))) static void gather_tile512(const float *x, int64_t d,
+                                                              const float *p, int two,
+                                                              float *out) {
+    if (two) /* a constant at each call (see tile512) */
+        tile512(x, d, WIDE_ROWS, p, 1, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out, 2 * FUSED_LANES);
+    else
+        tile512(x, d, WIDE_ROWS, p, 0, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out, 2 * FUSED_LANES);
 }
 
 /* Bit c set where v[c] > bar (ordered: NaN never), for the 16 scores v. */
-__attribute__((target("avx2,fma"))) static int lanes_above(const float *v, float bar) {
+__attribute__((target("avx2,fma"))) static unsigned lanes_above(const float *v, float bar) {
     __m256 b = _mm256_set1_ps(bar);
-    return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v), b, _CMP_GT_OQ)) |
-           (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + 8), b, _CMP_GT_OQ)) << 8);
+    return (unsigned)(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v), b, _CMP_GT_OQ)) |
+                      (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + 8), b, _CMP_GT_OQ))
+                       << 8));
+}
+
+__attribute__((target("avx512f"))) static unsigned lanes_above512(const float *v, float bar) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v), _mm512_set1_ps(bar), _CMP_GT_OQ);
 }
 #endif
 
@@ -896,37 +899,34 @@ int tl_product_merge(const float *db, int64_t ld, int64_t R, const float *packed
 }
 
 #ifdef TL_FUSED
-/* Bit c set where v[c] > bar (ordered: NaN never), for the 16 scores v. */
-__attribute__((target("avx512f"))) static unsigned lanes_above512(const float *v, float bar) {
-    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v), _mm512_set1_ps(bar), _CMP_GT_OQ);
-}
-
-/* tl_gather_product_merge in AVX-512 tiles: WIDE_ROWS queries against two
-   panels (32 database rows) at a time. rows: WIDE_ROWS * d floats. */
-__attribute__((target("avx512f"))) static void gather_product_merge512(
-    const float *q, int64_t ldq, const int64_t *qmap, int64_t Q, const float *packed, int64_t R,
-    int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk, float *bar, float *rows) {
+/* tl_gather_product_merge's loop over groups of queries and panels of rows,
+   in AVX2 (wide 0: FUSED_ROWS queries by one panel) or AVX-512 (wide 1:
+   WIDE_ROWS queries by two panels). Each caller below passes `wide` as a
+   constant and has the target of its kernels, so they are inlined into it.
+   rows: WIDE_ROWS * d floats. */
+static inline __attribute__((always_inline)) void gather_loop(
+    int wide, const float *q, int64_t ldq, const int64_t *qmap, int64_t Q, const float *packed,
+    int64_t R, int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk, float *bar,
+    float *rows) {
+    int64_t G = wide ? WIDE_ROWS : FUSED_ROWS, step = wide ? 2 : 1; /* rows, panels a tile */
     int64_t panels = (R + FUSED_LANES - 1) / FUSED_LANES;
     float out[WIDE_ROWS * 2 * FUSED_LANES];
-    for (int64_t g = 0; g < Q; g += WIDE_ROWS) {
-        int64_t nrows = Q - g < WIDE_ROWS ? Q - g : WIDE_ROWS;
+    for (int64_t g = 0; g < Q; g += G) {
+        int64_t nrows = Q - g < G ? Q - g : G;
         for (int64_t r = 0; r < nrows; r++) memcpy(rows + r * d, q + qmap[g + r] * ldq, d * 4);
-        for (int64_t p = 0; p < panels; p += 2) {
+        for (int64_t p = 0; p < panels; p += step) {
+            int two = step == 2 && p + 1 < panels;
             const float *pp = packed + p * d * FUSED_LANES;
-            int two = p + 1 < panels;
-            if (two)
-                tile512x2(rows, d, WIDE_ROWS, pp, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out,
-                          2 * FUSED_LANES);
+            if (wide)
+                gather_tile512(rows, d, pp, two, out);
             else
-                tile512(rows, d, WIDE_ROWS, pp, d, 0, 0, 0, 0, NULL, NULL, 0, NULL, out,
-                        2 * FUSED_LANES);
-            int64_t lanes = R - p * FUSED_LANES < 2 * FUSED_LANES ? R - p * FUSED_LANES
-                                                                 : 2 * FUSED_LANES;
-            uint64_t live = lanes == 64 ? ~0ull : (1ull << lanes) - 1;
+                gather_tile(rows, d, pp, two, out);
+            int64_t lanes = R - p * FUSED_LANES, most = (1 + two) * FUSED_LANES;
+            uint64_t live = (1ull << (lanes < most ? lanes : most)) - 1;
             for (int64_t r = 0; r < nrows; r++) {
                 int64_t j = qmap[g + r];
                 const float *v = out + r * 2 * FUSED_LANES;
-                uint64_t m = lanes_above512(v, bar[j]);
+                uint64_t m = wide ? lanes_above512(v, bar[j]) : lanes_above(v, bar[j]);
                 if (two) m |= (uint64_t)lanes_above512(v + FUSED_LANES, bar[j]) << FUSED_LANES;
                 push_above(m & live, v, base + p * FUSED_LANES, hs + j * kk, hi + j * kk, kk,
                            bar + j);
@@ -934,6 +934,18 @@ __attribute__((target("avx512f"))) static void gather_product_merge512(
         }
     }
 }
+
+#define GATHER_ARGS                                                                          \
+    const float *q, int64_t ldq, const int64_t *qmap, int64_t Q, const float *packed,       \
+        int64_t R, int64_t d, int64_t base, float *hs, int64_t *hi, int64_t kk, float *bar, \
+        float *rows
+__attribute__((target("avx2,fma"))) static void gather_avx2(GATHER_ARGS) {
+    gather_loop(0, q, ldq, qmap, Q, packed, R, d, base, hs, hi, kk, bar, rows);
+}
+__attribute__((target("avx512f,avx2,fma"))) static void gather_avx512(GATHER_ARGS) {
+    gather_loop(1, q, ldq, qmap, Q, packed, R, d, base, hs, hi, kk, bar, rows);
+}
+#undef GATHER_ARGS
 #endif
 
 /* Score the Q queries picked by qmap (query j is row qmap[j] of q, stride
@@ -951,29 +963,10 @@ int tl_gather_product_merge(const float *q, int64_t ldq, const int64_t *qmap, in
 #ifdef TL_FUSED
     if (kk < 1 || R < 1 || Q < 1) return 0;
     if (!tl_fused_ok()) return -1;
-    int64_t panels = (R + FUSED_LANES - 1) / FUSED_LANES;
     float *rows = (float *)calloc((size_t)(WIDE_ROWS * d), sizeof(float));
     if (rows == NULL) return -1;
-    if (tl_wide_product && tl_avx512_ok()) {
-        gather_product_merge512(q, ldq, qmap, Q, packed, R, d, base, hs, hi, kk, bar, rows);
-        free(rows);
-        return 0;
-    }
-    float out[FUSED_ROWS * FUSED_LANES];
-    for (int64_t g = 0; g < Q; g += FUSED_ROWS) {
-        int64_t nrows = Q - g < FUSED_ROWS ? Q - g : FUSED_ROWS;
-        for (int64_t r = 0; r < nrows; r++) memcpy(rows + r * d, q + qmap[g + r] * ldq, d * 4);
-        for (int64_t p = 0; p < panels; p++) {
-            gather_tile(rows, d, packed + p * d * FUSED_LANES, out);
-            int64_t lanes = R - p * FUSED_LANES < FUSED_LANES ? R - p * FUSED_LANES : FUSED_LANES;
-            for (int64_t r = 0; r < nrows; r++) {
-                int64_t j = qmap[g + r];
-                const float *v = out + r * FUSED_LANES;
-                uint64_t m = (unsigned)lanes_above(v, bar[j]) & ((1u << lanes) - 1);
-                push_above(m, v, base + p * FUSED_LANES, hs + j * kk, hi + j * kk, kk, bar + j);
-            }
-        }
-    }
+    (tl_wide_product && tl_avx512_ok() ? gather_avx512 : gather_avx2)(
+        q, ldq, qmap, Q, packed, R, d, base, hs, hi, kk, bar, rows);
     free(rows);
     return 0;
 #else
