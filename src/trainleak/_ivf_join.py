@@ -201,7 +201,8 @@ class _Compiled:
         self.lib = lib
         self.rows = [r.numpy() for _, r in lists]
         self.ids = [i.numpy() for i, _ in lists]
-        self.base = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(int)
+        self.sizes = [len(r) for r in self.rows]
+        self.base = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
 
     def _ids(self, at: np.ndarray) -> np.ndarray:
         """Return the row id at each position (``-1`` stays ``-1``), list by list."""
@@ -225,7 +226,7 @@ class _Compiled:
         for part in (probes[:, :1], probes[:, 1:]):
             if part.shape[1] == 0:
                 continue
-            for li, qs in _probing(part, [len(r) for r in self.rows]):
+            for li, qs in _probing(part, self.sizes):
                 rows = self.rows[li]
                 top.gather_product(q, qs, top.pack(rows), len(rows), int(self.base[li]))
         s, at = top.lists()
