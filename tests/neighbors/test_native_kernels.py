@@ -8,12 +8,14 @@ as a new process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,17 @@ def _same_lists(a, b) -> None:
     (sa, ia), (sb, ib) = _sorted(a), _sorted(b)
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_array_equal(sa, sb)
+
+
+@contextlib.contextmanager
+def _switch(lib, name: str, value: int) -> Iterator[None]:
+    """Set one of the kernels' int switches (a path, a threshold) for the block, then restore it."""
+    flag = ctypes.c_int.in_dll(lib, name)
+    old, flag.value = flag.value, value
+    try:
+        yield
+    finally:
+        flag.value = old
 
 
 def test_the_install_builds_the_kernels_and_the_search_uses_them(lib, monkeypatch):
@@ -93,7 +106,6 @@ def test_avx512_merge_keeps_the_lists_and_bars_of_the_sse2_merge(lib, n, kk):
     query count that is not a multiple of 16 takes the scalar tail."""
     if not lib.tl_avx512_ok():
         pytest.skip("no AVX-512 here: the merge runs SSE2 only")
-    wide = ctypes.c_int.in_dll(lib, "tl_wide_merge")
     rng = np.random.default_rng(n + kk)
     blocks = []
     for b in range(5):
@@ -103,15 +115,12 @@ def test_avx512_merge_keeps_the_lists_and_bars_of_the_sse2_merge(lib, n, kk):
         st[:, 2] = np.nan
         blocks.append(st)
     got = []
-    try:
-        for flag in (1, 0):
-            wide.value = flag
+    for flag in (1, 0):
+        with _switch(lib, "tl_wide_merge", flag):
             top = NativeTopK(n, kk, lib)
             for b, st in enumerate(blocks):
                 top.merge_columns(st, b * 300)
-            got.append((top.lists(), top.kth.copy()))
-    finally:
-        wide.value = 1
+        got.append((top.lists(), top.kth.copy()))
     (s1, i1), bar1 = got[0]
     (s0, i0), bar0 = got[1]
     np.testing.assert_array_equal(i1, i0)
@@ -293,8 +302,7 @@ def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, d
     AVX2; whole numbers keep every float32 sum exact, so both ways of scanning must keep the
     lists of the product and merge: ties, NaN rows, a dimension that is not a multiple of 8
     and blocks whose rows are not a multiple of 8 (each way forced at every d here)."""
-    group = ctypes.c_int.in_dll(lib, "tl_scan_group_dim")
-    assert group.value == 768
+    assert ctypes.c_int.in_dll(lib, "tl_scan_group_dim").value == 768
     rng = np.random.default_rng(dim)
     db = rng.integers(-3, 4, size=(1203, dim)).astype(np.float32)
     db[[5, 602]] = np.nan  # one in a group of eight, one in a block's last rows
@@ -302,15 +310,12 @@ def test_one_pass_over_long_rows_keeps_the_lists_of_the_product_and_merge(lib, d
     q = rng.integers(-3, 4, size=(2, dim)).astype(np.float32)
     q[1] = db[11]
     one, two = NativeTopK(2, 7, lib), NativeTopK(2, 7, lib)
-    group.value = group_from
-    try:
+    with _switch(lib, "tl_scan_group_dim", group_from):
         for d0 in range(0, len(db), 603):
             part = db[d0 : d0 + 603]
             one.scan(part, q, d0)
             two.merge(q @ part.T, d0)
             _same_lists(one.lists(), two.lists())
-    finally:
-        group.value = 768
     s, i = _sorted(one.lists())
     full = q @ np.nan_to_num(db, nan=0).T
     full[:, [5, 602]] = -np.inf
@@ -328,10 +333,8 @@ def tiled(lib, request):
     wide = request.param == "avx-512 tiles"
     if wide and not lib.tl_avx512_ok():
         pytest.skip("this processor has no AVX-512: the product runs its AVX2 tiles")
-    flag = ctypes.c_int.in_dll(lib, "tl_wide_product")
-    flag.value = int(wide)
-    yield lib
-    flag.value = 1
+    with _switch(lib, "tl_wide_product", int(wide)):
+        yield lib
 
 
 def test_avx512_product_tiles_give_the_avx2_tiles_bits(lib):
@@ -342,18 +345,14 @@ def test_avx512_product_tiles_give_the_avx2_tiles_bits(lib):
     rng = np.random.default_rng(12)
     q = rng.normal(size=(45, 77)).astype(np.float32)
     db = rng.normal(size=(2500, 77)).astype(np.float32)
-    flag = ctypes.c_int.in_dll(lib, "tl_wide_product")
     got = []
-    try:
-        for wide in (1, 0):
-            flag.value = wide
+    for wide in (1, 0):
+        with _switch(lib, "tl_wide_product", wide):
             top = NativeTopK(len(q), 9, lib)
             packed = top.pack(q)
             for d0 in range(0, len(db), 1100):
                 top.product(db[d0 : d0 + 1100], packed, d0, None)
-            got.append(top.lists())
-    finally:
-        flag.value = 1
+        got.append(top.lists())
     np.testing.assert_array_equal(got[0][1], got[1][1])
     np.testing.assert_array_equal(got[0][0].view(np.int32), got[1][0].view(np.int32))
 
@@ -468,28 +467,26 @@ def test_knn_scores_batches_in_one_pass_up_to_tiled_max_dim(tiled, monkeypatch):
 
 @pytest.mark.parametrize(("d", "kk"), [(1, 18), (7, 18), (8, 18), (9, 18), (128, 18), (515, 18),
                                        (9, 1), (515, 3), (40, 4), (40, 6)])  # fmt: skip
-def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(tiled, d, kk):
+def test_avx2_rescore_gives_the_same_bits_as_the_sse2_sums(lib, d, kk):
     """The AVX2 re-score keeps dot64's eight partial sums in the same order; a float32 product
     is exact in float64, so its fused multiply-add rounds as dot64's add: the same bits. It
     sums four of a query's pairs at a time: lists of 1-6, padding among them, a list of
     padding only, and a padded group whose first pair is padding check those groups."""
+    if not fused_product():
+        pytest.skip("this processor has no AVX2 and FMA: the re-score sums in SSE2 only")
     rng = np.random.default_rng(d * 100 + kk)
     db = (rng.standard_normal((2000, d)) * rng.uniform(0.1, 100)).astype(np.float32)
     q = rng.standard_normal((200, d)).astype(np.float32)
     idx = rng.integers(-1, 2000, (200, kk)).astype(np.int64)  # -1: padding, -inf
     idx[::5, ::2] = -1
     idx[3] = -1
-    wide = ctypes.c_int.in_dll(tiled, "tl_wide_rescore")
     outs = []
-    try:
-        for flag in (1, 0):
-            wide.value = flag
-            out = np.empty(idx.shape, np.float32)
-            tiled.tl_rescore(db.ctypes.data, d, q.ctypes.data, d, d, idx.ctypes.data, len(q),
-                             idx.shape[1], out.ctypes.data)  # fmt: skip
-            outs.append(out)
-    finally:
-        wide.value = 1
+    for flag in (1, 0):
+        out = np.empty(idx.shape, np.float32)
+        with _switch(lib, "tl_wide_rescore", flag):
+            lib.tl_rescore(db.ctypes.data, d, q.ctypes.data, d, d, idx.ctypes.data, len(q),
+                           idx.shape[1], out.ctypes.data)  # fmt: skip
+        outs.append(out)
     np.testing.assert_array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
     assert np.isneginf(outs[0][idx < 0]).all()
     want = np.einsum("nkd,nd->nk", db[np.maximum(idx, 0)].astype(np.float64), q.astype(np.float64))
