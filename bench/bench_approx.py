@@ -39,6 +39,7 @@ Reproduce: OMP_NUM_THREADS=2 nice .venv/bin/python bench/bench_approx.py --rows 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import logging
 import os
@@ -50,6 +51,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from trainleak import _ivf_join, approx_search
+from trainleak._topk import native
 from trainleak.approx_search import ApproxSettings, candidates, recall_at_k, use_search
 from trainleak.neighbors import knn
 
@@ -284,8 +286,15 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=float, default=1024, help="ApproxSettings.memory_mb")
     ap.add_argument("--join", choices=["compiled", "torch"], default="compiled",
                     help="how the grouped path scores each list (torch: the fallback)")  # fmt: skip
+    ap.add_argument("--avx2-tiles", action="store_true",
+                    help="the compiled join in its AVX2 tiles even where AVX-512 runs")  # fmt: skip
     args = ap.parse_args()
     _ivf_join.COMPILED = args.join == "compiled"
+    if args.avx2_tiles:
+        lib = native()
+        if lib is None:
+            raise SystemExit("--avx2-tiles: the compiled kernels are not built")
+        ctypes.c_int.in_dll(lib, "tl_wide_product").value = 0
     anon = AnonPeak()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("trainleak._ivf_join").setLevel(logging.DEBUG)  # progress of long runs

@@ -8,20 +8,26 @@ the methods (single timings on this machine vary by 15%). Sections:
 1. the product of 500 queries by 10,000 rows in blocks of several sizes
    (the search's column blocks are at most 2 MB of scores, in multiples of 512 rows);
 2. the float64 re-score of the found pairs: numpy's einsum against the C kernel
-   (in AVX2 where the processor has it, and in SSE2 sums only);
+   (in AVX2 where the processor has it, and in SSE2 sums only), and with
+   ``--old-kernels FILE`` against the re-score of another build (e.g. of an
+   earlier commit: ``git show 339bfef:src/trainleak/_ctopk.c > old.c; gcc -O3
+   -shared -fPIC -I$(python -c "import sysconfig;print(sysconfig.get_paths()['include'])")
+   old.c -o old.so``), checking that both give the same bits;
 3. one or two queries against 15,000-100,000 rows: the one-pass kernel
    (from d = 768 eight rows at a time, beside it one row at a time), product
    plus compiled merge, and faiss ``IndexFlatIP`` (when installed);
 4. the compiled merge of 500 queries x 10,000 rows (blocks of 1,024, 18 kept a
    query): a first pass over the blocks (with its heap inserts) and a second
-   pass over the same blocks, where no cell is inserted;
+   pass over the same blocks, where no cell is inserted; where the processor
+   has AVX-512, both again with the SSE2 compare only;
 5. whole ``knn`` searches (k = 10, 2 threads), each in a new process, with the
    compiled kernels and with ``TRAINLEAK_NATIVE=0`` (the numpy merge);
 6. the product and the merge in one pass (``NativeTopK.product``, AVX2 and
    FMA) against the BLAS product in cached blocks and the compiled merge:
    500 queries x 10,000 rows (9 kept) at d = 128 to 512, beside the same
-   pass with every list already full (no inserts) and the BLAS product
-   alone, then whole
+   pass with every list already full (no inserts; also with the AVX2 tiles
+   where the processor has AVX-512) and the BLAS product alone, with the
+   multiply-adds a second of each, then whole
    one-thread ``knn`` searches of 8 to 32 queries x 100,000 rows (k = 10)
    with and without it (``TILED_MAX_DIM = 0``).
 """
@@ -44,10 +50,12 @@ from trainleak.neighbors import knn
 ap = argparse.ArgumentParser()
 ap.add_argument("--rounds", type=int, default=11)
 ap.add_argument("--sections", default="123456", help="which sections to run, e.g. 6")
+ap.add_argument("--old-kernels", help="section 2: also the re-score of this build of _ctopk.c")
 args = ap.parse_args()
 lib = native()
 if lib is None:
     raise SystemExit("the compiled kernels are not built (pip install -e . with a C compiler)")
+wide = bool(lib.tl_avx512_ok())
 rng = np.random.default_rng(0)
 
 
@@ -67,12 +75,24 @@ def rounds(fs: dict, gap: float = 0.0) -> dict:
     return {k: np.median(v) * 1e3 for k, v in res.items()}
 
 
-def rescore(q: np.ndarray, db: np.ndarray, idx: np.ndarray, out: np.ndarray, wide: int) -> None:
-    """The compiled re-score; ``wide`` 0 keeps to its SSE2 sums where AVX2 would run."""
-    ctypes.c_int.in_dll(lib, "tl_wide_rescore").value = wide
-    lib.tl_rescore(db.ctypes.data, db.shape[1], q.ctypes.data, q.shape[1], q.shape[1],
-                   idx.ctypes.data, len(q), idx.shape[1], out.ctypes.data)  # fmt: skip
-    ctypes.c_int.in_dll(lib, "tl_wide_rescore").value = 1
+def switched(name: str, value: int, f):
+    """``f`` run with one of the kernels' int switches set to ``value``, then restored."""
+    flag = ctypes.c_int.in_dll(lib, name)
+
+    def run():
+        old, flag.value = flag.value, value
+        try:
+            return f()
+        finally:
+            flag.value = old
+
+    return run
+
+
+def rescore(q: np.ndarray, db: np.ndarray, idx: np.ndarray, out: np.ndarray, of=None) -> None:
+    """The compiled re-score (of this build, or of the library ``of``)."""
+    (of or lib).tl_rescore(db.ctypes.data, db.shape[1], q.ctypes.data, q.shape[1], q.shape[1],
+                           idx.ctypes.data, len(q), idx.shape[1], out.ctypes.data)  # fmt: skip
 
 
 def show(title: str, got: dict) -> None:
@@ -96,18 +116,34 @@ with threadpoolctl.threadpool_limits(1):
             show(f"1. product, 500 queries x 10,000 rows, d = {d}", rounds(sizes))
 
     if "2" in args.sections:
-        for d, kk in ((128, 9), (512, 18)):
-            q, db = unit(1000, d), unit(10_000, d)
+        old = None
+        if args.old_kernels:
+            old = ctypes.CDLL(args.old_kernels)
+            old.tl_rescore.argtypes = lib.tl_rescore.argtypes
+            old.tl_rescore.restype = None
+        for n, m, d, kk in ((1000, 10_000, 128, 9), (2000, 100_000, 128, 18),
+                            (1000, 10_000, 512, 9), (2000, 100_000, 512, 18),
+                            (1000, 10_000, 1024, 18), (1000, 10_000, 3072, 18),
+                            (1000, 30_000, 3072, 9)):  # fmt: skip
+            q, db = unit(n, d), unit(m, d)
             idx = rng.integers(0, len(db), (len(q), kk)).astype(np.int64)
             out = np.empty(idx.shape, np.float32)
-            show(f"2. float64 re-score of 1,000 x {kk} pairs, d = {d}", rounds({
+            fs = {
                 "numpy einsum (float32 rows widened)":
                     lambda q=q, db=db, idx=idx: np.einsum("nkd,nd->nk", db[idx], q,
                                                           dtype=np.float64),
-                "C kernel": lambda q=q, db=db, idx=idx, out=out: rescore(q, db, idx, out, 1),
-                "C kernel, SSE2 sums only": lambda q=q, db=db, idx=idx, out=out: rescore(
-                    q, db, idx, out, 0),
-            }))  # fmt: skip
+                "C kernel": lambda q=q, db=db, idx=idx, out=out: rescore(q, db, idx, out),
+                "C kernel, SSE2 sums only": switched("tl_wide_rescore", 0,
+                    lambda q=q, db=db, idx=idx, out=out: rescore(q, db, idx, out)),
+            }  # fmt: skip
+            if old is not None:
+                mine, theirs = np.empty_like(out), np.empty_like(out)
+                rescore(q, db, idx, mine)
+                rescore(q, db, idx, theirs, old)
+                assert (mine.view(np.int32) == theirs.view(np.int32)).all(), "not the same bits"
+                fs["C kernel of --old-kernels"] = (
+                    lambda q=q, db=db, idx=idx, out=out: rescore(q, db, idx, out, old))
+            show(f"2. float64 re-score of {n:,} x {kk} pairs, d = {d}, {m:,} rows", rounds(fs))
 
     if "3" in args.sections:
         try:
@@ -150,17 +186,25 @@ with threadpoolctl.threadpool_limits(1):
                 top.merge_columns(b, j * 1024)
             return top
 
-        first, second = [], []
-        for _ in range(args.rounds):
+        def passes() -> tuple[float, float]:
             t0 = time.perf_counter()
             top = merge_all(NativeTopK(len(q), 18, lib))
-            first.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             merge_all(top)
-            second.append(time.perf_counter() - t0)
-        show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", {
-            "first pass (inserts)": np.median(first) * 1e3,
-            "second pass (no inserts)": np.median(second) * 1e3})  # fmt: skip
+            return t1 - t0, time.perf_counter() - t1
+
+        ways = {"": passes}
+        if wide:  # the sixteen-lane compare against the SSE2 compare, alternating
+            ways[", SSE2 compare only"] = switched("tl_wide_merge", 0, passes)
+        times: dict = {way: [] for way in ways}
+        for r in range(args.rounds):
+            for way in ways if r % 2 else reversed(list(ways)):
+                times[way].append(ways[way]())
+        got = {}
+        for way, ts in times.items():
+            got[f"first pass (inserts){way}"] = np.median([a for a, _ in ts]) * 1e3
+            got[f"second pass (no inserts){way}"] = np.median([b for _, b in ts]) * 1e3
+        show("4. compiled merge, 500 queries x 10,000 rows, d = 128, 18 kept", got)
 
     if "6" in args.sections:
         if fused_product():
@@ -193,7 +237,14 @@ with threadpoolctl.threadpool_limits(1):
                       "BLAS product + compiled merge": blas_and_merge,
                       "one pass, no inserts": full_lists,
                       "BLAS product alone": blas_alone}  # fmt: skip
-                show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", rounds(fs))
+                if wide:
+                    fs["one pass, no inserts, AVX2 tiles"] = switched(
+                        "tl_wide_product", 0, full_lists)
+                got = rounds(fs)
+                macs = len(q) * len(db) * d / 1e6  # a GMAC/s is this over the milliseconds
+                show(f"6a. 500 queries x 10,000 rows, d = {d}, 9 kept", got)
+                print("GMAC/s: " + ", ".join(f"{k} {macs / v:.0f}" for k, v in got.items()
+                                              if "inserts" in k or "alone" in k))  # fmt: skip
             db = unit(100_000, 128)
             tiled_max = bs.TILED_MAX_DIM
             for nq in (8, 12, 16, 32):
